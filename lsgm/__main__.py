@@ -1,0 +1,5 @@
+import sys
+
+from lsgm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+"""The ``lsgm`` command line: ``lsgm <command> [options]``.
+
+Each command's implementation lives in its own module as ``main(argv: list[str]) -> int``; this file
+only dispatches, so ``lsgm --help`` stays fast (no torch import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train-vae": ("lsgm.train.vae", "stage 1: train the NVAE backbone with a Normal prior"),
+    "train-lsgm": ("lsgm.train.lsgm", "stage 2: train the LSGM (score prior, optionally end to end)"),
+    "train-sgm": ("lsgm.train.sgm", "train the pixel-space score model baseline"),
+    "train-classifier": ("lsgm.train.classifier", "train the feature classifier used for offline FD"),
+    "fid-stats": ("lsgm.eval.fid", "compute reference feature statistics for FID/FD"),
+    "evaluate": ("lsgm.eval.cli", "evaluate a trained run: nll | fid | cost"),
+    "report": ("lsgm.report.cli", "compile tables and figures: tables | figure4"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: lsgm <command> [options]", "", "commands:"]
+    lines += [f"  {name:<18} {desc}" for name, (_, desc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"lsgm: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
