@@ -1,0 +1,54 @@
+"""The mixed Normal/neural score wrapper."""
+
+import torch
+from torch import nn
+
+from lsgm.score import MixedScore
+from lsgm.sde import VPSDE
+
+
+class Recorder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seen = None
+
+    def forward(self, z, t):
+        self.seen = z.clone()
+        return torch.full_like(z, 2.0)
+
+
+def test_mixture_formula_per_channel():
+    sde = VPSDE()
+    net = Recorder()
+    model = MixedScore(net, sde, (3, 2, 2), mixing_logit_init=-3.0)
+    with torch.no_grad():
+        model.mixing_logit[0, :, 0, 0] = torch.tensor([-2.0, 0.0, 4.0])
+    z, t = torch.randn(5, 3, 2, 2), torch.rand(5)
+    alpha = torch.sigmoid(torch.tensor([-2.0, 0.0, 4.0]))[None, :, None, None]
+    expected = (1 - alpha) * sde.var(t).sqrt()[:, None, None, None] * z + alpha * 2.0
+    torch.testing.assert_close(model(z, t), expected)
+    assert model.mixing_logit.shape == (1, 3, 1, 1)
+
+
+def test_inactive_channels_are_normal_and_hidden_from_the_backbone():
+    sde = VPSDE()
+    net = Recorder()
+    model = MixedScore(net, sde, (3, 2, 2), mixing_logit_init=5.0)
+    model.set_active(torch.tensor([True, False, True]))
+    z, t = torch.randn(4, 3, 2, 2), torch.rand(4)
+    out = model(z, t)
+    assert torch.all(net.seen[:, 1] == 0)
+    torch.testing.assert_close(out[:, 1], sde.var(t).sqrt()[:, None, None] * z[:, 1])
+    assert model.alpha[0, 1].item() == 0.0 and model.alpha[0, 0].item() > 0.99
+    assert "active" in model.state_dict()
+
+
+def test_unmixed_ablation_returns_the_network_output():
+    model = MixedScore(Recorder(), VPSDE(), (3, 2, 2), mixed=False)
+    out = model(torch.randn(2, 3, 2, 2), torch.rand(2))
+    torch.testing.assert_close(out, torch.full((2, 3, 2, 2), 2.0))
+
+
+def test_works_for_latents_of_any_rank():
+    model = MixedScore(Recorder(), VPSDE(), (4,))
+    assert model(torch.randn(3, 4), torch.rand(3)).shape == (3, 4)
