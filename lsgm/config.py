@@ -64,6 +64,7 @@ class ScoreNetConfig:
     dropout: float = 0.0
     embedding_type: Literal["positional", "fourier"] = "positional"
     embedding_scale: float = 1000.0
+    embedding_dim: int = 128  # official: 128 (the time-embedding MLP is 128 -> 512 -> 512)
 
 
 @dataclass
