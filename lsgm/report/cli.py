@@ -1,0 +1,126 @@
+"""``lsgm report tables|figure4``: compile metrics JSON files into the paper's tables and Figure 4.
+
+```
+lsgm report tables  --metrics F.json ... --scale S --out-dir DIR [--dataset-map JSON] [--rows JSON] [--commit SHA]
+lsgm report figure4 --metrics F.json ... --scale S --out-dir DIR [--commit SHA]
+```
+``--dataset-map`` / ``--rows`` take inline JSON or a path to a JSON file, e.g.
+``{"table2": "digits", "table4": "digits_binary"}`` and ``{"table2": ["lsgm_balanced", "vae"]}``.
+A metrics file that is not valid JSON or lacks a required key is refused with one line naming the
+file and the key (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lsgm.utils import git_commit
+
+REQUIRED = ("kind", "run", "run.name", "run.model", "run.dataset", "status", "metrics")
+REQUIRED_BY_KIND = {"nll": (), "fid": ("settings",), "cost": ("metrics.rows",)}
+KINDS = {"tables": ("nll", "fid"), "figure4": ("cost",)}
+
+
+class MetricsError(ValueError):
+    """A metrics file the report cannot use; the message names the file and the problem."""
+
+
+def _lookup(doc: Any, dotted: str) -> bool:
+    """Whether the dotted key (``run.name``) is present in a nested mapping."""
+    for part in dotted.split("."):
+        if not isinstance(doc, dict) or part not in doc:
+            return False
+        doc = doc[part]
+    return True
+
+
+def validate_metrics(doc: Any, source: str, kinds: tuple[str, ...]) -> dict:
+    """Check one metrics document against the ARCHITECTURE.md contract; raise :class:`MetricsError`."""
+    if not isinstance(doc, dict):
+        raise MetricsError(f"{source}: expected a JSON object, got {type(doc).__name__}")
+    for key in REQUIRED:
+        if not _lookup(doc, key):
+            raise MetricsError(f"{source}: missing key {key!r}")
+    if doc["kind"] not in kinds:
+        raise MetricsError(f"{source}: kind {doc['kind']!r} is not used here (expected {' or '.join(kinds)})")
+    for key in REQUIRED_BY_KIND[doc["kind"]]:
+        if not _lookup(doc, key):
+            raise MetricsError(f"{source}: missing key {key!r}")
+    return doc
+
+
+def load_metrics(paths: list[str], kinds: tuple[str, ...]) -> list[dict]:
+    """Read and validate metrics files (NaN allowed: diverged runs write it)."""
+    docs = []
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise MetricsError(f"{path}: cannot read metrics JSON ({err})") from err
+        docs.append(validate_metrics(doc, path, kinds))
+    return docs
+
+
+def json_arg(text: str | None) -> Any:
+    """A JSON option given inline or as a path to a JSON file."""
+    if text is None:
+        return None
+    path = Path(text)
+    try:
+        return json.loads(path.read_text(encoding="utf-8") if path.is_file() else text)
+    except json.JSONDecodeError as err:
+        raise MetricsError(f"not valid JSON (inline or file): {text!r} ({err})") from err
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options of ``lsgm report``."""
+    parser = argparse.ArgumentParser(prog="lsgm report", description="compile tables and figures")
+    parser.add_argument("what", choices=sorted(KINDS), help="tables: Tables 2-6; figure4: Figure 4")
+    parser.add_argument("--metrics", nargs="+", required=True, help="metrics JSON files")
+    parser.add_argument("--scale", required=True, help="smoke | quick | paper (printed in captions)")
+    parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--dataset-map", default=None, help="JSON {tableN: run.dataset} (inline or file)")
+    parser.add_argument("--rows", default=None, help="JSON {tableN: [run names]} (inline or file)")
+    parser.add_argument("--commit", default=None, help="default: the commit of this source tree")
+    return parser.parse_args(argv)
+
+
+def run_tables(args: argparse.Namespace, docs: list[dict], commit: str) -> str:
+    """Build and write Tables 2-6; return the summary line."""
+    from lsgm.report.tables import build_tables, write_tables
+
+    tables = build_tables(docs, args.scale, commit, json_arg(args.dataset_map), json_arg(args.rows))
+    written = write_tables(tables, args.out_dir)
+    return (f"lsgm report tables: {len(tables)} tables ({len(written)} files) from {len(docs)} "
+            f"metrics files -> {args.out_dir}")
+
+
+def run_figure4(args: argparse.Namespace, docs: list[dict], commit: str) -> str:
+    """Write Figure 4 (PNG, CSV, caption); return the summary line."""
+    from lsgm.report.figure import figure4
+
+    out = args.out_dir
+    df = figure4(docs, out / "figure4.png", out / "figure4.csv", {"scale": args.scale, "commit": commit})
+    return f"lsgm report figure4: {len(df)} rows from {len(docs)} metrics files -> {out / 'figure4.png'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``lsgm report``; prints a one-line summary (or a one-line error, exit 2)."""
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        docs = load_metrics(args.metrics, KINDS[args.what])
+        commit = args.commit or git_commit()
+        summary = (run_tables if args.what == "tables" else run_figure4)(args, docs, commit)
+    except ValueError as err:  # MetricsError, or a table that cannot be built (named in the message)
+        print(f"lsgm report {args.what}: error: {err}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""Tests of the report: published numbers, Tables 2-6, Figure 4 and the ``lsgm report`` CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lsgm.report import cli
+from lsgm.report.figure import CSV_COLUMNS, figure4
+from lsgm.report.tables import (
+    NA, TABLE6_COLUMNS, build_tables, load_published, published_rows, render, write_tables,
+)
+
+SEED = Path("/work/shared/seeds/001_75e494dcbc515994.txt")
+COMMIT = "c0ffee1"
+CELL = {"sde": None, "weighting": None, "sampling": None, "q_objective": None}
+
+
+# ----------------------------------------------------------------------------- synthetic metrics
+def make_doc(kind: str, name: str, model: str, dataset: str, metrics: dict, status: str = "ok",
+             **run: str) -> dict:
+    """A metrics document in the ARCHITECTURE.md format."""
+    settings = ({"n_samples": 512, "tolerance": 1e-5, "solver": "dopri5", "feature_extractor": "digits"}
+                if kind == "fid" else {"iw_samples": 8, "tolerance": 1e-5})
+    return {"kind": kind, "run": {"name": name, "model": model, "dataset": dataset, **CELL, **run, "seed": 0},
+            "status": status, "reason": "nan loss" if status == "diverged" else None, "metrics": metrics,
+            "settings": settings, "checkpoint": {"path": f"{name}/model.pt", "ema": True, "step": 10},
+            "provenance": {"commit": COMMIT, "versions": {}, "device": "cpu", "wall_seconds": 1.0, "config": {}}}
+
+
+def nll(name, model, dataset, nelbo, value, unit="bpd", status="ok", **run):
+    return make_doc("nll", name, model, dataset,
+                    {"nelbo": nelbo, "nll": value, "nll_stderr": 0.01, "unit": unit, "prior": "ode"}, status, **run)
+
+
+def fd(name, model, dataset, value, status="ok", metric="fd_digits", **run):
+    return make_doc("fid", name, model, dataset, {metric: value}, status, **run)
+
+
+VP_LL = {"sde": "vpsde", "weighting": "ll", "sampling": "uniform", "q_objective": "rew"}
+VP_UN_IS = {"sde": "vpsde", "weighting": "un", "sampling": "is", "q_objective": "rew"}
+GEO_UN_U = {"sde": "geometric", "weighting": "un", "sampling": "uniform", "q_objective": "rew"}
+GEO_UN_IS = {"sde": "geometric", "weighting": "un", "sampling": "is", "q_objective": "rew"}
+
+
+@pytest.fixture
+def metrics() -> list[dict]:
+    """ok runs, a diverged run (NaN), a skipped metric (null), a run without its FD file (missing)."""
+    return [
+        nll("lsgm_vp", "lsgm", "digits", 2.5, 2.412345678, **VP_LL),
+        fd("lsgm_vp", "lsgm", "digits", 12.3456789, **VP_LL),
+        nll("lsgm_geo", "lsgm", "digits", math.nan, math.nan, status="diverged", **GEO_UN_U),
+        fd("lsgm_geo", "lsgm", "digits", math.nan, status="diverged", **GEO_UN_U),
+        nll("lsgm_is", "lsgm", "digits", 2.6, 2.55, **VP_UN_IS),
+        fd("lsgm_is", "lsgm", "digits", 3.0, **VP_UN_IS),
+        nll("lsgm_geo_is", "lsgm", "digits", 2.7, 2.6, **GEO_UN_IS),
+        nll("vae", "vae", "digits", 2.9, None),  # NLL skipped -> n/a; no FD file -> missing
+        fd("sgm", "sgm", "digits", 5.0),
+        nll("vae_bin", "vae", "digits_binary", 90.0, 88.5, unit="nats"),
+        nll("lsgm_bin", "lsgm", "digits_binary", 86.0, 85.25, unit="nats"),
+    ]
+
+
+@pytest.fixture
+def tables(metrics) -> dict[str, pd.DataFrame]:
+    return build_tables(metrics, "quick", COMMIT, None)
+
+
+def text(df: pd.DataFrame) -> pd.DataFrame:
+    """The table as printed in markdown (2 decimals, ≤, NaN / n/a / —)."""
+    return render(df, 2)
+
+
+def row(df: pd.DataFrame, method: str, source: str = "ours") -> pd.Series:
+    return df[(df["Method"] == method) & (df["source"] == source)].iloc[0]
+
+
+# ----------------------------------------------------------------------------- published.yaml
+def parse_seed_tables(path: Path) -> dict[str, list[tuple]]:
+    """Rows of Tables 2-5 in the seed: (family label as printed, method, ref, value1, value2, bound)."""
+    tables: dict[str, list[tuple]] = {}
+    current = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        head = re.match(r"Table ([2-5]):", line)
+        if head:
+            current = f"table{head.group(1)}"
+            tables[current] = []
+            continue
+        fields = line.split("\t")
+        if current is not None and not line.strip() and tables[current]:
+            current = None  # a blank line ends the table
+        if current is None or len(fields) != 4 or fields[1] == "Method":
+            continue
+        method, ref = re.match(r"(.*?)(?: \[(\d+)\])?$", fields[1].strip()).groups()
+        values = [None if v.strip() == "-" else float(v.replace("≤", "")) for v in fields[2:]]
+        tables[current].append((fields[0], method.replace("δ -", "δ-"), ref and int(ref), *values,
+                                "≤" in line))
+    return tables
+
+
+def carried_families(seed_rows: list[tuple]) -> list[str]:
+    """The seed prints a family once per block; carry it down (SDE (NCSN++) is Score, see the YAML)."""
+    families, current = [], None
+    for label, method, *_ in seed_rows:
+        current = label or current
+        families.append("Score" if method == "SDE (NCSN++)" else current)
+    return families
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="seed documents not available")
+def test_published_tables_2_to_5_are_the_seed_rows():
+    published = load_published()
+    seed = parse_seed_tables(SEED)
+    assert {k: len(v) for k, v in seed.items()} == {"table2": 26, "table3": 12, "table4": 8, "table5": 8}
+    for table, seed_rows in seed.items():
+        keys = list(published["tables"][table]["metrics"])
+        mine = [(r["family"], r["method"], r["ref"], r.get(keys[0]), r.get(keys[1]), bool(r.get("bound")))
+                for r in published_rows(published, table)]
+        expected = [(f, *r[1:]) for f, r in zip(carried_families(seed_rows), seed_rows)]
+        assert mine == expected, table
+    other = parse_seed_tables(SEED.with_name("002_de7728599b0d976e.txt"))  # Tables 2 and 3 again
+    assert other["table3"] == seed["table3"]
+    assert other["table2"][:16] == seed["table2"][:16] and other["table2"][16][1:] == seed["table2"][16][1:]
+
+
+def test_published_spot_checks_and_families():
+    published = load_published()
+    by = {(r["table"], r["method"]): r for r in published["rows"] if r["table"] != "table6"}
+    assert by[("table2", "StyleGAN2-ADA")]["fid"] == 2.92 and by[("table2", "StyleGAN2-ADA")]["ref"] == 84
+    assert by[("table2", "StyleGAN2-ADA")]["nll"] is None
+    assert by[("table5", "MAE")]["nll"] == 77.98 and by[("table5", "MAE")]["family"] == "Aut. Reg."
+    assert by[("table2", "LSGM (FID)")]["bound"] is True and by[("table2", "LSGM (FID)")]["nll"] == 3.43
+    assert by[("table3", "PGGAN")]["fid"] == 8.03 and by[("table4", "Ladder VAE")]["nll"] == 102.11
+    assert by[("table2", "SDE (NCSN++)")]["family"] == "Score"
+    assert by[("table2", "VFlow")]["family"] == by[("table2", "ANF")]["family"] == "Flows"
+    counts = {t: len(published_rows(published, t)) for t in published["tables"]}
+    assert counts == {"table2": 26, "table3": 12, "table4": 8, "table5": 8, "table6": 20}
+    families = {r["family"] for r in published["rows"]}
+    assert families == {"Ours", "VAEs", "Score", "Flows", "Aut. Reg.", "GANs"}
+
+
+def test_published_table6_cells():
+    cells = {(r["sde"], r["column"]): r for r in published_rows(load_published(), "table6")}
+    assert [c[0] for c in TABLE6_COLUMNS] == [r["column"] for r in cells.values()][:10]
+    assert (cells[("vpsde", "w_un r_un rew.")]["fid"], cells[("vpsde", "w_un r_un rew.")]["nelbo"]) == (5.39, 2.98)
+    assert (cells[("geometric", "w_ll U rew.")]["fid"], cells[("geometric", "w_ll U rew.")]["nelbo"]) == (10.18, 2.96)
+    assert math.isnan(cells[("geometric", "w_un U rew.")]["fid"])
+    assert cells[("geometric", "w_un r_un rew.")]["fid"] == NA and cells[("geometric", "w_ll r_ll rew.")]["nelbo"] == NA
+    assert cells[("vpsde", "w_re U r_ll")]["fid"] == 4.99 and math.isnan(cells[("vpsde", "w_re U rew.")]["nelbo"])
+    assert cells[("vpsde", "w_re r_re rew.")]["fid"] == 15.12 and cells[("geometric", "w_re U rew.")]["nelbo"] == 3.04
+    for r in cells.values():  # the cell keys are our config's names
+        assert (r["weighting"], r["sampling"], r["q_objective"]) == \
+            next(c[1:] for c in TABLE6_COLUMNS if c[0] == r["column"])
+
+
+# ----------------------------------------------------------------------------- Tables 2-5
+def test_table2_rows_in_paper_order(tables):
+    df = tables["table2"]
+    ours = df[df["source"] == "ours"]
+    assert list(ours["Method"]) == ["lsgm_geo", "lsgm_geo_is", "lsgm_is", "lsgm_vp", "VAE Backbone", "Pixel SGM"]
+    assert list(ours["Section"]) == ["Ours"] * 5 + ["Score"]
+    paper = df[df["source"] != "ours"]
+    expected = published_rows(load_published(), "table2")
+    assert list(paper["Method"]) == [r["method"] for r in expected]
+    assert list(paper["Section"]) == [r["family"] for r in expected]
+    assert list(paper["source"][:4]) == ["paper"] * 4 and row(df, "VDVAE", "paper [21]")["Section"] == "VAEs"
+    assert df.index[df["source"] == "ours"].max() < df.index[df["source"] != "ours"].min()
+
+
+def test_tables_4_5_use_the_binary_standin(tables):
+    for key in ("table4", "table5"):
+        df = tables[key]
+        assert list(df[df["source"] == "ours"]["Method"]) == ["lsgm_bin", "VAE Backbone"]
+        printed = text(df)
+        assert printed.loc[0, "NLL (nats)"] == "≤ 85.25" and printed.loc[1, "NELBO (nats)"] == "90.00"
+    assert "digits_binary" in tables["table4"].attrs["caption"]
+
+
+def test_nan_na_missing_rendering(tables):
+    printed = text(tables["table2"]).set_index("Method")
+    assert printed.loc["lsgm_geo", "NLL (bpd)"] == "NaN"          # diverged
+    assert printed.loc["lsgm_geo", "fd_digits (ours)"] == "NaN"
+    assert printed.loc["VAE Backbone", "NLL (bpd)"].iloc[0] == "n/a"   # skipped (null)
+    assert printed.loc["VAE Backbone", "fd_digits (ours)"].iloc[0] == "—"  # no FD file
+    assert printed.loc["lsgm_vp", "NLL (bpd)"] == "≤ 2.41" and printed.loc["lsgm_vp", "fd_digits (ours)"] == "12.35"
+    assert printed.loc["VDVAE", "FID"] == "—" and printed.loc["LSGM (FID)", "FID"] == "2.10"
+
+
+def test_fd_is_never_labelled_fid(tables):
+    df = tables["table2"]
+    ours = df[df["source"] == "ours"]
+    assert ours["FID"].isna().all()  # FD numbers live in their own column
+    assert row(df, "lsgm_vp")["fd_digits (ours)"] == pytest.approx(12.3456789)
+    assert df[df["source"] != "ours"]["fd_digits (ours)"].isna().all()
+    assert "NOT FID" in df.attrs["caption"]
+    t6 = tables["table6"]
+    assert set(t6[t6["source"] == "ours"]["Metric"]) == {"fd_digits", "NELBO (bpd)"}
+    assert set(t6[t6["source"] == "paper"]["Metric"]) == {"FID", "NELBO (bpd)"}
+
+
+def test_paper_scale_fid_shares_the_fid_column():
+    docs = [nll("lsgm", "lsgm", "cifar10", 2.9, 2.87), fd("lsgm", "lsgm", "cifar10", 2.1, metric="fid")]
+    df = build_tables(docs, "paper", COMMIT, None)["table2"]
+    assert list(df.columns) == ["Section", "Method", "NLL (bpd)", "FID", "source", "bound"]
+    assert row(df, "lsgm")["FID"] == 2.1 and "offline stand-in" not in df.attrs["caption"]
+
+
+def test_caption_names_scale_dataset_settings_commit(tables):
+    for key, df in tables.items():
+        cap = df.attrs["caption"]
+        assert "Scale: quick" in cap and f"Commit: {COMMIT}" in cap and "`digits" in cap, key
+        assert "NaN = diverged" in cap and "n/a" in cap
+    cap = tables["table2"].attrs["caption"]
+    assert "n_samples=512" in cap and "tolerance=1e-05" in cap and "stand-in for cifar10" in cap
+    assert "bits/dim" in cap and "nats" in tables["table5"].attrs["caption"]
+
+
+def test_rows_mapping_and_dataset_map(metrics):
+    out = build_tables(metrics, "quick", COMMIT, {"table3": "nowhere"}, rows={"table2": ["vae", "lsgm_vp"]})
+    assert list(out["table2"][out["table2"]["source"] == "ours"]["Method"]) == ["VAE Backbone", "lsgm_vp"]
+    assert (out["table3"]["source"] != "ours").all()
+    with pytest.raises(ValueError, match="no_such_run"):
+        build_tables(metrics, "quick", COMMIT, None, rows={"table2": ["no_such_run"]})
+
+
+def test_unit_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="nats"):
+        build_tables([nll("x", "lsgm", "digits", 1.0, 1.0, unit="nats")], "quick", COMMIT, None)
+
+
+# ----------------------------------------------------------------------------- Table 6
+def test_table6_cells(tables):
+    df = tables["table6"]
+    assert list(df.columns[2:-1]) == [c[0] for c in TABLE6_COLUMNS]
+    printed = text(df)
+    ours = printed[printed["source"] == "ours"].set_index(["SDE", "Metric"])
+    assert ours.loc[("VPSDE", "fd_digits"), "w_ll U rew."] == "12.35"
+    assert ours.loc[("VPSDE", "NELBO (bpd)"), "w_un r_un rew."] == "2.60"
+    assert ours.loc[("VPSDE", "NELBO (bpd)"), "w_re U rew."] == "—"               # not run
+    assert ours.loc[("Geom. VPSDE", "NELBO (bpd)"), "w_un U rew."] == "NaN"        # diverged
+    assert ours.loc[("Geom. VPSDE", "NELBO (bpd)"), "w_un r_un rew."] == "n/a"     # undefined, even if run
+    assert ours.loc[("Geom. VPSDE", "fd_digits"), "w_ll r_ll rew."] == "n/a"
+    paper = printed[printed["source"] == "paper"].set_index(["SDE", "Metric"])
+    assert paper.loc[("Geom. VPSDE", "FID"), "w_ll U rew."] == "10.18"
+    assert paper.loc[("Geom. VPSDE", "FID"), "w_un U rew."] == "NaN"
+    assert paper.loc[("Geom. VPSDE", "NELBO (bpd)"), "w_un r_un r_ll"] == "n/a"
+    assert paper.loc[("VPSDE", "NELBO (bpd)"), "w_un r_un rew."] == "2.98"
+
+
+# ----------------------------------------------------------------------------- files
+def test_written_files_and_csv_round_trip(tables, tmp_path):
+    write_tables(tables, tmp_path)
+    for key, df in tables.items():
+        md = (tmp_path / f"{key}.md").read_text(encoding="utf-8")
+        caption = (tmp_path / f"{key}.caption.txt").read_text(encoding="utf-8").strip()
+        assert md.startswith(caption) and caption == df.attrs["caption"]
+        back = pd.read_csv(tmp_path / f"{key}.csv", keep_default_na=False, dtype=str)
+        expected = render(df, None)
+        assert list(back.columns) == list(expected.columns)
+        assert back.values.tolist() == expected.astype(str).values.tolist()
+    back = pd.read_csv(tmp_path / "table2.csv", keep_default_na=False, dtype=str).set_index("Method")
+    assert float(back.loc["lsgm_vp", "NLL (bpd)"]) == 2.412345678  # full precision in CSV
+    assert back.loc["lsgm_geo", "NLL (bpd)"] == "NaN" and back.loc["VDVAE", "FID"] == "—"
+    assert "| ≤ 2.41" in (tmp_path / "table2.md").read_text(encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- Figure 4
+def cost_doc(name: str, model: str, rows: list[dict]) -> dict:
+    doc = make_doc("cost", name, model, "digits", {"rows": rows})
+    doc["provenance"]["device"] = "cpu:test"
+    return doc
+
+
+def cost_row(sampler: str, tolerance, nfe: float, seconds: float, fd_value: float, n_steps=None) -> dict:
+    return {"sampler": sampler, "tolerance": tolerance, "n_steps": n_steps, "nfe_mean": nfe, "nfe_std": 1.0,
+            "seconds_per_batch": seconds, "seconds_std": 0.01, "batch_size": 16, "fd_name": "fd_digits",
+            "fd": fd_value}
+
+
+@pytest.fixture
+def cost_metrics() -> list[dict]:
+    tols = (1e-5, 1e-3, 1e-2)
+    return [cost_doc("lsgm", "lsgm", [cost_row("ode", t, 40 / (i + 1), 0.1, 5 + i) for i, t in enumerate(tols)]),
+            cost_doc("sgm", "sgm", [cost_row("ode", t, 120 / (i + 1), 1.0, 4 + i) for i, t in enumerate(tols)]
+                     + [cost_row("pc", None, 200, 3.0, 4.0, n_steps=100)])]
+
+
+def test_figure4_writes_png_and_csv(cost_metrics, tmp_path):
+    figure4(cost_metrics, tmp_path / "figure4.png", tmp_path / "figure4.csv", {"scale": "smoke", "commit": COMMIT})
+    png = (tmp_path / "figure4.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    df = pd.read_csv(tmp_path / "figure4.csv")
+    assert list(df.columns) == CSV_COLUMNS and len(df) == 7
+    pc = df[df["sampler"] == "pc"].iloc[0]
+    assert pc["model"] == "Pixel SGM" and math.isnan(pc["tolerance"]) and pc["n_steps"] == 100
+    caption = (tmp_path / "figure4.caption.txt").read_text(encoding="utf-8")
+    assert all(s in caption for s in ("smoke", "digits", "cpu:test", "Batch size: 16", COMMIT, "fd_digits"))
+
+
+# ----------------------------------------------------------------------------- CLI
+def write_json(path: Path, doc: dict) -> str:
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return str(path)
+
+
+def test_cli_tables_and_figure4(metrics, cost_metrics, tmp_path, capsys):
+    files = [write_json(tmp_path / f"m{i}.json", d) for i, d in enumerate(metrics)]
+    out = tmp_path / "tables"
+    assert cli.main(["tables", "--metrics", *files, "--scale", "smoke", "--out-dir", str(out),
+                     "--commit", "abc123", "--dataset-map", '{"table3": "none"}']) == 0
+    assert sorted(p.name for p in out.glob("*.md")) == [f"table{n}.md" for n in range(2, 7)]
+    assert "Commit: abc123" in (out / "table6.caption.txt").read_text(encoding="utf-8")
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1
+    costs = [write_json(tmp_path / f"c{i}.json", d) for i, d in enumerate(cost_metrics)]
+    assert cli.main(["figure4", "--metrics", *costs, "--scale", "smoke", "--out-dir", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig" / "figure4.png").stat().st_size > 0 and (tmp_path / "fig" / "figure4.csv").exists()
+
+
+def test_cli_refuses_a_metrics_file_without_a_key(metrics, tmp_path, capsys):
+    bad = dict(metrics[0], run={k: v for k, v in metrics[0]["run"].items() if k != "dataset"})
+    path = write_json(tmp_path / "bad.json", bad)
+    assert cli.main(["tables", "--metrics", path, "--scale", "smoke", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.json" in err and "run.dataset" in err
+    cost = write_json(tmp_path / "cost.json", make_doc("cost", "x", "lsgm", "digits", {}))
+    assert cli.main(["figure4", "--metrics", cost, "--scale", "smoke", "--out-dir", str(tmp_path)]) == 2
+    assert "metrics.rows" in capsys.readouterr().err
