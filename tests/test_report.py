@@ -16,7 +16,8 @@ from lsgm.report.tables import (
     NA, TABLE6_COLUMNS, build_tables, load_published, published_rows, render, write_tables,
 )
 
-SEED = Path("/work/shared/seeds/001_75e494dcbc515994.txt")
+# the seed documents live in shared/ beside the checkout (where CI puts them too)
+SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "001_75e494dcbc515994.txt"
 COMMIT = "c0ffee1"
 CELL = {"sde": None, "weighting": None, "sampling": None, "q_objective": None}
 
