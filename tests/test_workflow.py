@@ -1,0 +1,171 @@
+"""The Snakemake DAG, tested like code: dry runs of every scale, the slurm profile, single targets,
+config validation, and lint. No training runs here (CPU seconds each); run from anywhere."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+import plan  # noqa: E402
+
+# 10 VPSDE cells + 7 geometric cells. The paper's Table 6 has 2 x 10 columns with 3 n/a cells on the
+# geometric row (w_ll r_ll = U, w_un r_un rew. and w_un r_un r_ll), so 17 trained cells per dataset-seed.
+TABLE6_CELLS = 17
+MAIN_LSGMS = 6  # CIFAR-10 FID / NLL / balanced, CelebA-HQ-256, MNIST, OMNIGLOT
+BACKBONES = 7  # one per main configuration + the Table 6 backbone
+
+
+def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["snakemake", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run."""
+    block = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in block.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def dry_run(*args: str) -> tuple[dict[str, int], str]:
+    proc = snakemake("-n", *args)
+    text = proc.stdout + proc.stderr
+    return job_counts(text), text
+
+
+@pytest.mark.parametrize("scale", ["smoke", "quick"])
+def test_offline_scales_plan_the_whole_dag(scale):
+    counts, text = dry_run("--config", f"scale={scale}")
+    seeds = len(yaml.safe_load((ROOT / "config.yaml").read_text())["scales"][scale]["seeds"])
+    assert counts["train_lsgm"] == (MAIN_LSGMS + TABLE6_CELLS) * seeds
+    assert counts["train_vae"] == BACKBONES * seeds
+    assert counts["train_sgm"] == seeds
+    assert counts["train_classifier"] == 1 and counts["fid_stats"] == 1
+    assert counts["tables"] == 5 and counts["figure4"] == 1
+    assert {"eval_nll", "eval_fid", "eval_cost", "run_config"} <= set(counts)
+    assert f"results/{scale}/fid_stats/digits-classifier-v1.pt" in text
+    # the n/a cells of Table 6 are not planned, the others are
+    assert "geometric-w_un-is-" not in text and "geometric-w_ll-is-" not in text
+    assert "vpsde-w_un-is-q_rew" in text and "geometric-w_re-is-q_ll_is" in text
+
+
+def test_default_scale_is_quick():
+    _, text = dry_run()
+    assert "results/quick/tables/table6.md" in text and "results/smoke/" not in text
+
+
+def test_slurm_profile_resolves_and_requests_gpus():
+    assert (ROOT / "slurm" / "config.yaml").is_file(), "`--profile slurm` needs ./slurm/config.yaml"
+    counts, text = dry_run("--profile", "slurm")
+    assert counts["train_lsgm"] == MAIN_LSGMS + TABLE6_CELLS
+    assert counts["fid_stats"] == 2 and "train_classifier" not in counts  # Inception at paper scale
+    assert "results/paper/fid_stats/cifar10-inception-v1.pt" in text
+    jobs = re.findall(r"rule (\w+):\n(.*?)(?=\n\[|\Z)", text, flags=re.S)
+    trained = 0
+    for rule, body in jobs:
+        res = re.search(r"resources: (.*)", body)
+        if rule.startswith("train_") or rule.startswith("eval_") or rule == "fid_stats":
+            assert res, f"{rule} has no resources line"
+            fields = dict(kv.split("=", 1) for kv in res.group(1).split(", "))
+            assert int(fields["gpu"]) >= 1, (rule, fields)
+            assert int(fields["runtime"]) > 0 and int(fields["cpus_per_task"]) >= 1
+            assert fields["slurm_partition"] and fields["slurm_account"]
+            assert "tasks" not in fields  # would start one copy of the command per GPU
+            trained += rule.startswith("train_")
+        if rule in ("tables", "figure4", "run_config"):
+            assert res is None or "gpu=" not in res.group(1)
+    assert trained == MAIN_LSGMS + TABLE6_CELLS + BACKBONES + 1
+    # several GPUs -> torchrun DDP on one node
+    assert "torchrun --standalone --nnodes=1 --nproc_per_node=8 -m lsgm train-lsgm" in text
+
+
+def test_one_table6_cell_plans_only_its_chain():
+    target = "results/quick/metrics/digits/lsgm/vpsde-w_un-is-q_rew-s0/nll.json"
+    counts, text = dry_run(target)
+    assert counts == {"run_config": 2, "train_vae": 1, "train_lsgm": 1, "eval_nll": 1, "total": 5}
+    assert "results/quick/runs/digits/vae/table6-s0/model.pt" in text
+
+
+def test_one_table_plans_only_its_runs():
+    counts, _ = dry_run("results/quick/tables/table5.md")  # MNIST: LSGM + its backbone
+    assert counts["train_lsgm"] == 1 and counts["train_vae"] == 1 and counts["tables"] == 1
+    assert "train_sgm" not in counts and "fid_stats" not in counts
+
+
+def test_unknown_target_fails_clearly():
+    proc = snakemake("-n", "results/quick/metrics/digits/lsgm/geometric-w_un-is-q_rew-s0/nll.json", check=False)
+    assert proc.returncode != 0
+    assert "no lsgm run 'geometric-w_un-is-q_rew'" in proc.stdout + proc.stderr
+
+
+def _with_config(tmp_path, mutate) -> subprocess.CompletedProcess:
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    mutate(cfg)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return snakemake("-n", "--configfile", str(path), check=False)
+
+
+def test_unknown_key_fails_with_the_schema_message(tmp_path):
+    proc = _with_config(tmp_path, lambda c: c["scales"]["quick"]["eval"]["nll"].update(bogus_key=1))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Additional properties are not allowed ('bogus_key' was unexpected)" in out
+
+
+def test_wrong_type_fails(tmp_path):
+    proc = _with_config(tmp_path, lambda c: c["scales"]["quick"]["seeds"].append("one"))
+    assert proc.returncode != 0 and "is not of type 'integer'" in proc.stdout + proc.stderr
+
+
+def test_impossible_table6_cell_fails_clearly(tmp_path):
+    proc = _with_config(tmp_path, lambda c: c["table6"]["grid"]["geometric"].append("un-is-rew"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "impossible Table 6 cell 'un-is-rew' with the geometric SDE" in out
+
+
+def test_vpsde_with_zero_t_eps_fails_clearly(tmp_path):
+    proc = _with_config(tmp_path, lambda c: c["table6"]["sde"]["vpsde"].update(t_eps=0.0))
+    assert proc.returncode != 0 and "var(0) = 0" in proc.stdout + proc.stderr
+
+
+def test_run_configs_load_strictly():
+    """Every planned run config loads with lsgm.config (strict) and the cells map to RunConfig.objective."""
+    from lsgm.config import RunConfig, from_dict
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for scale in plan.SCALES:
+        p = plan.Plan(cfg, scale)
+        for run in p.runs.values():
+            from_dict(RunConfig, run.config)
+        cell = p.run("lsgm", p.sc["datasets"]["cifar10"], "geometric-w_re-is-q_ll_is", 0).config
+        assert cell["sde"]["type"] == "geometric" and cell["sde"]["t_eps"] == 0.0
+        assert (cell["objective"]["weighting"], cell["objective"]["sampling"], cell["objective"]["q_objective"]) \
+            == ("re", "is", "ll_is")
+    paper = plan.Plan(cfg, "paper")
+    fid = paper.run("lsgm", "cifar10", "fid", 0)
+    assert fid.config["train"]["steps"] == 1875 * (50000 // 256) and fid.gpus == 8
+    assert fid.config["vae"] == fid.backbone.config["vae"]
+
+
+def test_lint_is_clean_but_for_software_envs():
+    """Accepted lint: 'Specify a conda environment or container for each rule' -- the harness is one pinned
+    pip package (pyproject.toml) installed once; every rule calls its `lsgm` console script."""
+    proc = snakemake("--lint", check=False)
+    items = set(re.findall(r"^\s+\* (.+?):?$", proc.stdout + proc.stderr, flags=re.M))
+    assert items <= {"Specify a conda environment or container for each rule."}, items

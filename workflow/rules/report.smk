@@ -1,0 +1,49 @@
+# Compiled tables and Figure 4 (local: cheap, and they need every metrics file on the shared FS).
+# `lsgm report tables` writes every table its metrics allow into --out-dir; each table is its own job
+# (so one table's target runs only its chain), compiled in a private folder and copied into place.
+
+
+rule tables:
+    """One paper table (ours beside the published rows): results/{scale}/tables/{table}.{md,csv}."""
+    input:
+        metrics=lambda wc: PLANS[wc.scale].table_inputs(wc.table),
+    output:
+        md=report(
+            "results/{scale}/tables/{table}.md",
+            caption="../report/tables.rst",
+            category="Tables",
+            labels={"table": "{table}", "format": "markdown"},
+        ),
+        csv=report(
+            "results/{scale}/tables/{table}.csv",
+            caption="../report/tables.rst",
+            category="Tables",
+            labels={"table": "{table}", "format": "csv"},
+        ),
+    log:
+        "logs/{scale}/tables/{table}.log",
+    localrule: True
+    shell:
+        "tmp=$(mktemp -d) && trap 'rm -rf $tmp' EXIT &&"
+        " lsgm report tables --metrics {input.metrics} --scale {wildcards.scale} --out-dir $tmp > {log} 2>&1 &&"
+        " cp $tmp/{wildcards.table}.md {output.md} && cp $tmp/{wildcards.table}.csv {output.csv}"
+
+
+rule figure4:
+    """Figure 4: FD/FID and NFE against the ODE tolerance; LSGM vs the pixel SGM (ODE and PC)."""
+    input:
+        metrics=lambda wc: PLANS[wc.scale].figure4_inputs(),
+    output:
+        png=report(
+            "results/{scale}/figure4.png",
+            caption="../report/figure4.rst",
+            category="Figures",
+            labels={"figure": "Figure 4"},
+        ),
+        csv="results/{scale}/figure4.csv",
+    log:
+        "logs/{scale}/figure4.log",
+    localrule: True
+    shell:
+        "lsgm report figure4 --metrics {input.metrics} --scale {wildcards.scale}"
+        " --out-dir results/{wildcards.scale} > {log} 2>&1"
