@@ -1,0 +1,126 @@
+"""``lsgm evaluate nll | fid | cost``: one metrics JSON per call.
+
+Exit codes: 0 with a complete file (also for a diverged run: NaN metrics and the reason); 2 with a
+one-line error on stderr and no output file for unusable input (missing model or statistics, statistics
+from another extractor, missing Inception weights offline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="DIR/model.pt of a training run")
+    p.add_argument("--out", required=True, help="metrics JSON to write (atomically)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--ema", dest="ema", action="store_true", default=True, help="use the EMA weights (default)")
+    p.add_argument("--no-ema", dest="ema", action="store_false")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def _sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stats", help="reference statistics (lsgm fid-stats)")
+    p.add_argument("--solver", default="dopri5", help="torchdiffeq method")
+    p.add_argument("--t-eps", type=float, default=1e-5, help="ODE end time (official ode_eps 1e-5)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--bn-mode", default="eval", choices=["eval", "train"])
+    p.add_argument("--classifier", help="override the classifier model.pt recorded in the statistics")
+    p.add_argument("--inception-weights", help="weights-inception-2015-12-05-6726825d.pth (offline); "
+                   "also $LSGM_INCEPTION_WEIGHTS")
+
+
+def _n_batches(value: str) -> int | None:
+    return None if value == "all" else int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lsgm evaluate", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+
+    nll = sub.add_parser("nll", help="NELBO split into named terms and the importance-weighted NLL")
+    _common(nll)
+    nll.add_argument("--prior", default="ode", choices=["ode", "dsm"], help="LSGM prior term (VAE: its Normal prior)")
+    nll.add_argument("--iw-samples", type=int, default=1, help="K importance samples")
+    nll.add_argument("--inner", type=int, default=1, help="M ODE solves per encoder sample (mean, std. error)")
+    nll.add_argument("--tolerance", type=float, default=1e-5, help="ODE rtol = atol")
+    nll.add_argument("--t-eps", type=float, default=None, help="default: 1e-5 (ode), the training t_eps (dsm)")
+    nll.add_argument("--probe", default="gaussian", choices=["gaussian", "rademacher"])
+    nll.add_argument("--solver", default="dopri5")
+    nll.add_argument("--t-draws", type=int, default=16, help="DSM: time draws per encoder sample")
+    nll.add_argument("--n-batches", type=_n_batches, default=None, help="N or 'all' (default)")
+    nll.add_argument("--split", default="test", choices=["test", "train"])
+    nll.add_argument("--root", help="dataset folder (default: the run's data.root)")
+
+    fid = sub.add_parser("fid", help="FID (Inception) or FD (classifier features) of generated samples")
+    _common(fid)
+    _sampling(fid)
+    fid.add_argument("--n-samples", type=int, default=50_000)
+    fid.add_argument("--tolerance", type=float, default=1e-5)
+
+    cost = sub.add_parser("cost", help="NFE, seconds per batch and FD per tolerance / PC step count")
+    _common(cost)
+    _sampling(cost)
+    cost.add_argument("--tolerances", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3, 1e-2])
+    cost.add_argument("--n-batches", type=int, default=20, help="timed batches (after one warm-up batch)")
+    cost.add_argument("--fd-samples", type=int, default=1000, help="samples for the FD at each setting (0: none)")
+    cost.add_argument("--fd-batch-size", type=int, default=100)
+    cost.add_argument("--pc-steps", type=int, nargs="*", default=None, help="pixel SGM: PC step counts")
+    cost.add_argument("--sampler", dest="samplers", nargs="+", choices=["ode", "pc"], default=None,
+                      help="pixel SGM: which samplers (default both)")
+    cost.add_argument("--snr", type=float, default=0.16)
+    return parser
+
+
+def run_evaluation(args: argparse.Namespace) -> dict:
+    """Dispatch to the evaluation named by ``args.what``; returns the metrics record."""
+    common = dict(seed=args.seed, use_ema=args.ema, device=args.device)
+    if args.what == "nll":
+        from lsgm.eval.nll import evaluate_nll
+
+        return evaluate_nll(args.model, prior=args.prior, iw_samples=args.iw_samples, inner=args.inner,
+                            tolerance=args.tolerance, t_eps=args.t_eps, probe=args.probe, solver=args.solver,
+                            batch_size=args.batch_size or 128, n_batches=args.n_batches, split=args.split,
+                            t_draws=args.t_draws, root=args.root, **common)
+    sampling = dict(solver=args.solver, t_eps=args.t_eps, temperature=args.temperature, bn_mode=args.bn_mode,
+                    classifier=args.classifier, inception_weights=args.inception_weights, **common)
+    if args.what == "fid":
+        from lsgm.eval.common import EvalError
+        from lsgm.eval.fid import evaluate_fid
+
+        if not args.stats:
+            raise EvalError("--stats FILE.pt is required (lsgm fid-stats --dataset NAME --features ... --out FILE.pt)")
+        return evaluate_fid(args.model, args.stats, n_samples=args.n_samples, tolerance=args.tolerance,
+                            batch_size=args.batch_size or 64, **sampling)
+    from lsgm.eval.common import EvalError
+    from lsgm.eval.cost import evaluate_cost
+
+    if args.fd_samples > 1 and not args.stats:
+        raise EvalError("--stats FILE.pt is required for the FD at each setting (or pass --fd-samples 0)")
+    return evaluate_cost(args.model, args.stats if args.fd_samples > 1 else None, tolerances=args.tolerances,
+                         batch_size=args.batch_size or 16, n_batches=args.n_batches, fd_samples=args.fd_samples,
+                         fd_batch_size=args.fd_batch_size, pc_steps=args.pc_steps, samplers=args.samplers,
+                         snr=args.snr, **sampling)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from lsgm.eval.common import EvalError, write_metrics
+
+    try:
+        record = run_evaluation(args)
+    except EvalError as err:
+        print(f"lsgm evaluate {args.what}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    write_metrics(args.out, record)
+    print(json.dumps({"out": args.out, "status": record["status"], "metrics": record["metrics"]}, default=str)[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Sampling cost: NFE, seconds per batch and FD/FID per ODE tolerance (and per PC step count).
+
+For every tolerance (and, for the pixel-space SGM, every predictor-corrector step count) the sampler runs
+``n_batches`` timed batches of ``batch_size`` (16, as Table 9 / Figure 4) after ONE warm-up batch that is
+excluded from NFE and time; the FD/FID at that setting is computed on ``fd_samples`` further samples with
+the same per-sample seeding as ``lsgm evaluate fid``. Seconds cover the whole batch (noise, solve, VAE
+decode, device synchronised) and the solve alone. The device is named in the provenance; timings are only
+comparable on the same device.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from lsgm.eval.common import LoadedRun, load_run, metrics_record, resolve_device, set_bn_mode
+from lsgm.eval.fid import (
+    Extractor,
+    check_stats,
+    extractor_for_stats,
+    feature_statistics,
+    frechet_distance,
+    load_stats,
+    sample_batch,
+    sample_features,
+)
+
+ROW_KEYS = ("sampler", "tolerance", "n_steps", "nfe_mean", "nfe_std", "seconds_per_batch", "seconds_std",
+            "solve_seconds_per_batch", "batch_size", "n_batches", "fd_name", "fd", "fd_n_samples")
+
+
+def time_sampler(run: LoadedRun, *, sampler: str, batch_size: int, n_batches: int, seed: int,
+                 device: torch.device, **kwargs) -> dict:
+    """NFE and seconds of ``n_batches`` batches after one warm-up batch (excluded); samples 0.. of ``seed``."""
+    batches = []
+    for b in range(n_batches + 1):
+        batch = sample_batch(run, b * batch_size, batch_size, seed=seed, sampler=sampler, device=device, **kwargs)
+        if b > 0:
+            batches.append(batch)
+    nfe = np.array([b.nfe for b in batches], dtype=float)
+    sec = np.array([b.seconds for b in batches])
+    solve = np.array([b.sampler_seconds for b in batches])
+    return {"nfe_mean": float(nfe.mean()), "nfe_std": float(nfe.std()), "seconds_per_batch": float(sec.mean()),
+            "seconds_std": float(sec.std()), "solve_seconds_per_batch": float(solve.mean()),
+            "batch_size": batch_size, "n_batches": n_batches}
+
+
+def cost_row(run: LoadedRun, extractor: Extractor | None, ref: dict | None, *, sampler: str, tolerance: float | None,
+             n_steps: int | None, batch_size: int, n_batches: int, fd_samples: int, fd_batch_size: int, seed: int,
+             device: torch.device, **kwargs) -> dict:
+    """One row of the cost table (NaN-filled where sampling fails)."""
+    opts = dict(kwargs, tolerance=tolerance if tolerance is not None else 1e-5, pc_steps=n_steps or 0)
+    row = {"sampler": sampler, "tolerance": tolerance, "n_steps": n_steps,
+           "fd_name": extractor.metric_name if extractor else None, "fd_n_samples": fd_samples}
+    try:
+        row.update(time_sampler(run, sampler=sampler, batch_size=batch_size, n_batches=n_batches, seed=seed,
+                                device=device, **opts))
+        if extractor is not None and fd_samples > 1:
+            feats, _ = sample_features(run, extractor, fd_samples, fd_batch_size, seed=seed, sampler=sampler,
+                                       device=device, **opts)
+            row["fd"] = frechet_distance(feature_statistics(feats), ref)
+        else:
+            row["fd"] = None
+    except (FloatingPointError, AssertionError) as err:  # NaN samples / solver underflow: a NaN row
+        row.update({k: math.nan for k in ("nfe_mean", "nfe_std", "seconds_per_batch", "seconds_std",
+                                          "solve_seconds_per_batch", "fd")}, error=str(err).splitlines()[0])
+        row.setdefault("batch_size", batch_size)
+        row.setdefault("n_batches", n_batches)
+    return {k: row.get(k) for k in ROW_KEYS} | ({"error": row["error"]} if "error" in row else {})
+
+
+def evaluate_cost(model: str, stats_path: str | None, *, tolerances: list[float], batch_size: int = 16,
+                  n_batches: int = 20, fd_samples: int = 1000, fd_batch_size: int = 100,
+                  pc_steps: list[int] | None = None, samplers: list[str] | None = None, solver: str = "dopri5",
+                  t_eps: float = 1e-5, temperature: float = 1.0, snr: float = 0.16, seed: int = 0,
+                  bn_mode: str = "eval", use_ema: bool = True, classifier: str | None = None,
+                  inception_weights: str | None = None, device: str | None = None) -> dict:
+    """``lsgm evaluate cost``: rows per tolerance (ODE) and per step count (PC, pixel SGM)."""
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    run = load_run(model, use_ema=use_ema, device=dev)
+    extractor = ref = stats = None
+    if stats_path is not None:
+        stats = load_stats(stats_path)
+        extractor = extractor_for_stats(stats, classifier, inception_weights, dev)
+        check_stats(stats, extractor, run.cfg.data.name, stats_path)
+        ref = {"mu": stats["mu"].numpy(), "sigma": stats["sigma"].numpy()}
+    samplers = samplers or (["ode", "pc"] if run.kind == "sgm" else ["ode"])
+    pc_steps = pc_steps if pc_steps is not None else ([1000] if "pc" in samplers else [])
+    plan = [("ode", tol, None) for tol in tolerances] if "ode" in samplers else []
+    plan += [("pc", None, steps) for steps in pc_steps] if ("pc" in samplers and run.kind == "sgm") else []
+    settings = {
+        "tolerances": tolerances, "pc_steps": pc_steps if run.kind == "sgm" else [], "samplers": samplers,
+        "solver": solver, "t_eps": t_eps, "temperature": temperature, "snr": snr, "n_corrector": 1,
+        "batch_size": batch_size, "n_batches": n_batches, "warmup_batches": 1, "fd_samples": fd_samples,
+        "fd_batch_size": fd_batch_size, "seed": seed, "bn_mode": bn_mode,
+        "timing": "seconds per batch of batch_size: noise + solve + decode, device synchronised, warm-up excluded",
+        "nfe": "score evaluations per batch solve, incl. rejected steps and initial step selection",
+        "feature_extractor": extractor.describe() if extractor else None,
+        "reference": None if stats is None else {"path": str(stats_path), "name": stats["name"], "n": stats["n"]},
+    }
+    if run.kind == "vae":
+        plan = [("vae", None, None)]
+    if run.diverged:
+        rows = [{k: None for k in ROW_KEYS} | {"sampler": s, "tolerance": t, "n_steps": n, "nfe_mean": math.nan,
+                                                "fd": math.nan, "seconds_per_batch": math.nan} for s, t, n in plan]
+        return metrics_record("cost", run, {"rows": rows}, settings, device=dev, started=started)
+    set_bn_mode(run.vae, bn_mode)
+    rows = [cost_row(run, extractor, ref, sampler=s, tolerance=t, n_steps=n, batch_size=batch_size,
+                     n_batches=n_batches, fd_samples=fd_samples, fd_batch_size=fd_batch_size, seed=seed,
+                     device=dev, solver=solver, t_eps=t_eps, temperature=temperature, snr=snr)
+            for s, t, n in plan]
+    failed = [r for r in rows if "error" in r]
+    status, reason = ("ok", None) if not failed else ("ok", f"{len(failed)} setting(s) failed: {failed[0]['error']}")
+    return metrics_record("cost", run, {"rows": rows}, settings, status=status, reason=reason, device=dev,
+                          started=started)

@@ -1,0 +1,312 @@
+"""Stage 2: the LSGM, a score prior on the stage-1 VAE's top latent (official ``train_vada.py``, reference 3.5/4.2).
+
+Usage: ``lsgm train-lsgm --config RUN.yaml --vae VAE_DIR/model.pt --out DIR [--ckpt-dir DIR] [--dry-run]``.
+
+Models: the stage-1 NVAE (its config must equal ``cfg.vae``) and ``MixedScore(NCSNpp)`` on
+``vae.latent_shape`` (``objective.mixed_score = False``: the network output is eps, alpha fixed at 1).
+Optimizers: VAE ``train.vae_optim`` and score ``train.score_optim``, each with its own lr schedule; the
+official code uses apex FusedAdam, whose default ``adam_w_mode`` is decoupled weight decay, i.e. AdamW
+(with torch Adam as a fallback it silently becomes coupled L2; reference 4.2): set ``name: adamw`` to match
+the authors' runs. EMA covers the score network only.
+
+Per step, with the p-sampler ``make_time_sampler(weighting, sampling)`` and the q weights from
+``q_objective`` ("rew": the p-samples' ``weight_q``; "ll_is"/"ll_uniform": an own likelihood sampler):
+
+    q_loss = mean_B[ recon + kl_coeff (log q(z0|x) + log q(z_lower) + CE(z0) + CE_lower) ] + SR terms
+    p_loss = mean_B[ sum w_p ||eps - eps_theta||^2 ] (+ lambda_score * GroupNorm max|gamma|)
+
+* joint, q "rew": one t-batch and one score pass; q_loss -> VAE params, p_loss -> score params (gradient
+  routing with ``torch.autograd.backward(inputs=...)``). When p and q coincide (weighting ``ll`` with q "rew")
+  the score network is trained by the q_loss, as the official ``different_p_q_objectives`` does (its gradient is
+  then scaled by kl_coeff during continued annealing).
+* joint, q with its own sampler: the p and q halves are concatenated for one score pass, the p half's z0
+  detached from the encoder.
+* disjoint: a q pass (optionally with the EMA score, ``update_q_ema``) for the VAE, then a fresh t-batch and
+  noise for a second score pass on the detached z0 for the score network.
+* ``train_vae = False``: the VAE is frozen (eval mode) and only p_loss is minimised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lsgm.config import ConfigError, RunConfig, to_dict
+from lsgm.data import dataset_info, get_dataset
+from lsgm.likelihood import nats_to_bpd
+from lsgm.objectives import diffusion_terms
+from lsgm.sde import make_sde
+from lsgm.time_sampling import TimeSample, make_q_sampler, make_time_sampler
+from lsgm.train.common import (Run, cli_main, fixed_rng, lr_at, make_optimizer, set_lr, stage2_kl_coeff,
+                               trainable, unwrap)
+from lsgm.train.ema import EMA
+from lsgm.train.vae import validation_batches
+
+DEVIATIONS = [
+    "time sampling: r_un importance normaliser uses the exact exp(delta b^2) factor (official const_norm +0.23%)",
+    "time sampling: uniform modes include the (1 - t_eps) factor of r(t) (official over-estimates CE by 1/(1-t_eps))",
+    "cross entropy constant: exact terminal term CE(q(z_1|z_0) || N(0,I)) instead of the entropy D/2 log(2 pi e sigma_1^2)",
+    "optimizers chosen explicitly from train.vae_optim / train.score_optim (official: apex FusedAdam = AdamW, "
+    "decoupled weight decay; torch.optim.Adam fallback = coupled L2)",
+    "learning rate: per-step cosine (official per epoch), warm-up lr * (step + 1) / warmup_steps",
+    "drop_inactive_var: per-channel analytic KL of the top scale over train.val_batches batches (official: "
+    "single-sample KL over <= 1000 batches); inactive channels get alpha = 0 exactly (official logit -15)",
+    "mixed precision is a switch (train.amp); official always fp16 with GradScaler(2^10)",
+]
+
+
+def load_stage1(path: str | Path, cfg: RunConfig) -> dict:
+    """The stage-1 ``model.pt``; its VAE config and dataset must equal this run's (clear error otherwise)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--vae {path}: no such file (train the backbone first with `lsgm train-vae`)")
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    if ck.get("config", {}).get("kind") != "vae":
+        raise ConfigError(f"--vae {path}: not a stage-1 VAE run (kind {ck.get('config', {}).get('kind')!r})")
+    if ck["status"] != "completed":
+        raise ConfigError(f"--vae {path}: the stage-1 run ended with status {ck['status']!r}")
+    mine, theirs = to_dict(cfg.vae), ck["config"]["vae"]
+    diffs = [f"vae.{k}: {theirs.get(k)!r} (stage 1) != {v!r} (this config)" for k, v in mine.items() if theirs.get(k) != v]
+    if ck["config"]["data"]["name"] != cfg.data.name:
+        diffs.append(f"data.name: {ck['config']['data']['name']!r} != {cfg.data.name!r}")
+    if diffs:
+        raise ConfigError(f"--vae {path} does not match this config: {'; '.join(diffs)}")
+    return ck
+
+
+def check_objective(cfg: RunConfig) -> None:
+    obj = cfg.objective
+    if obj.mode == "disjoint" and (obj.q_objective == "rew" or not obj.train_vae):
+        raise ConfigError("objective.mode disjoint needs q_objective ll_is or ll_uniform and train_vae true "
+                          "(as the official code asserts)")
+    if obj.update_q_ema and obj.mode != "disjoint":
+        raise ConfigError("objective.update_q_ema applies only to objective.mode disjoint")
+
+
+def groupnorm_penalty(module: nn.Module) -> torch.Tensor:
+    """Sum over GroupNorm layers of max |gamma| (the score net's SR term that the official code keeps)."""
+    terms = [m.weight.abs().max() for m in module.modules() if isinstance(m, nn.GroupNorm) and m.affine]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+@torch.no_grad()
+def infer_active_channels(vae: nn.Module, batches, threshold: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel KL(q(z0_c | x) || N(0, 1)) of the top scale, summed over H, W and averaged over batches;
+    returns (mask [C] = KL > threshold, kl [C]). Reads q's mean/log-std from the top-scale posterior heads."""
+    from lsgm.nets.nvae import soft_clamp
+
+    groups = vae.cfg.num_groups_per_scale
+    captured: dict[int, list[torch.Tensor]] = {g: [] for g in range(groups)}
+
+    def hook(g):
+        def fn(module, inputs, output):
+            mu, log_sig = output.float().chunk(2, dim=1)  # (B, L, h, w) each
+            mu, log_sig = soft_clamp(mu, 5.0), soft_clamp(log_sig, vae.cfg.log_sig_q_scale)
+            kl = 0.5 * (mu**2 + torch.exp(2 * log_sig) - 1.0) - log_sig  # (B, L, h, w)
+            captured[g].append(kl.sum(dim=(2, 3)))  # (B, L)
+        return fn
+
+    handles = [vae.posteriors[g].register_forward_hook(hook(g)) for g in range(groups)]
+    try:
+        for x in batches:
+            vae(x)
+    finally:
+        for h in handles:
+            h.remove()
+    kl = torch.cat([torch.cat(captured[g]).mean(dim=0) for g in range(groups)])  # (C,) in z0's channel order
+    return kl > threshold, kl
+
+
+class LSGMTask:
+    def __init__(self, run: Run, vae_path: str):
+        from lsgm.nets.ncsnpp import NCSNpp
+        from lsgm.nets.nvae import NVAE
+        from lsgm.score import MixedScore
+
+        cfg, obj = run.cfg, run.cfg.objective
+        self.run, self.cfg, self.obj = run, cfg, obj
+        check_objective(cfg)
+        stage1 = load_stage1(vae_path, cfg)
+        self.info = dataset_info(cfg.data.name)
+        vae = NVAE(cfg.vae, self.info)
+        vae.load_state_dict(stage1["state"]["vae"])
+        self.sde = make_sde(cfg.sde)
+        try:
+            self.p_sampler = make_time_sampler(obj.weighting, obj.sampling, self.sde, cfg.sde.t_eps)
+            self.q_sampler = make_q_sampler(obj.q_objective, self.p_sampler)
+        except ValueError as err:
+            raise ConfigError(f"objective: {err}") from err
+        shape = vae.latent_shape
+        score = MixedScore(NCSNpp(cfg.score, shape[0], shape[1]), self.sde, shape,
+                           mixing_logit_init=obj.mixing_logit_init, mixed=obj.mixed_score)
+        self.active_kl = None
+        if obj.drop_inactive_var:
+            vae.to(run.device).eval()
+            train_set = get_dataset(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download)
+            with fixed_rng(cfg.seed + 2, run.device):
+                loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=False)
+                batches = (x.to(run.device) for i, (x, _) in zip(range(cfg.train.val_batches), loader))
+                mask, self.active_kl = infer_active_channels(vae, batches)
+            score.set_active(mask)
+        self.train_vae = obj.train_vae
+        self.vae = run.wrap(vae) if self.train_vae else vae.to(run.device).eval().requires_grad_(False)
+        self.score = run.wrap(score)
+        self.opt_score = make_optimizer(trainable(unwrap(self.score)), cfg.train.score_optim)
+        self.optimizers = {"score": self.opt_score}
+        if self.train_vae:
+            self.opt_vae = make_optimizer(trainable(unwrap(self.vae)), cfg.train.vae_optim)
+            self.optimizers["vae"] = self.opt_vae
+        self.ema = EMA(unwrap(self.score), cfg.train.ema_decay)
+        self.modules = {"vae": unwrap(self.vae), "score": unwrap(self.score)}
+        self.emas = {"score": self.ema}
+        self.loader = run.make_loader(get_dataset(cfg.data.name, "train", root=cfg.data.root,
+                                                  download=cfg.data.download))
+        # p and q objectives coincide (official different_p_q_objectives False): the q_loss trains the score too
+        self.score_by_q = self.train_vae and obj.weighting == "ll" and obj.q_objective == "rew"
+        self.meta = self._meta(vae_path, stage1)
+
+    def _meta(self, vae_path: str, stage1: dict) -> dict:
+        t = self.cfg.train
+        return {"stage": "lsgm", "vae_checkpoint": {"path": str(vae_path), "step": stage1["step"]},
+                "latent_shape": list(unwrap(self.vae).latent_shape),
+                "optimizer": {"vae": t.vae_optim.name if self.train_vae else None, "score": t.score_optim.name,
+                              "official": "apex FusedAdam (adam_w_mode=True: decoupled weight decay = AdamW)"},
+                "score_trained_by": "q_loss" if self.score_by_q else "p_loss",
+                "samplers": {"p": self.p_sampler.name, "q": self.q_sampler.name if self.q_sampler else "rew"},
+                "active_channels": None if self.active_kl is None else {
+                    "kl": self.active_kl.tolist(), "active": unwrap(self.score).active.tolist()},
+                "deviations": DEVIATIONS}
+
+    # --------------------------------------------------------------------------------- one step
+    def _set_schedules(self, step: int) -> dict[str, float]:
+        total, t = self.run.total_steps, self.cfg.train
+        sched = {"lr_score": lr_at(step, total, t.score_optim), "kl_coeff": stage2_kl_coeff(step, total, t.kl)}
+        set_lr(self.opt_score, sched["lr_score"])
+        if self.train_vae:
+            sched["lr"] = lr_at(step, total, t.vae_optim)
+            set_lr(self.opt_vae, sched["lr"])
+        else:
+            sched["lr"] = sched["lr_score"]
+        return sched
+
+    def _score_terms(self, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross entropy for q [B], sgm loss for p [B]) from one score pass (joint or frozen-VAE mode)."""
+        B, kw = z0.shape[0], dict(device=z0.device, dtype=torch.float32)
+        ts_p = self.p_sampler.sample(B, **kw)
+        if self.q_sampler is None or not self.train_vae:
+            z_in = z0 if self.train_vae else z0.detach()
+            terms = diffusion_terms(z_in, self.score, self.sde, ts_p)
+            return terms.cross_entropy, terms.sgm_loss
+        ts_q = self.q_sampler.sample(B, **kw)
+        ts = TimeSample(torch.cat([ts_q.t, ts_p.t]), torch.cat([ts_q.weight_p, ts_p.weight_p]),
+                        torch.cat([ts_q.weight_q, ts_p.weight_q]), ts_p.t_eps)
+        terms = diffusion_terms(torch.cat([z0, z0.detach()]), self.score, self.sde, ts)  # (2B, ...): q half, p half
+        return terms.cross_entropy[:B], terms.sgm_loss[B:]
+
+    def _q_loss(self, out, ce: torch.Tensor, kl_coeff: float, with_score_sr: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        recon = out.reconstruction.float()
+        kl = out.log_q_z0.float() + out.lower_log_q.float() + ce.float() + out.lower_cross_entropy.float()
+        nelbo = (recon + kl).mean()
+        loss = (recon + kl_coeff * kl).mean()
+        if self.train_vae:
+            loss = loss + self.cfg.train.sr_lambda_vae * unwrap(self.vae).regularization().float()
+        if with_score_sr and self.cfg.train.sr_lambda_score > 0:
+            loss = loss + self.cfg.train.sr_lambda_score * groupnorm_penalty(unwrap(self.score))
+        return loss, nelbo
+
+    def _p_loss(self, sgm: torch.Tensor) -> torch.Tensor:
+        loss = sgm.float().mean()
+        if self.cfg.train.sr_lambda_score > 0:
+            loss = loss + self.cfg.train.sr_lambda_score * groupnorm_penalty(unwrap(self.score))
+        return loss
+
+    def train_step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+        run, sched = self.run, self._set_schedules(step)
+        vae_params, score_params = trainable(self.vae), trainable(self.score)
+        if self.train_vae:
+            self.vae.train()
+        self.score.train()
+        if self.obj.mode == "disjoint":
+            q_loss, p_loss, nelbo = self._disjoint(x, step, sched["kl_coeff"], vae_params, score_params)
+        else:
+            with run.autocast(), (contextlib.nullcontext() if self.train_vae else torch.no_grad()):
+                out = self.vae(x)
+            with run.autocast():
+                ce, sgm = self._score_terms(out.z0)
+                q_loss, nelbo = self._q_loss(out, ce, sched["kl_coeff"], with_score_sr=True)
+                p_loss = run.force_nan(self._p_loss(sgm), step)
+            q_loss = run.force_nan(q_loss, step)
+            run.check_finite(step, q_loss=q_loss, p_loss=p_loss)
+            if self.score_by_q:
+                run.backward(q_loss, vae_params + score_params)
+            elif self.train_vae:
+                run.backward(q_loss, vae_params, retain_graph=True)
+                run.backward(p_loss, score_params)
+            else:
+                run.backward(p_loss, score_params)
+        groups = {"score": (self.opt_score, score_params)}
+        if self.train_vae:
+            groups = {"vae": (self.opt_vae, vae_params), **groups}
+        norms = run.step(step, groups)
+        self.ema.update(unwrap(self.score))
+        alpha = unwrap(self.score).alpha.mean().item() if self.obj.mixed_score else 1.0
+        loss = q_loss if self.train_vae else p_loss
+        return {"loss": loss.item(), "q_loss": q_loss.item(), "p_loss": p_loss.item(), "nelbo": nelbo.item(),
+                **sched, **norms, "alpha_mean": alpha}
+
+    def _disjoint(self, x, step, kl_coeff, vae_params, score_params):
+        """Disjoint mode: q pass (EMA score if update_q_ema) -> VAE grads; fresh t-batch on detached z0 -> score."""
+        run, net = self.run, unwrap(self.score)
+        with run.autocast():
+            out = self.vae(x)
+        swap = self.ema.swapped(net) if self.obj.update_q_ema else contextlib.nullcontext()
+        with swap:  # the q backward runs inside: the graph holds the (swapped) parameter tensors
+            with run.autocast():
+                ts_q = self.q_sampler.sample(x.shape[0], device=x.device)
+                ce = diffusion_terms(out.z0, net, self.sde, ts_q).cross_entropy
+                q_loss, nelbo = self._q_loss(out, ce, kl_coeff, with_score_sr=False)
+            q_loss = run.force_nan(q_loss, step)
+            run.check_finite(step, q_loss=q_loss)
+            run.backward(q_loss, vae_params)
+        with run.autocast():
+            ts_p = self.p_sampler.sample(x.shape[0], device=x.device)
+            p_loss = self._p_loss(diffusion_terms(out.z0.detach(), self.score, self.sde, ts_p).sgm_loss)
+        run.check_finite(step, p_loss=p_loss)
+        run.backward(p_loss, score_params)
+        return q_loss, p_loss, nelbo
+
+    # --------------------------------------------------------------------------------- end of run
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """NELBO with the EMA score prior on test batches (Theorem 1 CE with r_ll importance sampling)."""
+        vae, net = unwrap(self.vae).eval(), unwrap(self.score).eval()
+        sampler = make_time_sampler("ll", "is", self.sde, self.cfg.sde.t_eps)
+        nelbos = []
+        with fixed_rng(self.cfg.seed + 1, self.run.device), self.ema.swapped(net):
+            for x in validation_batches(self.run, self.cfg.train.val_batches):
+                out = vae(x)
+                ts = sampler.sample(x.shape[0], device=x.device)
+                ce = diffusion_terms(out.z0, net, self.sde, ts).cross_entropy
+                nelbos.append(out.reconstruction + out.log_q_z0 + out.lower_log_q + ce + out.lower_cross_entropy)
+        nelbo = torch.cat(nelbos).double()
+        return {"split": "test", "n": nelbo.numel(), "nelbo_nats": nelbo.mean().item(),
+                "nelbo_bpd": float(nats_to_bpd(nelbo.mean(), self.info.eval_dims)), "unit": self.info.unit,
+                "prior": "dsm, r_ll importance sampling, one t per sample", "ema": True, "bn_mode": "eval"}
+
+    def model_state(self) -> dict:
+        """``state``: vae + score (MixedScore) state_dicts; ``ema``: the score's state_dict with EMA parameters."""
+        net = unwrap(self.score)
+        return {"state": {"vae": unwrap(self.vae).state_dict(), "score": net.state_dict()},
+                "ema": self.ema.averaged_state_dict(net)}
+
+
+def build(run: Run, args: argparse.Namespace) -> LSGMTask:
+    return LSGMTask(run, args.vae)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(argv, "lsgm", build, needs_vae=True)

@@ -1,0 +1,94 @@
+"""Stage 1: the NVAE backbone with a N(0, I) prior (official ``train_vae.py``, reference section 4.1).
+
+loss = mean_B[ recon + kl_coeff * sum_g c_g KL_g ] + sr_lambda_vae * vae.regularization()
+
+with the KL warm-up ``kl_coeff(step)`` and KL balancing c_g (only while kl_coeff < 1) of
+:mod:`lsgm.train.common`, Adamax with coupled L2 weight decay (``train.vae_optim``), no EMA. At the end
+the NELBO (kl_coeff = 1) on ``train.val_batches`` test batches is written to run.json; the IW-NLL is the
+evaluation module's job. Usage: ``lsgm train-vae --config RUN.yaml --out DIR [--ckpt-dir DIR] [--dry-run]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from lsgm.data import dataset_info, get_dataset
+from lsgm.likelihood import nats_to_bpd
+from lsgm.train.common import (Run, balanced_kl, cli_main, fixed_rng, kl_balance_alphas, lr_at, make_optimizer,
+                               set_lr, stage1_kl_coeff, trainable, unwrap)
+
+
+def validation_batches(run: Run, n_batches: int):
+    """The first ``n_batches`` test batches (fixed order), on the run's device."""
+    cfg = run.cfg
+    data = get_dataset(cfg.data.name, "test", root=cfg.data.root, download=cfg.data.download, augment=False)
+    n = min(len(data), n_batches * cfg.train.batch_size)
+    for start in range(0, n, cfg.train.batch_size):
+        idx = range(start, min(start + cfg.train.batch_size, n))
+        yield torch.stack([data[i][0] for i in idx]).to(run.device)
+
+
+class VAETask:
+    def __init__(self, run: Run):
+        from lsgm.nets.nvae import NVAE
+
+        cfg = run.cfg
+        self.run, self.cfg = run, cfg
+        self.info = dataset_info(cfg.data.name)
+        self.vae = run.wrap(NVAE(cfg.vae, self.info))
+        self.opt = make_optimizer(trainable(unwrap(self.vae)), cfg.train.vae_optim)
+        self.loader = run.make_loader(get_dataset(cfg.data.name, "train", root=cfg.data.root,
+                                                  download=cfg.data.download))
+        self.alphas = kl_balance_alphas(cfg.vae.num_latent_scales, cfg.vae.num_groups_per_scale)
+        self.modules, self.optimizers, self.emas = {"vae": unwrap(self.vae)}, {"vae": self.opt}, {}
+        self.meta = {"stage": "vae", "optimizer": {"vae": f"{cfg.train.vae_optim.name} (coupled L2 weight decay"
+                                                          " for adamax/adam, decoupled for adamw)"},
+                     "deviations": ["lr cosine stepped per step, not per epoch",
+                                    "no EMA, no checkpoint selection by validation NLL: the last weights are saved"]}
+
+    def train_step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+        run, cfg = self.run, self.cfg
+        lr = lr_at(step, run.total_steps, cfg.train.vae_optim)
+        set_lr(self.opt, lr)
+        kl_coeff = stage1_kl_coeff(step, run.total_steps, cfg.train.kl)
+        self.vae.train()
+        with run.autocast():
+            out = self.vae(x)
+            kl = balanced_kl([k.float() for k in out.kl_groups], kl_coeff, self.alphas, cfg.train.kl.balance)
+            reg = unwrap(self.vae).regularization().float()
+        recon = out.reconstruction.float()
+        loss = run.force_nan((recon + kl).mean() + cfg.train.sr_lambda_vae * reg, step)
+        kl_groups = torch.stack(out.kl_groups, 1).float()  # (B, G)
+        nelbo = (recon + kl_groups.sum(1)).mean()
+        run.check_finite(step, loss=loss)
+        run.backward(loss, trainable(self.vae))
+        norms = run.step(step, {"vae": (self.opt, trainable(self.vae))})
+        return {"loss": loss.item(), "nelbo": nelbo.item(), "recon": recon.mean().item(),
+                "kl": (nelbo - recon.mean()).item(),
+                "kl_max_group": kl_groups.mean(0).max().item(), "sr": reg.item(), "kl_coeff": kl_coeff, "lr": lr, **norms}
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        vae = unwrap(self.vae).eval()
+        totals = []
+        with fixed_rng(self.cfg.seed + 1, self.run.device):
+            for x in validation_batches(self.run, self.cfg.train.val_batches):
+                out = vae(x)
+                totals.append(out.reconstruction + torch.stack(out.kl_groups, 1).sum(1))
+        nelbo = torch.cat(totals).double()
+        return {"split": "test", "n": nelbo.numel(), "nelbo_nats": nelbo.mean().item(),
+                "nelbo_bpd": float(nats_to_bpd(nelbo.mean(), self.info.eval_dims)), "bn_mode": "eval",
+                "unit": self.info.unit}
+
+    def model_state(self) -> dict:
+        return {"state": {"vae": unwrap(self.vae).state_dict()}, "ema": None}
+
+
+def build(run: Run, args: argparse.Namespace) -> VAETask:
+    return VAETask(run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(argv, "vae", build)

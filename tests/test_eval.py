@@ -1,0 +1,263 @@
+"""Evaluation: IW/NELBO, Fréchet distance, per-sample seeding, feature extractors, error paths, end to end.
+
+Everything runs on CPU with tiny models; the end-to-end test smoke-trains through the CLIs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lsgm.config import RunConfig, apply_overrides, save_run_config, to_dict
+from lsgm.data import dataset_info
+from lsgm.eval import cli as eval_cli
+from lsgm.eval import fid as fid_mod
+from lsgm.eval.common import EvalError, LoadedRun, build_score, load_run, per_sample_normal, sample_generators
+from lsgm.eval.nll import PriorSettings, batch_terms, iw_nll
+from lsgm.nets.classifier import FeatureClassifier
+from lsgm.nets.nvae import NVAE
+from lsgm.sde import make_sde
+from lsgm.utils import atomic_torch_save
+
+TINY_VAE = ["vae.num_channels=8", "vae.num_latent_per_group=2", "vae.use_se=false", "vae.num_mix=2"]
+TINY_SCORE = ["score.nf=8", "score.ch_mult=[1]"]
+
+
+def _cfg(kind: str, *overrides: str) -> RunConfig:
+    return apply_overrides(RunConfig(kind=kind, name=f"test-{kind}"), [*TINY_VAE, *TINY_SCORE, *overrides])
+
+
+def _save_model(path: Path, cfg: RunConfig, state: dict, ema=None, status: str = "completed") -> Path:
+    atomic_torch_save({"config": to_dict(cfg), "status": status, "step": 3, "state": state, "ema": ema}, path)
+    return path
+
+
+def _lsgm_run(tmp_path: Path, *overrides: str) -> Path:
+    """An untrained LSGM model.pt (random weights are enough for seeding and plumbing tests)."""
+    torch.manual_seed(0)
+    cfg = _cfg("lsgm", *overrides)
+    vae = NVAE(cfg.vae, dataset_info(cfg.data.name))
+    score = build_score(cfg, vae.latent_shape, make_sde(cfg.sde))
+    return _save_model(tmp_path / "lsgm" / "model.pt", cfg, {"vae": vae.state_dict(), "score": score.state_dict()},
+                       ema=score.state_dict())
+
+
+def _classifier_file(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    net = FeatureClassifier(1, 10)
+    cfg = RunConfig(kind="classifier")
+    atomic_torch_save({"config": to_dict(cfg), "status": "completed", "step": 1,
+                       "state": {"classifier": net.state_dict()}, "ema": None, "arch": net.hparams}, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ NLL
+def test_iw_with_one_sample_equals_nelbo():
+    nelbo = torch.tensor([[3.0, 120.5, -7.25]])
+    assert torch.allclose(iw_nll(nelbo), nelbo[0])
+    many = torch.tensor([[3.0, 5.0], [4.0, 1.0], [9.0, 2.0]])
+    assert (iw_nll(many) <= many.mean(0)).all()  # Jensen: the IW bound is tighter
+
+
+@pytest.mark.parametrize("prior", ["dsm", "ode"])
+def test_iw_k1_equals_nelbo_through_the_evaluation(tmp_path, prior):
+    run = load_run(_lsgm_run(tmp_path))
+    x = torch.rand(4, 1, 8, 8).mul(16).round().div(16)
+    ps = PriorSettings(prior, t_eps=1e-2 if prior == "dsm" else 1e-5, tolerance=1e-3, inner=2, t_draws=2)
+    terms = batch_terms(run, x, ps, iw_samples=1, seed=0, batch_index=0)
+    assert torch.allclose(terms.nll, terms.nelbo)
+    total = terms.reconstruction + terms.neg_entropy + terms.prior_ce + terms.lower_ce
+    assert torch.allclose(total, terms.nelbo)
+    assert (terms.inner_sem is not None) == (prior == "ode")
+
+
+# ------------------------------------------------------------------------------------------------ FD
+def test_frechet_distance_zero_for_identical_sets_and_grows_with_shift():
+    feats = torch.from_numpy(np.random.default_rng(0).normal(size=(600, 16)))
+    ref = fid_mod.feature_statistics(feats)
+    assert abs(fid_mod.frechet_distance(fid_mod.feature_statistics(feats.clone()), ref)) < 1e-6
+    small = fid_mod.frechet_distance(fid_mod.feature_statistics(feats + 0.25), ref)
+    large = fid_mod.frechet_distance(fid_mod.feature_statistics(feats + 1.0), ref)
+    assert 0 < small < large
+    assert small == pytest.approx(16 * 0.25**2, rel=1e-6)  # a pure mean shift: ||delta||^2
+
+
+# ------------------------------------------------------------------------------------------------ seeding
+def _samples(run: LoadedRun, n: int, batch_size: int, **kw) -> torch.Tensor:
+    return torch.cat([fid_mod.sample_batch(run, s, min(batch_size, n - s), seed=7, **kw).images
+                      for s in range(0, n, batch_size)])
+
+
+def test_per_sample_noise_is_independent_of_batch_size():
+    a = per_sample_normal((2, 3), sample_generators(5, 0, 3)), per_sample_normal((2, 3), sample_generators(5, 3, 4))
+    b = per_sample_normal((2, 3), sample_generators(5, 0, 7))
+    assert torch.equal(torch.cat(a), b)
+
+
+def test_vae_samples_identical_for_batch_sizes_3_and_5(tmp_path):
+    # two latent scales: the lower-scale noise must also be per sample
+    cfg = _cfg("vae", "vae.num_latent_scales=2", "vae.channel_mult=[1,1,1]")
+    vae = NVAE(cfg.vae, dataset_info("digits"))
+    run = load_run(_save_model(tmp_path / "vae.pt", cfg, {"vae": vae.state_dict()}))
+    x3, x5 = _samples(run, 15, 3), _samples(run, 15, 5)
+    assert torch.allclose(x3, x5, atol=1e-6)
+    assert not torch.allclose(x3[0], x3[1])
+
+
+def test_lsgm_samples_agree_across_batch_sizes(tmp_path):
+    run = load_run(_lsgm_run(tmp_path))
+    x3, x5 = _samples(run, 10, 3, tolerance=1e-6), _samples(run, 10, 5, tolerance=1e-6)
+    # same noise per sample; the batch is one adaptive ODE system, so the images agree to solver accuracy
+    assert torch.allclose(x3, x5, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ extractors
+def test_classifier_extractor_registers_with_torch_fidelity(tmp_path):
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    from torch_fidelity.utils import create_feature_extractor
+
+    path = _classifier_file(tmp_path / "clf.pt")
+    name = fid_mod.register_classifier_extractor()
+    assert fid_mod.register_classifier_extractor() == name  # idempotent
+    assert FEATURE_EXTRACTORS_REGISTRY[name] is fid_mod.ClassifierFeatureExtractor
+    fe = create_feature_extractor(name, ["features"], cuda=False, verbose=False,
+                                  feature_extractor_weights_path=str(path))
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    (feats,) = fe(images)
+    assert feats.shape == (5, fe.feature_dim) and torch.isfinite(feats).all()
+    ext = fid_mod.make_extractor("classifier", path)
+    assert ext.metric_name == "fd_digits" and ext.metric_name != "fid"
+    assert ext(images).shape == (5, ext.dim)
+
+
+def test_missing_inception_weights_offline_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv(fid_mod.OFFLINE_ENV, "1")
+    monkeypatch.delenv(fid_mod.INCEPTION_ENV, raising=False)
+    with pytest.raises(EvalError, match=fid_mod.INCEPTION_FILE):
+        fid_mod.make_extractor("inception")
+    out = tmp_path / "stats.pt"
+    assert fid_mod.main(["--dataset", "digits", "--features", "inception", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fid_mod.INCEPTION_FILE in err and "--inception-weights" in err
+    assert not out.exists()
+    assert fid_mod.main(["--dataset", "digits", "--features", "inception", "--inception-weights",
+                         str(tmp_path / "nope.pth"), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_stats_from_another_extractor_are_rejected(tmp_path, capsys):
+    clf_a, clf_b = _classifier_file(tmp_path / "a.pt", 0), _classifier_file(tmp_path / "b.pt", 1)
+    stats = tmp_path / "stats.pt"
+    assert fid_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier", str(clf_a),
+                         "--max-samples", "64", "--out", str(stats)]) == 0
+    meta = fid_mod.load_stats(stats)
+    assert meta["n"] == 64 and meta["split"] == "train" and meta["version"] == fid_mod.STATS_VERSION
+    model, out = _lsgm_run(tmp_path), tmp_path / "fid.json"
+    code = eval_cli.main(["fid", "--model", str(model), "--stats", str(stats), "--classifier", str(clf_b),
+                          "--out", str(out), "--n-samples", "4"])
+    assert code == 2 and not out.exists()
+    assert "recompute" in capsys.readouterr().err
+
+
+def test_missing_model_file_exit_2_without_output(tmp_path, capsys):
+    out = tmp_path / "nll.json"
+    assert eval_cli.main(["nll", "--model", str(tmp_path / "none" / "model.pt"), "--out", str(out)]) == 2
+    assert not out.exists() and "does not exist" in capsys.readouterr().err
+
+
+def test_diverged_run_gives_nan_metrics_and_exit_0(tmp_path):
+    cfg = _cfg("lsgm")
+    model = _save_model(tmp_path / "div" / "model.pt", cfg, {}, status="diverged")
+    (model.parent / "run.json").write_text(json.dumps({"status": "diverged", "reason": "non-finite loss at step 3"}))
+    stats = tmp_path / "stats.pt"
+    fid_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier",
+                  str(_classifier_file(tmp_path / "c.pt")), "--max-samples", "32", "--out", str(stats)])
+    for what, extra in (("nll", []), ("fid", ["--stats", str(stats)]), ("cost", ["--stats", str(stats)])):
+        out = tmp_path / f"{what}.json"
+        assert eval_cli.main([what, "--model", str(model), "--out", str(out), *extra]) == 0
+        rec = json.loads(out.read_text())
+        assert rec["status"] == "diverged" and "non-finite" in rec["reason"]
+        values = rec["metrics"]["rows"][0] if what == "cost" else rec["metrics"]
+        assert any(isinstance(v, float) and math.isnan(v) for v in values.values())
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def _train(module: str, argv: list[str]) -> None:
+    import importlib
+
+    assert importlib.import_module(module).main(argv) == 0
+
+
+def _smoke_models(tmp: Path) -> dict[str, Path]:
+    """Smoke-train classifier, VAE and LSGM through the CLIs (LSGM built directly if its trainer is absent)."""
+    clf_cfg = tmp / "clf.yaml"
+    save_run_config(apply_overrides(RunConfig(kind="classifier", name="clf"), ["train.steps=60", "train.batch_size=64",
+                                                                              "train.log_every=30"]), clf_cfg)
+    _train("lsgm.train.classifier", ["--config", str(clf_cfg), "--out", str(tmp / "clf")])
+    vae_cfg = tmp / "vae.yaml"
+    save_run_config(_cfg("vae", "train.steps=8", "train.batch_size=16", "train.log_every=4", "train.val_batches=1"),
+                    vae_cfg)
+    _train("lsgm.train.vae", ["--config", str(vae_cfg), "--out", str(tmp / "vae")])
+    lsgm_cfg = _cfg("lsgm", "train.steps=4", "train.batch_size=16", "train.log_every=2", "train.val_batches=1")
+    try:
+        import lsgm.train.lsgm  # noqa: F401
+    except ImportError:
+        blob = torch.load(tmp / "vae" / "model.pt", weights_only=False)
+        vae = NVAE(lsgm_cfg.vae, dataset_info("digits"))
+        vae.load_state_dict(blob["state"]["vae"])
+        score = build_score(lsgm_cfg, vae.latent_shape, make_sde(lsgm_cfg.sde))
+        _save_model(tmp / "lsgm" / "model.pt", lsgm_cfg, {"vae": vae.state_dict(), "score": score.state_dict()},
+                    ema=copy.deepcopy(score.state_dict()))
+    else:
+        save_run_config(lsgm_cfg, tmp / "lsgm.yaml")
+        _train("lsgm.train.lsgm", ["--config", str(tmp / "lsgm.yaml"), "--vae", str(tmp / "vae" / "model.pt"),
+                                   "--out", str(tmp / "lsgm")])
+    return {"clf": tmp / "clf" / "model.pt", "vae": tmp / "vae" / "model.pt", "lsgm": tmp / "lsgm" / "model.pt"}
+
+
+CONTRACT_KEYS = {"kind", "run", "status", "reason", "metrics", "settings", "checkpoint", "provenance"}
+
+
+def test_end_to_end_smoke_evaluation(tmp_path):
+    models = _smoke_models(tmp_path)
+    accuracy = json.loads((models["clf"].parent / "run.json").read_text())["validation"]["test_accuracy"]
+    assert 0.0 <= accuracy <= 1.0
+    stats = tmp_path / "digits-classifier.pt"
+    assert fid_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier", str(models["clf"]),
+                         "--out", str(stats)]) == 0
+    calls = {
+        "nll": ["nll", "--iw-samples", "2", "--inner", "2", "--tolerance", "1e-3", "--batch-size", "16",
+                "--n-batches", "1"],
+        "fid": ["fid", "--stats", str(stats), "--n-samples", "40", "--batch-size", "20", "--tolerance", "1e-3"],
+        "cost": ["cost", "--stats", str(stats), "--tolerances", "1e-3", "1e-2", "--batch-size", "4",
+                 "--n-batches", "1", "--fd-samples", "20", "--fd-batch-size", "20"],
+    }
+    for model in ("vae", "lsgm"):
+        for what, argv in calls.items():
+            out = tmp_path / f"{model}-{what}.json"
+            assert eval_cli.main([argv[0], "--model", str(models[model]), "--out", str(out), *argv[1:]]) == 0
+            rec = json.loads(out.read_text())
+            assert CONTRACT_KEYS <= set(rec) and rec["kind"] == what and rec["status"] == "ok", rec["reason"]
+            assert rec["run"]["model"] == model and rec["checkpoint"]["path"] == str(models[model])
+            assert rec["checkpoint"]["ema"] == (model == "lsgm")  # the LSGM's score is evaluated with its EMA
+            assert {"commit", "versions", "device", "wall_seconds", "config"} <= set(rec["provenance"])
+            metrics = rec["metrics"]
+            if what == "nll":
+                assert metrics["unit"] == "bpd" and metrics["nll"] == pytest.approx(metrics["nll"])
+                assert {"nelbo", "nll", "nll_stderr", "reconstruction", "neg_entropy", "cross_entropy"} <= set(metrics)
+                assert rec["settings"]["iw_samples"] == 2 and rec["settings"]["bn_mode"] == "eval"
+                assert ("nfe_mean" in metrics) == (model == "lsgm")
+            elif what == "fid":
+                assert "fid" not in metrics and math.isfinite(metrics["fd_digits"])
+                assert rec["settings"]["n_samples"] == 40
+            else:
+                rows = metrics["rows"]
+                assert all(math.isfinite(r["fd"]) and r["fd_name"] == "fd_digits" for r in rows)
+                assert len(rows) == (2 if model == "lsgm" else 1)

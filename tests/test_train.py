@@ -1,0 +1,334 @@
+"""Training infrastructure: smoke runs of the three trainers, exact resume after SIGKILL, DDP = big batch,
+divergence as an outcome, config errors, dry run; plus the schedules, EMA and the resumable data order.
+
+Everything runs on CPU at tiny sizes on the offline digits data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lsgm.config import KLConfig, OptimConfig, RunConfig, from_dict
+from lsgm.train import common
+from lsgm.train.common import InfiniteLoader, balanced_kl, kl_balance_alphas, kl_coeff_at, lr_at
+from lsgm.train.ema import EMA
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"vae": {"num_channels": 8}, "score": {"nf": 16},
+        "train": {"batch_size": 8, "log_every": 2, "val_batches": 1, "checkpoint_every_steps": 4}}
+STAGE2_OPTIM = {"vae_optim": {"name": "adamw", "lr": 1e-4, "lr_min": 1e-5, "eps": 1e-3}}
+
+
+def write_config(path: Path, kind: str, **sections) -> Path:
+    cfg = {"kind": kind, "name": f"test-{kind}", "seed": 3, **{k: dict(v) for k, v in TINY.items()}}
+    for key, value in sections.items():
+        cfg.setdefault(key, {}).update(value) if isinstance(value, dict) else cfg.__setitem__(key, value)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_cli(*argv: str) -> int:
+    from lsgm.cli import main
+    return main(list(argv))
+
+
+def assert_run_dir(out: Path, status: str = "completed") -> dict:
+    for name in ("config.yaml", "stats.jsonl", "run.json", "model.pt"):
+        assert (out / name).exists(), name
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == status
+    model = torch.load(out / "model.pt", weights_only=True)
+    assert model["status"] == status and model["step"] == info["step"]
+    assert set(model) >= {"config", "status", "step", "state", "ema", "provenance"}
+    return info
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny nets: one intra-op thread is fastest and stays fast when other jobs share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vae_model(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("vae")
+    cfg = write_config(tmp / "vae.yaml", "vae", train={"steps": 8})
+    assert run_cli("train-vae", "--config", str(cfg), "--out", str(tmp / "run")) == 0
+    return tmp / "run" / "model.pt"
+
+
+# ------------------------------------------------------------------------------------------ (a) smoke
+def test_smoke_vae(vae_model):
+    info = assert_run_dir(vae_model.parent)
+    assert info["step"] == 8 and math.isfinite(info["validation"]["nelbo_nats"])
+    lines = [json.loads(s) for s in (vae_model.parent / "stats.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in lines] == [2, 4, 6, 8]
+    assert {"loss", "nelbo", "kl_coeff", "lr", "grad_norm", "seconds"} <= set(lines[0])
+
+
+@pytest.mark.parametrize("objective", [{}, {"weighting": "un", "q_objective": "ll_is"},
+                                       {"weighting": "re", "sampling": "is", "q_objective": "ll_uniform",
+                                        "mode": "disjoint", "update_q_ema": True},
+                                       {"train_vae": False, "drop_inactive_var": True}])
+def test_smoke_lsgm(vae_model, tmp_path, objective):
+    cfg = write_config(tmp_path / "lsgm.yaml", "lsgm", train={"steps": 4, **STAGE2_OPTIM}, objective=objective)
+    assert run_cli("train-lsgm", "--config", str(cfg), "--vae", str(vae_model), "--out", str(tmp_path / "run")) == 0
+    info = assert_run_dir(tmp_path / "run")
+    assert len(info["deviations"]) >= 3 and info["training"]["amp"]["effective"] == "off"
+    model = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert set(model["state"]) == {"vae", "score"} and "mixing_logit" in model["ema"]
+
+
+def test_smoke_sgm(tmp_path):
+    cfg = write_config(tmp_path / "sgm.yaml", "sgm", train={"steps": 4})
+    assert run_cli("train-sgm", "--config", str(cfg), "--out", str(tmp_path / "run")) == 0
+    assert_run_dir(tmp_path / "run")
+
+
+def test_stage2_rejects_a_mismatched_vae(vae_model, tmp_path, capsys):
+    cfg = write_config(tmp_path / "lsgm.yaml", "lsgm", train={"steps": 2}, vae={"num_channels": 12})
+    assert run_cli("train-lsgm", "--config", str(cfg), "--vae", str(vae_model), "--out", str(tmp_path / "r")) == 2
+    assert "vae.num_channels" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ (b) resume
+def _subprocess(argv: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lsgm", *argv], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _final(out: Path) -> tuple[dict, list[dict]]:
+    model = torch.load(out / "model.pt", weights_only=True)
+    stats = [json.loads(s) for s in (out / "stats.jsonl").read_text().splitlines()]
+    for s in stats:
+        s.pop("seconds"), s.pop("steps_per_second")
+    return model, stats
+
+
+def _assert_same_tensors(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_tensors(a[k], b[k], f"{where}.{k}")
+
+
+def test_resume_after_sigkill_equals_uninterrupted(vae_model, tmp_path):
+    """Stage 2 (two optimizers, EMA, KL continuation, warm-up): kill -9 after a checkpoint, rerun, compare."""
+    cfg = write_config(tmp_path / "lsgm.yaml", "lsgm", objective={"weighting": "un"},
+                       train={"steps": 40, "checkpoint_every_steps": 6, "ema_decay": 0.9, **STAGE2_OPTIM,
+                              "kl": {"continue_anneal": True}, "vae_optim": {**STAGE2_OPTIM["vae_optim"],
+                                                                             "warmup_steps": 5}})
+    args = ["train-lsgm", "--config", str(cfg), "--vae", str(vae_model)]
+    ref = _subprocess([*args, "--out", str(tmp_path / "ref")])
+    victim = _subprocess([*args, "--out", str(tmp_path / "victim")])
+    ckpt = tmp_path / "victim" / ".ckpt" / "ckpt.pt"
+    while not ckpt.exists() and victim.poll() is None:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "victim" / "run.json").exists()
+    resumed = _subprocess([*args, "--out", str(tmp_path / "victim")])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()[-2000:]
+    (m_ref, s_ref), (m_res, s_res) = _final(tmp_path / "ref"), _final(tmp_path / "victim")
+    _assert_same_tensors(m_ref["state"], m_res["state"], "state")
+    _assert_same_tensors(m_ref["ema"], m_res["ema"], "ema")
+    assert s_ref == s_res
+    info = json.loads((tmp_path / "victim" / "run.json").read_text())
+    assert info["status"] == "completed" and info["training"]["resumed_from_steps"][0] > 0
+
+
+def test_sigterm_checkpoints_and_exits_for_retry(tmp_path):
+    cfg = write_config(tmp_path / "sgm.yaml", "sgm", train={"steps": 400, "checkpoint_every_steps": 0,
+                                                            "checkpoint_every_minutes": 0.0})
+    args = ["train-sgm", "--config", str(cfg), "--out", str(tmp_path / "run")]
+    proc = _subprocess(args)
+    stats = tmp_path / "run" / "stats.jsonl"
+    while (not stats.exists() or not stats.read_text()) and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == common.EXIT_PREEMPTED
+    step = torch.load(tmp_path / "run" / ".ckpt" / "ckpt.pt", weights_only=True)["step"]
+    assert 0 < step < 400 and not (tmp_path / "run" / "run.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ (c) DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _score_step(rank: int, world: int, port: int, out: str) -> None:
+    """One optimizer step of the pixel score network through Run.wrap/backward/step (rank's share of the batch)."""
+    from lsgm.nets.ncsnpp import NCSNpp
+    from lsgm.objectives import diffusion_terms
+    from lsgm.sde import make_sde
+    from lsgm.time_sampling import make_time_sampler
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg = from_dict(RunConfig, {"kind": "sgm", "score": {"nf": 16}, "train": {"grad_clip": 0.5}})
+    run = common.Run(cfg, Path(out) / f"run{world}")
+    torch.manual_seed(0)
+    net = run.wrap(NCSNpp(cfg.score, 1, 8))  # DDP broadcasts rank 0's weights
+    sde = make_sde(cfg.sde)
+    g = torch.Generator().manual_seed(1)
+    x, noise = torch.rand(8, 1, 8, 8, generator=g), torch.randn(8, 1, 8, 8, generator=g)
+    ts = make_time_sampler("ll", "uniform", sde, cfg.sde.t_eps).sample(8, generator=g)
+    share = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    ts = type(ts)(ts.t[share], ts.weight_p[share], ts.weight_q[share], ts.t_eps)
+    loss = diffusion_terms(2 * x[share] - 1, net, sde, ts, noise=noise[share]).sgm_loss.mean()
+    params = common.trainable(net)
+    opt = torch.optim.SGD(params, lr=0.1)  # SGD: the update is proportional to the averaged gradient
+    run.backward(loss, params)
+    norms = run.step(0, {"score": (opt, params)})
+    if rank == 0:
+        torch.save({"params": common.unwrap(net).state_dict(), "norms": norms,
+                    "ddp": run.dist.enabled}, Path(out) / f"world{world}.pt")
+    run.close()
+
+
+def test_ddp_step_equals_single_process_big_batch(tmp_path):
+    """2 gloo processes x 4 samples == 1 process x 8 samples for the (GroupNorm, BN-free) score network.
+
+    The NVAE's BatchNorm normalises over each process's own half batch (statistics are not synced), so a DDP
+    VAE step differs from the big-batch step by design; the comparison uses the BN-free score network."""
+    torch.multiprocessing.spawn(_score_step, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")
+    saved, threads = {k: os.environ.get(k) for k in keys}, torch.get_num_threads()
+    try:
+        _score_step(0, 1, 0, str(tmp_path))
+    finally:
+        torch.set_num_threads(threads)
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    ddp, single = torch.load(tmp_path / "world2.pt"), torch.load(tmp_path / "world1.pt")
+    assert ddp["ddp"] and not single["ddp"]
+    assert ddp["norms"]["grad_norm"] == pytest.approx(single["norms"]["grad_norm"], rel=1e-5)
+    for k, v in single["params"].items():
+        torch.testing.assert_close(ddp["params"][k], v, atol=1e-6, rtol=1e-5, msg=k)
+
+
+# ------------------------------------------------------------------------------------------ (d) (e) (f)
+def test_forced_nan_is_a_diverged_outcome(tmp_path):
+    cfg = write_config(tmp_path / "sgm.yaml", "sgm", train={"steps": 10, "force_nan_at_step": 3})
+    assert run_cli("train-sgm", "--config", str(cfg), "--out", str(tmp_path / "run")) == 0
+    info = assert_run_dir(tmp_path / "run", status="diverged")
+    assert info["step"] == 3 and "force_nan_at_step" in info["reason"] and "non-finite" in info["reason"]
+    model = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in model["state"]["score"].values() if v.is_floating_point())
+
+
+def test_forced_nan_via_subprocess_exit_code(tmp_path):
+    cfg = write_config(tmp_path / "vae.yaml", "vae", train={"steps": 6, "force_nan_at_step": 0})
+    proc = _subprocess(["train-vae", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    assert proc.wait(timeout=120) == 0
+    info = assert_run_dir(tmp_path / "run", status="diverged")
+    assert info["step"] == 0 and info["reason"]
+
+
+def test_unknown_config_key_exits_2(tmp_path, capsys):
+    cfg = write_config(tmp_path / "bad.yaml", "vae", train={"bogus_key": 1})
+    assert run_cli("train-vae", "--config", str(cfg), "--out", str(tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert "bogus_key" in err and "allowed" in err
+    good = write_config(tmp_path / "good.yaml", "vae")
+    assert run_cli("train-vae", "--config", str(good), "--out", str(tmp_path / "r"), "--set", "train.nope=1") == 2
+    assert "nope" in capsys.readouterr().err
+    assert run_cli("train-sgm", "--config", str(good), "--out", str(tmp_path / "r")) == 2  # kind mismatch
+    assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
+
+
+def test_dry_run_prints_config_and_trains_nothing(tmp_path, capsys):
+    cfg = write_config(tmp_path / "vae.yaml", "vae")
+    out = tmp_path / "run"
+    assert run_cli("train-vae", "--config", str(cfg), "--out", str(out), "--dry-run", "--set", "train.steps=7") == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["steps"] == 7 and printed["vae"]["num_channels"] == 8 and printed["seed"] == 3
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ pieces
+def test_kl_coeff_schedule_matches_reference_formula():
+    total = 1000
+    cfg = KLConfig(anneal_portion=0.3, const_portion=0.01, const_coeff=1e-4, max_coeff=0.7)
+    assert common.stage1_kl_coeff(0, total, cfg) == pytest.approx(1e-4)
+    assert common.stage1_kl_coeff(10 + 150, total, cfg) == pytest.approx(1e-4 + (0.7 - 1e-4) * 0.5)
+    assert common.stage1_kl_coeff(total, total, cfg) == pytest.approx(0.7)
+    cont = KLConfig(continue_anneal=True)
+    assert [common.stage2_kl_coeff(s, 100, cont) for s in (0, 5, 10, 50)] == pytest.approx([0.7, 0.85, 1.0, 1.0])
+    assert common.stage2_kl_coeff(0, 100, KLConfig()) == 1.0
+    assert kl_coeff_at(5, 100, 0.0, 0.0, 0.1, 0.9) == 0.9
+
+
+def test_lr_warmup_then_cosine_to_min():
+    cfg = OptimConfig(lr=1e-2, lr_min=1e-4, warmup_steps=10)
+    lrs = [lr_at(s, 110, cfg) for s in range(110)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[9] == pytest.approx(1e-2)
+    assert lrs[10] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_kl_balancing_square_scheme():
+    alphas = kl_balance_alphas(num_scales=2, groups_per_scale=2)
+    assert alphas.tolist() == [1.0, 1.0, 4.0, 4.0]
+    kl = [torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0]), torch.tensor([4.0, 4.0]), torch.tensor([8.0, 0.0])]
+    out = balanced_kl(kl, 0.5, alphas, balance=True)
+    coeff = torch.tensor([2.01, 2.01, 4.01, 4.01]) / alphas
+    coeff = coeff / coeff.mean()
+    torch.testing.assert_close(out, 0.5 * (torch.stack(kl, 1) * coeff).sum(1))
+    assert torch.equal(balanced_kl(kl, 1.0, alphas, balance=True), torch.stack(kl, 1).sum(1))  # off at kl_coeff 1
+    grads = [k.clone().requires_grad_() for k in kl]
+    balanced_kl(grads, 0.5, alphas, True).sum().backward()
+    torch.testing.assert_close(torch.stack([g.grad[0] for g in grads]), 0.5 * coeff)  # coefficients detached
+
+
+def test_ema_update_swap_and_state():
+    net = torch.nn.Linear(2, 2)
+    ema = EMA(net, decay=0.5)
+    start = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(2.0)
+    ema.update(net)
+    torch.testing.assert_close(ema.shadow["weight"], start + 1.0)
+    with ema.swapped(net):
+        torch.testing.assert_close(net.weight, start + 1.0)
+    torch.testing.assert_close(net.weight.detach(), start + 2.0)
+    other = EMA(torch.nn.Linear(2, 2), decay=0.9)
+    other.load_state_dict(ema.state_dict())
+    assert other.decay == 0.5 and other.num_updates == 1
+    assert not isinstance(ema, torch.optim.Optimizer)
+    torch.testing.assert_close(ema.averaged_state_dict(net)["weight"], start + 1.0)
+
+
+def test_infinite_loader_resumes_its_order():
+    data = torch.utils.data.TensorDataset(torch.arange(10.0), torch.zeros(10))
+    a = InfiniteLoader(data, batch_size=3, seed=5)
+    seq = [next(a).tolist() for _ in range(7)]  # 3 batches per epoch: crosses two epoch boundaries
+    b = InfiniteLoader(data, batch_size=3, seed=5)
+    _ = [next(b) for _ in range(4)]
+    c = InfiniteLoader(data, batch_size=3, seed=5)
+    c.load_state_dict(b.state_dict())
+    state = torch.get_rng_state()
+    assert [next(c).tolist() for _ in range(3)] == seq[4:]
+    assert torch.equal(state, torch.get_rng_state())  # making iterators does not consume the global RNG
+    assert seq[0] != seq[3]  # reshuffled each epoch
