@@ -307,7 +307,7 @@ class Plan:
         runs = self.table6_runs() if spec.get("table6") else []
         for kind in ("vae", "lsgm", "sgm"):
             runs += self.runs_of(kind, spec.get(kind, []))
-        return sorted({r.metrics_path(m) for r in runs for m in r.evals})
+        return sorted({r.metrics_path(m) for r in runs for m in r.evals if m in ("nll", "fid")})
 
     def figure4_inputs(self) -> list[str]:
         f4 = self.config["figure4"]
