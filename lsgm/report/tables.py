@@ -16,6 +16,7 @@ CSV stays a plain CSV).
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -128,12 +129,18 @@ def select_runs(runs: dict[str, dict], table: str, dataset_map: dict[str, str],
     return sorted(chosen, key=lambda r: (MODEL_ORDER.get(r["run"]["model"], 9), r["run"]["name"]))
 
 
+def lsgm_label(name: str) -> str:
+    """``quick/digits/lsgm/fid-s0`` -> ``LSGM (fid, s0)``; other names are kept as they are."""
+    match = re.fullmatch(r"(?:.*/)?(?P<recipe>[^/]+)-s(?P<seed>\d+)", name)
+    return f"LSGM ({match['recipe']}, s{match['seed']})" if match else name
+
+
 def run_label(entry: dict, selected: list[dict]) -> str:
     """An LSGM run is shown by its name; the VAE backbone and pixel SGM by their role
     (with the run name appended when the table holds several of them)."""
     run = entry["run"]
     if run["model"] not in MODEL_LABELS:
-        return run["name"]
+        return lsgm_label(run["name"])
     same = sum(1 for e in selected if e["run"]["model"] == run["model"])
     label = MODEL_LABELS[run["model"]]
     return f"{label} ({run['name']})" if same > 1 else label
