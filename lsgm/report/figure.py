@@ -63,8 +63,11 @@ def figure_caption(df: pd.DataFrame, cost_metrics: list[dict], info: dict) -> st
     batch = info.get("batch_size") or _unique(df["batch_size"])
     return (f"Figure 4 ({info.get('scale', '?')} scale): {_unique(df['fd_name'])} and sampling cost vs "
             f"ODE solver tolerance. Dataset: {dataset}. Device: {device}. Batch size: {batch}. "
-            f"Commit: {info.get('commit', 'unknown')}. PC sampling (no tolerance) is a dashed line; "
+            f"Commit: {info.get('commit', 'unknown')}. PC sampling (no tolerance) is a dashed/dotted line per step count; "
             f"error bars are one standard deviation over batches.")
+
+
+PC_STYLES = ["--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]  # one dash pattern per PC step count
 
 
 def _draw_panel(ax: Any, df: pd.DataFrame, value: str, error: str, ylabel: str) -> None:
@@ -76,9 +79,10 @@ def _draw_panel(ax: Any, df: pd.DataFrame, value: str, error: str, ylabel: str) 
             ax.errorbar(group["tolerance"], group[value], yerr=err, marker="o", capsize=3,
                         color=colours[model], label=f"{model} ODE")
             continue
-        for _, row in group.iterrows():
+        for k, (_, row) in enumerate(group.iterrows()):
             steps = "" if pd.isna(row["n_steps"]) else f", {int(row['n_steps'])} steps"
-            ax.axhline(row[value], linestyle="--", color=colours[model], label=f"{model} {sampler.upper()}{steps}")
+            ax.axhline(row[value], linestyle=PC_STYLES[k % len(PC_STYLES)], color=colours[model],
+                       label=f"{model} {sampler.upper()}{steps}")
     ax.set_xscale("log")
     ax.set_xlabel("ODE solver error tolerance")
     ax.set_ylabel(ylabel)
