@@ -11,7 +11,7 @@ rule fid_stats:
         "results/{scale}/fid_stats/{dataset}-{features}-{version}.pt",
     params:
         classifier=lambda wc, input: f"--classifier {input.classifier}" if input.classifier else "",
-        root=lambda wc: f"--root {r}/{wc.dataset}" if (r := PLANS[wc.scale].sc.get("data_root")) else "",
+        root=lambda wc: f"--root {r}" if (r := PLANS[wc.scale].sc.get("data_root")) else "",
     log:
         "logs/{scale}/fid_stats/{dataset}-{features}-{version}.log",
     benchmark:

@@ -185,7 +185,7 @@ class Plan:
         cfg.setdefault("data", {})["name"] = dataset
         root = self.sc.get("data_root")
         if root:
-            cfg["data"].setdefault("root", f"{root}/{dataset}")
+            cfg["data"].setdefault("root", root)  # lsgm.data finds <root>/MNIST/raw, <root>/celeba256/... itself
         self._steps(dataset, cfg, scale_spec)
         check_run_config(cfg, where)
         try:
