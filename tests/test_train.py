@@ -332,3 +332,17 @@ def test_infinite_loader_resumes_its_order():
     assert [next(c).tolist() for _ in range(3)] == seq[4:]
     assert torch.equal(state, torch.get_rng_state())  # making iterators does not consume the global RNG
     assert seq[0] != seq[3]  # reshuffled each epoch
+
+
+def test_missing_dataset_is_a_one_line_error_with_exit_2(tmp_path):
+    """A paper dataset that is not on disk: one line naming the file and the fix, no traceback, no model."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"kind: vae\nname: t\ndata: {{name: mnist, root: {tmp_path / 'nodata'}}}\ntrain: {{steps: 2}}\n")
+    proc = subprocess.run([sys.executable, "-m", "lsgm", "train-vae", "--config", str(cfg), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "train-images-idx3-ubyte.gz" in proc.stderr and "MNIST/raw" in proc.stderr
+    assert not (tmp_path / "out" / "model.pt").exists()

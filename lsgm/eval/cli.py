@@ -110,11 +110,12 @@ def run_evaluation(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from lsgm.data import DatasetError
     from lsgm.eval.common import EvalError, write_metrics
 
     try:
         record = run_evaluation(args)
-    except EvalError as err:
+    except (EvalError, DatasetError) as err:
         print(f"lsgm evaluate {args.what}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     write_metrics(args.out, record)

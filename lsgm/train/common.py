@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lsgm.config import ConfigError, KLConfig, OptimConfig, RunConfig, apply_overrides, load_run_config, to_dict
+from lsgm.data import DatasetError
 from lsgm.train.ema import EMA
 from lsgm.utils import atomic_torch_save, atomic_write_json, atomic_write_text, provenance
 
@@ -108,6 +109,9 @@ def cli_main(argv: list[str] | None, kind: str, build_task: Callable[["Run", arg
         return train(run, task)
     except ConfigError as err:
         print(f"lsgm train-{kind}: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DatasetError as err:
+        print(f"lsgm train-{kind}: data error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     finally:
         run.close()
