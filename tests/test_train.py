@@ -346,3 +346,11 @@ def test_missing_dataset_is_a_one_line_error_with_exit_2(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "train-images-idx3-ubyte.gz" in proc.stderr and "MNIST/raw" in proc.stderr
     assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_finished_run_removes_its_resume_checkpoint(tmp_path):
+    """model.pt is the product; a forced rerun of a finished run must train afresh, not resume at the end."""
+    cfg = write_config(tmp_path / "sgm.yaml", "sgm", train={"steps": 6, "checkpoint_every_steps": 2})
+    assert run_cli("train-sgm", "--config", str(cfg), "--out", str(tmp_path / "run")) == 0
+    assert (tmp_path / "run" / "model.pt").exists()
+    assert not (tmp_path / "run" / ".ckpt" / "ckpt.pt").exists()

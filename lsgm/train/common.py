@@ -520,7 +520,8 @@ class Run:
                 "device": str(self.device)}
 
     def finish(self, task: Task, status: str, step: int, reason: str | None) -> None:
-        """Write run.json, then model.pt (last, atomic). A diverged run writes both (status ``diverged``)."""
+        """Write run.json, then model.pt (last, atomic). A diverged run writes both (status ``diverged``).
+        The resume checkpoint is removed once model.pt exists, so a forced rerun trains afresh."""
         validation = task.validate() if status == "completed" else None
         if not self.is_main:
             return
@@ -531,6 +532,7 @@ class Run:
             "validation": validation, **meta, "provenance": prov})
         atomic_torch_save({"config": to_dict(self.cfg), "status": status, "step": step, **task.model_state(),
                            "meta": meta, "provenance": prov}, self.out / "model.pt")
+        (self.ckpt_dir / CKPT_NAME).unlink(missing_ok=True)
 
 
 def _check_resumable(saved: dict, current: dict, path: Path) -> None:
