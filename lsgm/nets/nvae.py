@@ -11,7 +11,6 @@ or a discretized mixture of logistics over ``data.levels`` values (NVAE's ``dml`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +27,7 @@ from lsgm.nets.layers import (
     batchnorm_penalty,
     spectral_penalty,
 )
-
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+from lsgm.objectives import gaussian_log_prob, normal_cross_entropy
 
 
 @dataclass
@@ -47,20 +45,6 @@ class VAEOutput:
 def soft_clamp(x: torch.Tensor, scale: float) -> torch.Tensor:
     """Differentiable clamp to (-scale, scale): scale * tanh(x / scale)."""
     return scale * torch.tanh(x / scale)
-
-
-def normal_log_prob(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    """Elementwise log N(z; mu, exp(log_sigma)^2), any shape."""
-    return -0.5 * ((z - mu) * torch.exp(-log_sigma)) ** 2 - log_sigma - HALF_LOG_2PI
-
-
-def std_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """Elementwise log N(z; 0, 1), any shape."""
-    return -0.5 * z**2 - HALF_LOG_2PI
-
-
-def _sum_per_sample(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1).sum(dim=1)  # (B, ...) -> (B,)
 
 
 class BernoulliDecoder:
@@ -289,7 +273,7 @@ class NVAE(nn.Module):
         mu, log_sig = soft_clamp(mu, 5.0), soft_clamp(log_sig, self.cfg.log_sig_q_scale)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + torch.exp(log_sig) * eps
-        return z, _sum_per_sample(normal_log_prob(z, mu, log_sig)), _sum_per_sample(std_normal_log_prob(z))
+        return z, gaussian_log_prob(z, mu, log_sig), -normal_cross_entropy(z)
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         c = self.data.crop
