@@ -211,7 +211,7 @@ def make_extractor(features: str, classifier: str | Path | None = None, inceptio
         name = register_classifier_extractor()
         module = create_feature_extractor(name, ["features"], cuda=cuda, verbose=False,
                                           feature_extractor_weights_path=str(classifier))
-        return Extractor(module, name, "features", "classifier", module.checksum, str(Path(classifier).resolve()),
+        return Extractor(module, name, "features", "classifier", module.checksum, str(classifier),
                          module.feature_dim, f"fd_{module.dataset}")
     if features != "inception":
         raise EvalError(f"--features must be 'inception' or 'classifier', got {features!r}")
