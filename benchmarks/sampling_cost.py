@@ -36,11 +36,11 @@ OUT = ROOT / "benchmarks" / "results" / "sampling_cost.json"
 # Stand-in quick models (only with --train-missing): the celeba recipes' SDE/objective on digits.
 _SDE = ["sde.type=vpsde", "sde.t_eps=0.01"]
 STANDIN = {
-    "vae": ["train.steps=600", "train.batch_size=64", "train.log_every=100", "train.val_batches=2"],
+    "vae": ["train.steps=600", "train.global_batch=64", "train.log_every=100", "train.val_batches=2"],
     "lsgm": [*_SDE, "objective.weighting=re", "objective.sampling=is", "objective.q_objective=ll_is",
-             "objective.mode=disjoint", "objective.mixing_logit_init=-6.0", "train.steps=300", "train.batch_size=64",
+             "objective.mode=disjoint", "objective.mixing_logit_init=-6.0", "train.steps=300", "train.global_batch=64",
              "train.log_every=100", "train.val_batches=2", "train.ema_decay=0.99"],
-    "sgm": [*_SDE, "train.steps=600", "train.batch_size=64", "train.log_every=100", "train.val_batches=2",
+    "sgm": [*_SDE, "train.steps=600", "train.global_batch=64", "train.log_every=100", "train.val_batches=2",
             "train.ema_decay=0.99", "train.score_optim.lr=0.0002", "train.score_optim.lr_min=0.0002"],
 }
 

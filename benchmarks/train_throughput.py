@@ -1,7 +1,7 @@
 """Training throughput of stage 1 (VAE), stage 2 (LSGM) and the pixel SGM at the quick-scale sizes.
 
 The run configs are the ones the workflow trains at ``scale: quick`` (resolved from the repo's
-``config.yaml`` by ``workflow/scripts/plan.py``: the CIFAR-10 "fid" recipes mapped to the offline digits);
+``config.yaml`` by ``lsgm/plan.py``: the CIFAR-10 "fid" recipes mapped to the offline digits);
 if that cannot be resolved, the QUICK_FALLBACK sizes below are used and the results file says so.
 Each trainer is built exactly as ``lsgm train-*`` builds it; after ``--warmup`` steps, ``--steps`` calls of
 its ``train_step`` (forward, backward, optimizer, EMA; data loading included) are timed.
@@ -12,7 +12,6 @@ its ``train_step`` (forward, backward, optimizer, EMA; data loading included) ar
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -29,26 +28,24 @@ from lsgm.utils import atomic_write_json, provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_FALLBACK = {  # used only when config.yaml's quick preset cannot be resolved
-    "vae": {"kind": "vae", "data": {"name": "digits"}, "train": {"batch_size": 64}},
+    "vae": {"kind": "vae", "data": {"name": "digits"}, "train": {"global_batch": 64}},
     "lsgm": {"kind": "lsgm", "data": {"name": "digits"},
              "objective": {"weighting": "un", "sampling": "is", "q_objective": "rew"},
-             "train": {"batch_size": 64, "vae_optim": {"name": "adamw", "lr": 1e-4, "lr_min": 1e-5, "eps": 1e-3}}},
-    "sgm": {"kind": "sgm", "data": {"name": "digits"}, "train": {"batch_size": 64}},
+             "train": {"global_batch": 64, "vae_optim": {"name": "adamw", "lr": 1e-4, "lr_min": 1e-5, "eps": 1e-3}}},
+    "sgm": {"kind": "sgm", "data": {"name": "digits"}, "train": {"global_batch": 64}},
 }
 
 
 def quick_configs() -> tuple[dict[str, RunConfig], str]:
     """(kind -> RunConfig, where the sizes came from)."""
     try:
-        spec = importlib.util.spec_from_file_location("plan", ROOT / "workflow" / "scripts" / "plan.py")
-        plan_mod = importlib.util.module_from_spec(spec)
-        sys.modules["plan"] = plan_mod
-        spec.loader.exec_module(plan_mod)
-        plan = plan_mod.Plan(yaml.safe_load((ROOT / "config.yaml").read_text()), "quick")
+        from lsgm.plan import Plan
+
+        plan = Plan(yaml.safe_load((ROOT / "config.yaml").read_text()), "quick")
         runs = {r.kind: r for r in plan.runs.values() if r.name == "fid" and r.kind in ("vae", "lsgm")}
         runs["sgm"] = next(r for r in plan.runs.values() if r.kind == "sgm")
         cfgs = {k: from_dict(RunConfig, r.config) for k, r in runs.items()}
-        return cfgs, f"config.yaml scale quick (plan.py): vae/lsgm recipe 'fid', sgm recipe '{runs['sgm'].name}'"
+        return cfgs, f"config.yaml scale quick (lsgm/plan.py): vae/lsgm recipe 'fid', sgm recipe '{runs['sgm'].name}'"
     except Exception as err:  # noqa: BLE001 - fall back, and record why
         cfgs = {k: from_dict(RunConfig, v) for k, v in QUICK_FALLBACK.items()}
         return cfgs, f"QUICK_FALLBACK in benchmarks/train_throughput.py (config.yaml not usable: {err})"
@@ -64,7 +61,7 @@ def time_task(task, run: Run, steps: int, warmup: int) -> dict:
             torch.cuda.synchronize()
         if step >= warmup:
             times.append(time.perf_counter() - t0)
-    total, batch = sum(times), run.cfg.train.batch_size
+    total, batch = sum(times), run.cfg.train.global_batch
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in task.modules.items()}
     return {"steps_per_second": steps / total, "samples_per_second": steps * batch / total,
             "seconds_per_step_median": statistics.median(times), "seconds_per_step_min": min(times),

@@ -5,12 +5,24 @@ A run (one trained model) is described by a :class:`RunConfig`. It loads from a 
 was found and the keys allowed there. Every training command writes the resolved config back with
 :func:`to_dict` so a run directory always says what produced it.
 
-The defaults are the *smoke* sizes; the workflow's ``config.yaml`` holds the quick and paper presets.
+The defaults are the *smoke* sizes; the official recipes (``lsgm/recipes/official.yaml``, translated by
+:mod:`lsgm.recipes`) and the workflow's ``config.yaml`` hold the paper and quick presets.
+
+Two rules make a partial config safe:
+
+* **A partial mapping merges into the field's own default.** ``{"train": {"vae_optim": {"warmup_steps": 5}}}``
+  keeps every other key of the *default* ``vae_optim`` (Adamax, lr 1e-2, ...), never the generic
+  ``OptimConfig()``; no sibling is ever dropped or reset.
+* **Ranges are checked once, here**, for every way a config is built (plan time, ``--set``, a YAML file):
+  each numeric field may carry ``metadata={"range": ...}`` and each section may check relations between its
+  fields (``_check``); a violation is one line naming the key, the value and the allowed range.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,19 +36,49 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the offending key and the fix."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric field: ``lo < x`` (or ``<=`` when ``lo_closed``) and ``x < hi`` (or ``<=``)."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_closed: bool = True
+    hi_closed: bool = True
+
+    def contains(self, x: float) -> bool:
+        above = x >= self.lo if self.lo_closed else x > self.lo
+        below = x <= self.hi if self.hi_closed else x < self.hi
+        return above and below and not math.isnan(x)
+
+    def __str__(self) -> str:
+        left = ("[" if self.lo_closed else "(") + ("-inf" if self.lo == -math.inf else f"{self.lo:g}")
+        right = ("inf" if self.hi == math.inf else f"{self.hi:g}") + ("]" if self.hi_closed else ")")
+        return f"{left}, {right}"
+
+
+def rng(default: Any, lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False,
+        hi_open: bool = False) -> Any:
+    """A dataclass field with a default and an allowed range (checked by :func:`from_dict`)."""
+    return field(default=default, metadata={"range": Range(lo, hi, not lo_open, not hi_open)})
+
+
+POSITIVE = dict(lo=0.0, lo_open=True)
+UNIT_OPEN = dict(lo=0.0, hi=1.0, lo_open=True, hi_open=True)  # (0, 1)
+
+
 @dataclass
 class DataConfig:
     name: str = "digits"  # digits | digits_binary | mnist | omniglot | cifar10 | celeba256
     root: str | None = None  # dataset folder for the paper-scale datasets
     download: bool = False  # allow fetching (checksum-verified) when files are missing
-    num_workers: int = 0
+    num_workers: int = rng(0, 0)
 
 
 @dataclass
 class VAEConfig:
     """NVAE backbone sizes (the official flags of train_vae.py, reference doc section 1.2 / 5.1)."""
 
-    num_channels: int = 16  # num_channels_enc = num_channels_dec
+    num_channels: int = rng(16, 1)  # num_channels_enc = num_channels_dec
     channel_mult: list[int] = field(default_factory=lambda: [1, 2])
     num_preprocess_blocks: int = 1
     num_preprocess_cells: int = 1
@@ -49,34 +91,46 @@ class VAEConfig:
     num_cell_per_cond_dec: int = 1
     arch_instance: Literal["res_bnswish", "res_mbconv"] = "res_bnswish"
     use_se: bool = True
-    num_mix: int = 10  # discretized mixture of logistics components (non-binary data)
-    log_sig_q_scale: float = 5.0
+    num_mix: int = rng(10, 1)  # discretized mixture of logistics components (non-binary data)
+    log_sig_q_scale: float = rng(5.0, **POSITIVE)
 
 
 @dataclass
 class ScoreNetConfig:
     """NCSN++-style U-Net sizes (reference doc section 5.2)."""
 
-    nf: int = 32
+    nf: int = rng(32, 1)
     ch_mult: list[int] = field(default_factory=lambda: [1, 2])
-    num_res_blocks: int = 1
+    num_res_blocks: int = rng(1, 1)
     attn_resolutions: list[int] = field(default_factory=list)
-    dropout: float = 0.0
+    dropout: float = rng(0.0, 0.0, 1.0, hi_open=True)
     embedding_type: Literal["positional", "fourier"] = "positional"
-    embedding_scale: float = 1000.0
-    embedding_dim: int = 128  # official: 128 (the time-embedding MLP is 128 -> 512 -> 512)
+    embedding_scale: float = rng(1000.0, **POSITIVE)
+    embedding_dim: int = rng(128, 2)  # official: 128 (the time-embedding MLP is 128 -> 512 -> 512)
 
 
 @dataclass
 class SDEConfig:
     type: Literal["vpsde", "geometric"] = "vpsde"
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-    sigma2_0: float = 0.0  # VPSDE; the geometric SDE uses sigma2_0_geometric
-    sigma2_min: float = 3e-5
-    sigma2_max: float = 0.999
-    sigma2_0_geometric: float = 3e-5
-    t_eps: float = 1e-2  # training cut-off: t ~ [t_eps, 1]
+    beta_min: float = rng(0.1, **POSITIVE)
+    beta_max: float = rng(20.0, **POSITIVE)
+    sigma2_0: float = rng(0.0, 0.0, 1.0, hi_open=True)  # VPSDE; the geometric SDE uses sigma2_0_geometric
+    sigma2_min: float = rng(3e-5, **UNIT_OPEN)
+    sigma2_max: float = rng(0.999, **UNIT_OPEN)
+    sigma2_0_geometric: float = rng(3e-5, 0.0, 1.0, hi_open=True)
+    t_eps: float = rng(1e-2, 0.0, 1.0, hi_open=True)  # training cut-off: t ~ [t_eps, 1]
+
+    def _check(self) -> None:
+        if self.beta_max < self.beta_min:
+            raise ConfigError(f"beta_max = {self.beta_max:g} < beta_min = {self.beta_min:g}; need beta_max >= beta_min")
+        if self.sigma2_max <= self.sigma2_min:
+            raise ConfigError(f"sigma2_max = {self.sigma2_max:g} <= sigma2_min = {self.sigma2_min:g}; "
+                              "need 0 < sigma2_min < sigma2_max < 1")
+        if self.type == "vpsde" and self.t_eps == 0.0 and self.sigma2_0 == 0.0:
+            raise ConfigError("t_eps = 0 with the VPSDE and sigma2_0 = 0 gives sigma^2(0) = 0 (log 0 in the "
+                              "objective); use t_eps > 0 (1e-2) or the geometric SDE with sigma2_0_geometric > 0")
+        if self.type == "geometric" and self.t_eps == 0.0 and self.sigma2_0_geometric == 0.0:
+            raise ConfigError("t_eps = 0 with the geometric SDE needs sigma2_0_geometric > 0 (sigma^2(0) = 0 otherwise)")
 
 
 @dataclass
@@ -89,48 +143,67 @@ class ObjectiveConfig:
     mode: Literal["joint", "disjoint"] = "joint"
     train_vae: bool = True  # False: score prior alone on a frozen VAE
     mixed_score: bool = True
-    mixing_logit_init: float = -3.0
+    mixing_logit_init: float = rng(-3.0, -30.0, 30.0)
     drop_inactive_var: bool = False
     update_q_ema: bool = False
+
+    def _check(self) -> None:
+        from lsgm.methods import check_objective  # the one home of the method's combination rules
+
+        check_objective(self.weighting, self.sampling, self.q_objective, self.mode, self.train_vae, self.update_q_ema)
 
 
 @dataclass
 class OptimConfig:
     name: Literal["adamax", "adamw", "adam"] = "adamw"
-    lr: float = 1e-3
-    lr_min: float = 1e-4
-    warmup_steps: int = 0
-    weight_decay: float = 3e-4
-    eps: float = 1e-8
+    lr: float = rng(1e-3, 0.0, 1.0, lo_open=True)
+    lr_min: float = rng(1e-4, 0.0, 1.0)
+    warmup_steps: int = rng(0, 0)
+    weight_decay: float = rng(3e-4, 0.0, 1.0)
+    eps: float = rng(1e-8, 0.0, 1.0, lo_open=True)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+    def _check(self) -> None:
+        if self.lr_min > self.lr:
+            raise ConfigError(f"lr_min = {self.lr_min:g} > lr = {self.lr:g}; the cosine schedule decays from lr to lr_min")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas = {self.betas} must be two numbers in [0, 1)")
 
 
 @dataclass
 class KLConfig:
-    anneal_portion: float = 0.3
-    const_portion: float = 1e-4
-    const_coeff: float = 1e-4
-    max_coeff: float = 1.0
+    anneal_portion: float = rng(0.3, 0.0, 1.0)
+    const_portion: float = rng(1e-4, 0.0, 1.0)
+    const_coeff: float = rng(1e-4, 0.0, 1.0)
+    max_coeff: float = rng(1.0, 0.0, 1.0, lo_open=True)
     balance: bool = True
     continue_anneal: bool = False  # stage 2: anneal kl_coeff 0.7 -> 1.0 over the first 10% of steps
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 50
-    batch_size: int = 32
+    steps: int = rng(50, 1)
+    # The GLOBAL batch of one optimizer step (official: GPUs x per-GPU batch). Each of the world_size
+    # processes sees global_batch / (world_size * grad_accum) samples per forward pass, where grad_accum is
+    # the smallest number of micro-batches that keeps that at most max_batch_per_process (0: no cap).
+    # The loss is the mean over the global batch whatever the split (see split_batch).
+    global_batch: int = rng(32, 1)
+    max_batch_per_process: int = rng(0, 0)
     vae_optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamax", lr=1e-2, lr_min=1e-4, eps=1e-3))
     score_optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=3e-4, lr_min=3e-4, eps=1e-4))
     kl: KLConfig = field(default_factory=KLConfig)
-    sr_lambda_vae: float = 1e-2
-    sr_lambda_score: float = 0.0
-    ema_decay: float = 0.999
-    grad_clip: float = 0.0  # max global grad norm; 0 disables
+    sr_lambda_vae: float = rng(1e-2, 0.0)
+    sr_lambda_score: float = rng(0.0, 0.0)
+    # score network SR: the spectral-norm term over its conv layers (official: on unless --custom_conv_dae,
+    # which makes the official SR look for NVAE conv classes the score network does not have) + GroupNorm max|gamma|
+    sr_score_conv: bool = True
+    ema_decay: float = rng(0.999, 0.0, 1.0)
+    grad_clip: float = rng(0.0, 0.0)  # max global grad norm; 0 disables
     amp: Literal["off", "bf16", "fp16"] = "off"
-    log_every: int = 10
-    checkpoint_every_steps: int = 100
-    checkpoint_every_minutes: float = 10.0
-    val_batches: int = 4  # validation batches for the in-training NELBO
+    log_every: int = rng(10, 1)
+    checkpoint_every_steps: int = rng(100, 0)
+    checkpoint_every_minutes: float = rng(10.0, 0.0)
+    val_batches: int = rng(4, 1)  # validation batches for the in-training NELBO
     force_nan_at_step: int = -1  # testing hook: inject a NaN loss at this step (divergence handling)
 
 
@@ -138,13 +211,21 @@ class TrainConfig:
 class RunConfig:
     kind: Literal["vae", "lsgm", "sgm", "classifier"] = "vae"
     name: str = "run"
-    seed: int = 0
+    seed: int = rng(0, 0)
     data: DataConfig = field(default_factory=DataConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     score: ScoreNetConfig = field(default_factory=ScoreNetConfig)
     sde: SDEConfig = field(default_factory=SDEConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # where this run knowingly differs from the official recipe it follows (lsgm.recipes); copied into run.json
+    deviations: list[str] = field(default_factory=list)
+
+    def _check(self) -> None:
+        if self.kind in ("lsgm", "sgm"):
+            from lsgm.methods import check_sde_objective
+
+            check_sde_objective(self.sde.type, self.objective.weighting, self.objective.sampling)
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -152,7 +233,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return from_dict(tp, value, where)
+        return _build(tp, value, where)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
@@ -176,6 +257,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         (item,) = typing.get_args(tp)
         return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -194,15 +280,53 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type, data: dict, where: str = "config") -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`."""
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` merged into ``base``: nested mappings merge key by key, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_field(f: dataclasses.Field, value: Any, where: str) -> None:
+    bounds = f.metadata.get("range")
+    if bounds is not None and isinstance(value, (int, float)) and not bounds.contains(float(value)):
+        raise ConfigError(f"{where} = {value!r} is out of range; allowed: {bounds}")
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {names}")
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {list(fields)}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
+        _check_field(fields[key], kwargs[key], f"{where}.{key}")
+    obj = cls(**kwargs)
+    check = getattr(obj, "_check", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return obj
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a (partial) mapping; unknown keys, wrong types and values out of range raise
+    :class:`ConfigError` naming the key. Missing keys take their defaults, and a partial nested mapping is
+    merged into that field's *own* default (e.g. ``TrainConfig.vae_optim``'s Adamax), never into a generic one."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {[f.name for f in dataclasses.fields(cls)]}")
+    return _build(cls, _merge(to_dict(cls()), data), where)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -76,7 +76,7 @@ def denoising_l2(z0: torch.Tensor, eps_fn: EpsFn, sde: SDE, t: torch.Tensor,
                  noise: torch.Tensor) -> torch.Tensor:
     """||noise - eps_theta(z_t, t)||^2 per sample for z_t = m_t z0 + sigma_t noise; -> [B]."""
     z_t = sde.perturb(z0, t, noise)
-    return sum_except_batch((noise - eps_fn(z_t, t)).pow(2))
+    return sum_except_batch((noise.float() - eps_fn(z_t, t).float()).pow(2))  # fp32 even under autocast
 
 
 def diffusion_terms(z0: torch.Tensor, eps_fn: EpsFn, sde: SDE, ts: TimeSample,

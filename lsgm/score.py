@@ -48,11 +48,14 @@ class MixedScore(nn.Module):
         input and use the Normal score only."""
         self.active.copy_(mask.to(torch.bool))
 
+    def regularization(self, conv: bool = True) -> torch.Tensor:
+        """The backbone's SR penalty (the mixing logit has none, as in the official code)."""
+        return self.backbone.regularization(conv=conv)
+
     def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """z_t: [B, C, ...], t: [B] -> eps_theta: [B, C, ...]."""
         mask = self._channel_mask(z_t.ndim)
-        eps_net = self.backbone(z_t * mask, t)
+        eps_net = self.backbone(z_t * mask, t).float()  # the mixture (and the loss after it) in fp32 under autocast
         if not self.mixed:
             return eps_net
-        alpha = self.alpha.to(eps_net.dtype)
-        return (1.0 - alpha) * self.sde.mixing_component(z_t, t).to(eps_net.dtype) + alpha * eps_net
+        return (1.0 - self.alpha) * self.sde.mixing_component(z_t.float(), t.float()) + self.alpha * eps_net

@@ -198,14 +198,14 @@ def _train(module: str, argv: list[str]) -> None:
 def _smoke_models(tmp: Path) -> dict[str, Path]:
     """Smoke-train classifier, VAE and LSGM through the CLIs (LSGM built directly if its trainer is absent)."""
     clf_cfg = tmp / "clf.yaml"
-    save_run_config(apply_overrides(RunConfig(kind="classifier", name="clf"), ["train.steps=60", "train.batch_size=64",
+    save_run_config(apply_overrides(RunConfig(kind="classifier", name="clf"), ["train.steps=60", "train.global_batch=64",
                                                                               "train.log_every=30"]), clf_cfg)
     _train("lsgm.train.classifier", ["--config", str(clf_cfg), "--out", str(tmp / "clf")])
     vae_cfg = tmp / "vae.yaml"
-    save_run_config(_cfg("vae", "train.steps=8", "train.batch_size=16", "train.log_every=4", "train.val_batches=1"),
+    save_run_config(_cfg("vae", "train.steps=8", "train.global_batch=16", "train.log_every=4", "train.val_batches=1"),
                     vae_cfg)
     _train("lsgm.train.vae", ["--config", str(vae_cfg), "--out", str(tmp / "vae")])
-    lsgm_cfg = _cfg("lsgm", "train.steps=4", "train.batch_size=16", "train.log_every=2", "train.val_batches=1")
+    lsgm_cfg = _cfg("lsgm", "train.steps=4", "train.global_batch=16", "train.log_every=2", "train.val_batches=1")
     try:
         import lsgm.train.lsgm  # noqa: F401
     except ImportError:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from lsgm.config import ScoreNetConfig, VAEConfig
 from lsgm.data import DatasetInfo
-from lsgm.nets.layers import WNConv2d, batchnorm_penalty
+from lsgm.nets.layers import WNConv2d, norm_scale_penalty
 from lsgm.nets.ncsnpp import NCSNpp
 from lsgm.nets.nvae import NVAE, DiscMixLogistic
 
@@ -198,7 +198,7 @@ def test_regularization_is_a_top_singular_value_sum():
     assert reg.ndim == 0 and torch.isfinite(reg) and reg > 0
     true = sum(torch.linalg.matrix_norm(m.normalized_weight().reshape(m.out_channels, -1), ord=2)
                for m in vae.modules() if isinstance(m, WNConv2d))
-    expected = (true + batchnorm_penalty(vae)).detach()
+    expected = (true + norm_scale_penalty(vae)).detach()
     assert reg.item() <= expected.item() * (1 + 1e-5)
     torch.testing.assert_close(reg.detach(), expected, rtol=2e-3, atol=0)
     reg.backward()
@@ -308,3 +308,28 @@ def test_ncsnpp_time_embedding_is_fp32_under_autocast():
 def test_ncsnpp_rejects_indivisible_resolution():
     with pytest.raises(ValueError, match="divisible"):
         NCSNpp(ScoreNetConfig(ch_mult=[1, 2, 2]), 4, 6)
+
+
+def test_score_network_sr_covers_its_convs_and_keeps_its_state():
+    """Item 3: the official SR on the score network (no --custom_conv_dae): the top singular value of every conv
+    (official nn.Conv2d: not the attention NINs) + GroupNorm max|gamma|; power-iteration state in the state_dict."""
+    from lsgm.config import ScoreNetConfig
+    from lsgm.nets.layers import SRConv2d
+    from lsgm.nets.ncsnpp import NCSNpp
+
+    torch.manual_seed(0)
+    net = NCSNpp(ScoreNetConfig(nf=8, ch_mult=[1, 2], attn_resolutions=[4]), 3, 8)
+    convs = [m for m in net.modules() if isinstance(m, SRConv2d)]
+    plain = [m for m in net.modules() if type(m) is torch.nn.Conv2d]
+    assert convs and plain  # attention projections stay plain (official NIN), everything else takes part
+    gn = sum(m.weight.abs().max() for m in net.modules() if isinstance(m, torch.nn.GroupNorm))
+    true = sum(torch.linalg.matrix_norm(c.weight.reshape(c.out_channels, -1), ord=2) for c in convs)
+    assert float(net.regularization(conv=False)) == pytest.approx(float(gn), rel=1e-6)
+    for _ in range(30):  # the power iteration converges to the top singular values
+        penalty = net.regularization(conv=True)
+    assert float(penalty) == pytest.approx(float(true + gn), rel=1e-3)
+    penalty.backward()
+    assert all(c.weight.grad is not None for c in convs)
+    state = net.state_dict()
+    assert "sr_counter.calls" in state and int(state["sr_counter.calls"]) == 30
+    assert any(k.endswith("sn_u") for k in state)

@@ -52,3 +52,26 @@ def test_unmixed_ablation_returns_the_network_output():
 def test_works_for_latents_of_any_rank():
     model = MixedScore(Recorder(), VPSDE(), (4,))
     assert model(torch.randn(3, 4), torch.rand(3)).shape == (3, 4)
+
+
+def test_mixed_score_and_loss_stay_fp32_under_bf16_autocast():
+    """Item 5: (1 - alpha) sigma_t z_t + alpha eps' and the squared error are computed in fp32 under autocast
+    (bf16 rounding of the mixture was ~3 decimal digits)."""
+    from lsgm.config import ScoreNetConfig
+    from lsgm.nets.ncsnpp import NCSNpp
+    from lsgm.objectives import denoising_l2
+    from lsgm.sde import VPSDE
+
+    torch.manual_seed(0)
+    sde = VPSDE()
+    score = MixedScore(NCSNpp(ScoreNetConfig(nf=8, ch_mult=[1]), 4, 4), sde, (4, 4, 4), mixing_logit_init=0.0)
+    z, t = torch.randn(3, 4, 4, 4), torch.rand(3) * 0.9 + 0.05
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eps = score(z, t)
+        net = score.backbone(z, t)
+        l2 = denoising_l2(z, score, sde, t, torch.randn_like(z))
+    assert net.dtype == torch.bfloat16  # the network itself runs in bf16 ...
+    assert eps.dtype == torch.float32 and l2.dtype == torch.float32  # ... its mixture and the loss do not
+    alpha = torch.sigmoid(score.mixing_logit)
+    expected = (1 - alpha) * sde.var(t).sqrt()[:, None, None, None] * z + alpha * net.float()
+    torch.testing.assert_close(eps, expected, rtol=1e-6, atol=1e-6)

@@ -27,7 +27,7 @@ from lsgm.train.ema import EMA
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"vae": {"num_channels": 8}, "score": {"nf": 16},
-        "train": {"batch_size": 8, "log_every": 2, "val_batches": 1, "checkpoint_every_steps": 4}}
+        "train": {"global_batch": 8, "log_every": 2, "val_batches": 1, "checkpoint_every_steps": 4}}
 STAGE2_OPTIM = {"vae_optim": {"name": "adamw", "lr": 1e-4, "lr_min": 1e-5, "eps": 1e-3}}
 
 
@@ -86,12 +86,25 @@ def test_smoke_vae(vae_model):
                                         "mode": "disjoint", "update_q_ema": True},
                                        {"train_vae": False, "drop_inactive_var": True}])
 def test_smoke_lsgm(vae_model, tmp_path, objective):
-    cfg = write_config(tmp_path / "lsgm.yaml", "lsgm", train={"steps": 4, **STAGE2_OPTIM}, objective=objective)
+    train = {"steps": 4, **STAGE2_OPTIM, "sr_lambda_score": 1e-2}  # with the score network's conv SR (item 3)
+    cfg = write_config(tmp_path / "lsgm.yaml", "lsgm", train=train, objective=objective)
     assert run_cli("train-lsgm", "--config", str(cfg), "--vae", str(vae_model), "--out", str(tmp_path / "run")) == 0
     info = assert_run_dir(tmp_path / "run")
     assert len(info["deviations"]) >= 3 and info["training"]["amp"]["effective"] == "off"
     model = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert set(model["state"]) == {"vae", "score"} and "mixing_logit" in model["ema"]
+    assert int(model["state"]["score"]["backbone.sr_counter.calls"]) == 4  # one SR per optimizer step
+    assert (info["training"]["global_batch"], info["training"]["grad_accum"], info["training"]["world_size"]) == (8, 1, 1)
+
+
+def test_accumulated_lsgm_step_records_its_split(vae_model, tmp_path):
+    train = {"steps": 2, **STAGE2_OPTIM, "max_batch_per_process": 4}
+    cfg = write_config(tmp_path / "lsgm.yaml", "lsgm", train=train)
+    assert run_cli("train-lsgm", "--config", str(cfg), "--vae", str(vae_model), "--out", str(tmp_path / "run")) == 0
+    info = assert_run_dir(tmp_path / "run")
+    t = info["training"]
+    assert (t["global_batch"], t["per_process_batch"], t["grad_accum"], t["world_size"]) == (8, 4, 2, 1)
+    assert any(d.startswith("launch: global batch 8 = 1 processes x 4 x 2") for d in info["deviations"])
 
 
 def test_smoke_sgm(tmp_path):
@@ -177,55 +190,47 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _score_step(rank: int, world: int, port: int, out: str) -> None:
-    """One optimizer step of the pixel score network through Run.wrap/backward/step (rank's share of the batch)."""
-    from lsgm.nets.ncsnpp import NCSNpp
-    from lsgm.objectives import diffusion_terms
-    from lsgm.sde import make_sde
-    from lsgm.time_sampling import make_time_sampler
-
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    cfg = from_dict(RunConfig, {"kind": "sgm", "score": {"nf": 16}, "train": {"grad_clip": 0.5}})
-    run = common.Run(cfg, Path(out) / f"run{world}")
-    torch.manual_seed(0)
-    net = run.wrap(NCSNpp(cfg.score, 1, 8))  # DDP broadcasts rank 0's weights
-    sde = make_sde(cfg.sde)
-    g = torch.Generator().manual_seed(1)
-    x, noise = torch.rand(8, 1, 8, 8, generator=g), torch.randn(8, 1, 8, 8, generator=g)
-    ts = make_time_sampler("ll", "uniform", sde, cfg.sde.t_eps).sample(8, generator=g)
-    share = slice(rank * 8 // world, (rank + 1) * 8 // world)
-    ts = type(ts)(ts.t[share], ts.weight_p[share], ts.weight_q[share], ts.t_eps)
-    loss = diffusion_terms(2 * x[share] - 1, net, sde, ts, noise=noise[share]).sgm_loss.mean()
-    params = common.trainable(net)
-    opt = torch.optim.SGD(params, lr=0.1)  # SGD: the update is proportional to the averaged gradient
-    run.backward(loss, params)
-    norms = run.step(0, {"score": (opt, params)})
-    if rank == 0:
-        torch.save({"params": common.unwrap(net).state_dict(), "norms": norms,
-                    "ddp": run.dist.enabled}, Path(out) / f"world{world}.pt")
-    run.close()
+def _ddp_step(out: Path, cap: int = 0, nodes: int = 0) -> dict:
+    """tests/ddp_step.py as its own process(es): plain python, or ``nodes`` torchrun "nodes" of one gloo process
+    each on localhost meeting at a c10d rendezvous (as the multi-node paper runs do)."""
+    script, env = str(ROOT / "tests" / "ddp_step.py"), {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    if not nodes:
+        subprocess.run([sys.executable, script, str(out), str(cap)], env=env, check=True, timeout=300)
+        return torch.load(out / f"world1-cap{cap}.pt", weights_only=True)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", "--nproc_per_node=1",
+           "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=lsgm-test", script, str(out), str(cap)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(nodes)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)[-3000:]
+    return torch.load(out / f"world{nodes}-cap{cap}.pt", weights_only=True)
 
 
-def test_ddp_step_equals_single_process_big_batch(tmp_path):
-    """2 gloo processes x 4 samples == 1 process x 8 samples for the (GroupNorm, BN-free) score network.
+def _assert_same_step(a: dict, b: dict) -> None:
+    assert a["norms"]["grad_norm"] == pytest.approx(b["norms"]["grad_norm"], rel=1e-5)
+    for k, v in b["params"].items():
+        torch.testing.assert_close(a["params"][k], v, atol=1e-6, rtol=1e-5, msg=k)
 
-    The NVAE's BatchNorm normalises over each process's own half batch (statistics are not synced), so a DDP
-    VAE step differs from the big-batch step by design; the comparison uses the BN-free score network."""
-    torch.multiprocessing.spawn(_score_step, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")
-    saved, threads = {k: os.environ.get(k) for k in keys}, torch.get_num_threads()
-    try:
-        _score_step(0, 1, 0, str(tmp_path))
-    finally:
-        torch.set_num_threads(threads)
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    ddp, single = torch.load(tmp_path / "world2.pt"), torch.load(tmp_path / "world1.pt")
-    assert ddp["ddp"] and not single["ddp"]
-    assert ddp["norms"]["grad_norm"] == pytest.approx(single["norms"]["grad_norm"], rel=1e-5)
-    for k, v in single["params"].items():
-        torch.testing.assert_close(ddp["params"][k], v, atol=1e-6, rtol=1e-5, msg=k)
+
+def test_multinode_and_accumulated_steps_equal_one_process_on_the_whole_batch(tmp_path):
+    """2 "nodes" x 1 gloo process (torchrun, c10d rendezvous), and 1 process with 2 accumulated micro-batches, take
+    the same step as 1 process on the concatenated batch of 8, for the (GroupNorm, BN-free) score network.
+
+    The NVAE's BatchNorm normalises over each micro-batch / process (statistics are not synced), so a split VAE
+    step differs from the big-batch step by design (recorded in run.json); the comparison uses the score network."""
+    single = _ddp_step(tmp_path)
+    assert (single["world"], single["accum"]) == (1, 1)
+    two_nodes = _ddp_step(tmp_path, nodes=2)
+    assert (two_nodes["world"], two_nodes["accum"]) == (2, 1)
+    accumulated = _ddp_step(tmp_path, cap=4)
+    assert (accumulated["world"], accumulated["accum"]) == (1, 2)
+    assert accumulated["meta"]["global_batch"] == two_nodes["meta"]["global_batch"] == 8
+    assert accumulated["meta"]["per_process_batch"] == two_nodes["meta"]["per_process_batch"] == 4
+    _assert_same_step(two_nodes, single)
+    _assert_same_step(accumulated, single)
 
 
 # ------------------------------------------------------------------------------------------ (d) (e) (f)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lsgm import plan
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
-import plan  # noqa: E402
 
 # 10 VPSDE cells + 7 geometric cells. The paper's Table 6 has 2 x 10 columns with 3 n/a cells on the
 # geometric row (w_ll r_ll = U, w_un r_un rew. and w_un r_un r_ll), so 17 trained cells per dataset-seed.
@@ -85,7 +85,8 @@ def test_slurm_profile_resolves_and_requests_gpus():
         if rule.startswith("train_") or rule.startswith("eval_") or rule == "fid_stats":
             assert res, f"{rule} has no resources line"
             fields = dict(kv.split("=", 1) for kv in res.group(1).split(", "))
-            assert int(fields["gpu"]) >= 1, (rule, fields)
+            gpus = int(fields["gpu"]) if "gpu" in fields else int(fields["nodes"]) * int(fields["gres"].split(":")[-1])
+            assert gpus >= 1, (rule, fields)
             assert int(fields["runtime"]) > 0 and int(fields["cpus_per_task"]) >= 1
             assert fields["slurm_partition"] and fields["slurm_account"]
             assert "tasks" not in fields  # would start one copy of the command per GPU
@@ -93,8 +94,13 @@ def test_slurm_profile_resolves_and_requests_gpus():
         if rule in ("tables", "figure4", "run_config"):
             assert res is None or "gpu=" not in res.group(1)
     assert trained == MAIN_LSGMS + TABLE6_CELLS + BACKBONES["paper"] + 1
-    # several GPUs -> torchrun DDP on one node
-    assert "torchrun --standalone --nnodes=1 --nproc_per_node=8 -m lsgm train-lsgm" in text
+    # several GPUs -> torchrun DDP on one node; the 16-GPU recipes on 2 nodes x 8 GPUs, one torchrun per node
+    assert "torchrun --standalone --nnodes=1 --nproc_per_node=8 -m lsgm train-vae" in text
+    two_node = re.findall(r"wildcards: scale=paper, dataset=(\w+), run=(\w+), seed=0\n    resources: [^\n]*nodes=2, "
+                          r"tasks_per_node=8, gres=gpu:8, mpi=srun", text)
+    assert {(d, r) for d, r in two_node} == {("cifar10", "fid"), ("cifar10", "nll"), ("cifar10", "balanced"),
+                                             ("celeba256", "celeba")}, two_node
+    assert "srun --nodes=2 --ntasks-per-node=1 --gres=gpu:8" in text and "--rdzv_backend=c10d" in text
 
 
 def test_one_table6_cell_plans_only_its_chain():
@@ -128,7 +134,9 @@ def test_unknown_key_fails_with_the_schema_message(tmp_path):
     proc = _with_config(tmp_path, lambda c: c["scales"]["quick"]["eval"]["nll"].update(bogus_key=1))
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "Additional properties are not allowed ('bogus_key' was unexpected)" in out
+    # one line that leads with the offending key, not a page of schema
+    assert "config.yaml: scales.quick.eval.nll: Additional properties are not allowed ('bogus_key' was unexpected)" in out
+    assert "Failed validating" not in out
 
 
 def test_wrong_type_fails(tmp_path):
@@ -140,12 +148,37 @@ def test_impossible_table6_cell_fails_clearly(tmp_path):
     proc = _with_config(tmp_path, lambda c: c["table6"]["grid"]["geometric"].append("un-is-rew"))
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "impossible Table 6 cell 'un-is-rew' with the geometric SDE" in out
+    assert "Table 6 cell 'un-is-rew' with the geometric SDE: r_un(t) importance sampling" in out
+
+
+def _quick_run_config(c: dict, kind: str, name: str, section: dict) -> None:
+    c["scales"]["quick"]["runs"].setdefault(kind, {}).setdefault(name, {})["config"] = section
 
 
 def test_vpsde_with_zero_t_eps_fails_clearly(tmp_path):
-    proc = _with_config(tmp_path, lambda c: c["table6"]["sde"]["vpsde"].update(t_eps=0.0))
-    assert proc.returncode != 0 and "var(0) = 0" in proc.stdout + proc.stderr
+    proc = _with_config(tmp_path, lambda c: _quick_run_config(c, "lsgm", "mnist", {"sde": {"t_eps": 0.0}}))
+    assert proc.returncode != 0 and "sigma^2(0) = 0" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"sde": {"beta_max": -20.0}}, "sde.beta_max = -20.0 is out of range; allowed: (0, inf]"),
+    ({"sde": {"sigma2_max": 1.0}}, "sde.sigma2_max = 1.0 is out of range; allowed: (0, 1)"),
+    ({"sde": {"t_eps": 1.0}}, "sde.t_eps = 1.0 is out of range; allowed: [0, 1)"),
+    ({"train": {"score_optim": {"lr": -1e-4}}}, "train.score_optim.lr = -0.0001 is out of range; allowed: (0, 1]"),
+    ({"train": {"ema_decay": 1.5}}, "train.ema_decay = 1.5 is out of range; allowed: [0, 1]"),
+    ({"train": {"global_batch": 0}}, "train.global_batch = 0 is out of range; allowed: [1, inf]"),
+])
+def test_out_of_range_values_fail_at_plan_time_with_one_line(tmp_path, section, message):
+    """Item 6: a bad physical/optimisation value never reaches a run (it would end as a fake 'diverged' cell)."""
+    proc = _with_config(tmp_path, lambda c: _quick_run_config(c, "lsgm", "mnist", section))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and message in out, out[-600:]
+    assert "recipes.lsgm.mnist (scale quick)" in out
+
+
+def test_bad_eval_setting_fails_at_plan_time(tmp_path):
+    proc = _with_config(tmp_path, lambda c: c["scales"]["quick"]["eval"]["fid"].update(tolerance=-1e-5))
+    assert proc.returncode != 0 and "eval.fid.tolerance = -1e-05 is out of range" in proc.stdout + proc.stderr
 
 
 def test_run_configs_load_strictly():
@@ -163,7 +196,7 @@ def test_run_configs_load_strictly():
             == ("re", "is", "ll_is")
     paper = plan.Plan(cfg, "paper")
     fid = paper.run("lsgm", "cifar10", "fid", 0)
-    assert fid.config["train"]["steps"] == 1875 * (50000 // 256) and fid.gpus == 8
+    assert fid.config["train"]["steps"] == 1875 * (50000 // 256) and fid.gpus == 16
     assert fid.config["vae"] == fid.backbone.config["vae"]
 
 

@@ -21,12 +21,28 @@ BN_EPS = 1e-5
 CellKind = Literal["bnswish", "mbconv6", "mbconv3"]
 
 
-class WNConv2d(nn.Conv2d):
+class SRConv2d(nn.Conv2d):
+    """Conv2d that takes part in the spectral regularizer (SR): the buffers ``sn_u`` [C_out] and
+    ``sn_v`` [C_in / groups * k * k] hold its power-iteration state, so they travel with ``state_dict`` and a
+    resumed run continues the same iteration. :meth:`sr_weight` is the matrix whose top singular value is
+    penalised (official ``SpectralNormCalculator``: ``weight.view(C_out, -1)``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        rows, cols = self.out_channels, self.weight[0].numel()
+        self.register_buffer("sn_u", F.normalize(torch.randn(rows), dim=0, eps=1e-3))
+        self.register_buffer("sn_v", F.normalize(torch.randn(cols), dim=0, eps=1e-3))
+
+    def sr_weight(self) -> torch.Tensor:
+        """The applied weight: [C_out, C_in/groups, k, k]."""
+        return self.weight
+
+
+class WNConv2d(SRConv2d):
     """Conv2d with weight normalization and a learned per-output-channel log-norm.
 
-    ``weight_used = exp(log_weight_norm) * weight / ||weight||`` (norm per output channel). The buffers
-    ``sn_u`` [C_out] and ``sn_v`` [C_in / groups * k * k] hold the power-iteration state of the spectral
-    regularizer, so they travel with ``state_dict`` and a resumed run continues the same iteration.
+    ``weight_used = exp(log_weight_norm) * weight / ||weight||`` (norm per output channel); the SR penalises
+    the normalised weight (as the official code's ``weight_normalized``).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -34,8 +50,9 @@ class WNConv2d(nn.Conv2d):
         matrix = self.weight.detach().reshape(self.out_channels, -1)  # (C_out, C_in/g * k * k)
         init_norm = matrix.norm(dim=1).reshape(-1, 1, 1, 1)  # (C_out, 1, 1, 1)
         self.log_weight_norm = nn.Parameter(torch.log(init_norm + 1e-2))
-        self.register_buffer("sn_u", F.normalize(torch.randn(matrix.shape[0]), dim=0, eps=1e-3))
-        self.register_buffer("sn_v", F.normalize(torch.randn(matrix.shape[1]), dim=0, eps=1e-3))
+
+    def sr_weight(self) -> torch.Tensor:
+        return self.normalized_weight()
 
     def normalized_weight(self) -> torch.Tensor:
         """The weight the conv applies: [C_out, C_in/groups, k, k]."""
@@ -56,18 +73,18 @@ def _power_iteration(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_iter: 
 
 
 def spectral_penalty(module: nn.Module, n_iter: int) -> torch.Tensor:
-    """Sum over all :class:`WNConv2d` in ``module`` of their top singular value (differentiable).
+    """Sum over all :class:`SRConv2d` in ``module`` of their top singular value (differentiable).
 
     Convs of equal weight shape are batched into one power iteration (as NVAE's ``sr_utils``); the
     updated ``sn_u`` / ``sn_v`` buffers are written back in place.
     """
-    groups: dict[tuple, list[WNConv2d]] = defaultdict(list)
+    groups: dict[tuple, list[SRConv2d]] = defaultdict(list)
     for m in module.modules():
-        if isinstance(m, WNConv2d):
+        if isinstance(m, SRConv2d):
             groups[tuple(m.weight.shape)].append(m)
     total = None
     for convs in groups.values():
-        w = torch.stack([c.normalized_weight().reshape(c.out_channels, -1) for c in convs]).float()  # (N, out, in)
+        w = torch.stack([c.sr_weight().reshape(c.out_channels, -1) for c in convs]).float()  # (N, out, in)
         u, v = _power_iteration(w.detach(), torch.stack([c.sn_u for c in convs]).float(),
                                 torch.stack([c.sn_v for c in convs]).float(), n_iter)
         with torch.no_grad():
@@ -79,10 +96,27 @@ def spectral_penalty(module: nn.Module, n_iter: int) -> torch.Tensor:
     return total if total is not None else torch.zeros(())
 
 
-def batchnorm_penalty(module: nn.Module) -> torch.Tensor:
-    """Sum over BatchNorm layers of max |gamma| (NVAE's BN-scale term of the SR penalty)."""
-    terms = [m.weight.abs().max() for m in module.modules() if isinstance(m, nn.BatchNorm2d) and m.affine]
+def norm_scale_penalty(module: nn.Module) -> torch.Tensor:
+    """Sum over BatchNorm / SyncBatchNorm / GroupNorm layers of max |gamma| (the scale term of the SR penalty,
+    official ``SpectralNormCalculator.batchnorm_loss``)."""
+    norms = (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm)
+    terms = [m.weight.abs().max() for m in module.modules() if isinstance(m, norms) and m.affine]
     return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+class SRCounter(nn.Module):
+    """Counts SR calls in a buffer (so it is checkpointed): the first call runs ``first`` power iterations (the
+    official 10 x 4 = 40 from random vectors), later calls ``later`` (4)."""
+
+    def __init__(self, later: int = 4, first: int = 40) -> None:
+        super().__init__()
+        self.later, self.first = later, first
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def next_iters(self) -> int:
+        n = self.first if int(self.calls) == 0 else self.later
+        self.calls += 1
+        return n
 
 
 def batchnorm(channels: int) -> nn.BatchNorm2d:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lsgm.config import ScoreNetConfig
+from lsgm.nets.layers import SRConv2d, SRCounter, norm_scale_penalty, spectral_penalty
 
 Resample = Literal["none", "up", "down"]
 
@@ -32,7 +33,9 @@ def _init(layer: nn.Module, scale: float = 1.0) -> nn.Module:
 
 
 def _conv(c_in: int, c_out: int, kernel: int, scale: float = 1.0) -> nn.Conv2d:
-    return _init(nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2), scale)
+    """The network's convs (official ``conv3x3`` / ``conv1x1``, torch ``nn.Conv2d``): they take part in the SR.
+    The attention block's 1x1 projections are official NINs (not convs) and stay out of it."""
+    return _init(SRConv2d(c_in, c_out, kernel, padding=kernel // 2), scale)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -146,6 +149,15 @@ class NCSNpp(nn.Module):
                                   ResBlock(width, width, temb_dim, cfg.dropout)])
         width = self._build_up(temb_dim, skips, width)
         self.norm_out, self.conv_out = group_norm(width), _conv(width, in_channels, 3, scale=0.0)
+        self.sr_counter = SRCounter()
+
+    def regularization(self, conv: bool = True) -> torch.Tensor:
+        """SR penalty (without lambda): the top singular values of the conv layers (``conv``; official unless
+        --custom_conv_dae) + max |gamma| of the GroupNorm layers. Power-iteration state is in buffers."""
+        penalty = norm_scale_penalty(self)
+        if conv:
+            penalty = penalty + spectral_penalty(self, self.sr_counter.next_iters())
+        return penalty
 
     def _uses_attn(self, level: int) -> bool:
         return self.resolution // 2**level in self.cfg.attn_resolutions

@@ -24,7 +24,7 @@ from lsgm.nets.layers import (
     EncCombiner,
     ResidualCell,
     WNConv2d,
-    batchnorm_penalty,
+    norm_scale_penalty,
     spectral_penalty,
 )
 from lsgm.objectives import gaussian_log_prob, normal_cross_entropy
@@ -331,4 +331,4 @@ class NVAE(nn.Module):
         ``sr_iters``; its state is in buffers (state_dict), so a resumed run continues it exactly."""
         n_iter = self.sr_iters_first if int(self.sr_calls) == 0 else self.sr_iters
         self.sr_calls += 1
-        return spectral_penalty(self, n_iter) + batchnorm_penalty(self)
+        return spectral_penalty(self, n_iter) + norm_scale_penalty(self)

@@ -1,7 +1,7 @@
 """Train the small feature classifier used for the offline Fréchet distance (``fd_<dataset>``).
 
 ``lsgm train-classifier --config RUN.yaml --out DIR [--set key=value ...]`` with ``kind: classifier``:
-cross-entropy on the dataset's labelled TRAINING split, ``train.steps`` steps of ``train.batch_size``,
+cross-entropy on the dataset's labelled TRAINING split, ``train.steps`` steps of ``train.global_batch``,
 optimizer and learning-rate schedule from ``train.score_optim``. Binary datasets are used as grey levels
 (never binarized), exactly what the reference statistics and the decoder-mean samples look like. Writes
 the usual run files (``config.yaml``, ``stats.jsonl``, ``run.json`` with the TEST accuracy under
@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from lsgm.config import ConfigError
 from lsgm.data import DatasetInfo, dataset_info, get_dataset
 from lsgm.nets.classifier import FeatureClassifier
-from lsgm.train.common import InfiniteLoader, Run, cli_main, fixed_rng, lr_at, make_optimizer, set_lr, unwrap
+from lsgm.train.common import (InfiniteLoader, Run, cli_main, fixed_rng, lr_at, make_optimizer, mean_stats, set_lr,
+                               unwrap)
 
 
 @dataclass
@@ -66,24 +67,26 @@ class ClassifierTask:
         self.opt = make_optimizer(unwrap(self.net).parameters(), cfg.train.score_optim)
         train = grey_dataset(cfg.data.name, "train", cfg.data.root, cfg.data.download, augment=True)
         t = cfg.train
-        self.loader = LabelledLoader(train, t.batch_size, cfg.seed, run.dist.rank, run.dist.world_size,
+        self.loader = LabelledLoader(train, run.per_process_batch, cfg.seed, run.dist.rank, run.dist.world_size,
                                      cfg.data.num_workers, run.device.type == "cuda")
         self.modules, self.optimizers, self.emas = {"classifier": unwrap(self.net)}, {"classifier": self.opt}, {}
         self.meta = {"stage": "classifier", "optimizer": {"classifier": f"{t.score_optim.name} (train.score_optim)"},
                      "purpose": "offline feature extractor for fd_<dataset> (not Inception, never reported as FID)",
                      "binary_data": "grey levels, not binarized" if self.info.binary else None}
 
-    def train_step(self, batch: LabelledBatch, step: int) -> dict[str, float]:
+    def train_step(self, batches: list[LabelledBatch], step: int) -> dict[str, float]:
         lr = lr_at(step, self.run.total_steps, self.cfg.train.score_optim)
         set_lr(self.opt, lr)
         self.net.train()
-        logits = self.net(batch.x)
-        loss = self.run.force_nan(F.cross_entropy(logits, batch.y), step)
-        self.run.check_finite(step, loss=loss)
-        self.run.backward(loss, list(self.net.parameters()))
-        norms = self.run.step(step, {"classifier": (self.opt, list(self.net.parameters()))})
-        acc = (logits.argmax(1) == batch.y).float().mean()
-        return {"loss": loss.item(), "train_accuracy": acc.item(), "lr": lr, **norms}
+        params, stats = list(self.net.parameters()), []
+        for batch, weight in self.run.micro_batches(batches, self.net):
+            logits = self.net(batch.x)
+            loss = self.run.force_nan(F.cross_entropy(logits, batch.y), step)
+            self.run.check_finite(step, loss=loss)
+            self.run.backward(weight * loss, params)
+            stats.append({"loss": loss.item(), "train_accuracy": (logits.argmax(1) == batch.y).float().mean().item()})
+        norms = self.run.step(step, {"classifier": (self.opt, params)})
+        return {**mean_stats(stats), "lr": lr, **norms}
 
     @torch.no_grad()
     def validate(self) -> dict:

@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lsgm.config import ConfigError, KLConfig, OptimConfig, RunConfig, apply_overrides, load_run_config, to_dict
 from lsgm.data import DatasetError
+from lsgm.methods import split_batch
 from lsgm.train.ema import EMA
 from lsgm.utils import atomic_torch_save, atomic_write_json, atomic_write_text, provenance
 
@@ -263,7 +264,8 @@ class InfiniteLoader:
                                           seed=seed, drop_last=True)
         self.batches_per_epoch = len(self.sampler) // batch_size
         if self.batches_per_epoch == 0:
-            raise ConfigError(f"train.batch_size {batch_size} exceeds the {len(self.sampler)} training items per process")
+            raise ConfigError(f"per-process batch {batch_size} (train.global_batch / processes / accumulation) exceeds "
+                              f"the {len(self.sampler)} training items per process")
         self.epoch, self.position, self._it = 0, 0, None
 
     def state_dict(self) -> dict:
@@ -302,7 +304,7 @@ class Task(Protocol):
     emas: dict[str, EMA]
     meta: dict  # recorded in run.json / model.pt (deviations, optimizer semantics, ...)
 
-    def train_step(self, x: torch.Tensor, step: int) -> dict[str, float]: ...
+    def train_step(self, batches: list, step: int) -> dict[str, float]: ...  # grad_accum micro-batches, one step
     def validate(self) -> dict: ...
     def model_state(self) -> dict: ...  # {"state": {...}, "ema": {...} | None}
 
@@ -339,6 +341,9 @@ class Run:
         self.dist = setup_distributed(master_port)
         self.device = self.dist.device
         self.total_steps = cfg.train.steps
+        # the global batch is the config's; this world size decides the per-process micro-batch and accumulation
+        self.per_process_batch, self.grad_accum = split_batch(cfg.train.global_batch, self.dist.world_size,
+                                                              cfg.train.max_batch_per_process)
         self.amp_requested = cfg.train.amp
         self.amp = cfg.train.amp if self.device.type == "cuda" else "off"
         self.amp_note = None if self.amp == self.amp_requested else "CPU: autocast disabled (amp forced off)"
@@ -377,8 +382,22 @@ class Run:
         return module
 
     def make_loader(self, dataset: Dataset) -> InfiniteLoader:
-        return InfiniteLoader(dataset, self.cfg.train.batch_size, self.cfg.seed, self.dist.rank,
+        """Per-process micro-batches; one optimizer step consumes ``grad_accum`` of them."""
+        return InfiniteLoader(dataset, self.per_process_batch, self.cfg.seed, self.dist.rank,
                               self.dist.world_size, self.cfg.data.num_workers, self.device.type == "cuda")
+
+    def micro_batches(self, batches: list, *modules: nn.Module):
+        """Yield ``(batch, weight)`` per micro-batch, weight = 1 / grad_accum, so that the summed gradients of
+        ``weight * mean loss`` are the gradient of the mean over the global batch. All but the last micro-batch
+        run under DDP's ``no_sync`` (gradients all-reduced once per optimizer step). Use as
+        ``for x, w in run.micro_batches(xs, *modules): run.backward(w * loss, params)``."""
+        for i, batch in enumerate(batches):
+            with contextlib.ExitStack() as stack:
+                if i < len(batches) - 1:
+                    for m in modules:
+                        if isinstance(m, DistributedDataParallel):
+                            stack.enter_context(m.no_sync())
+                yield batch, 1.0 / len(batches)
 
     def autocast(self):
         if self.amp == "off":
@@ -511,13 +530,25 @@ class Run:
                 fh.write(json.dumps(stats, allow_nan=True) + "\n")
 
     def training_meta(self) -> dict:
-        t = self.cfg.train
-        return {"seed": self.cfg.seed, "world_size": self.dist.world_size, "batch_size_per_process": t.batch_size,
-                "global_batch_size": t.batch_size * self.dist.world_size,
+        split = self.dist.world_size > 1 or self.grad_accum > 1
+        return {"seed": self.cfg.seed, "world_size": self.dist.world_size,
+                "per_process_batch": self.per_process_batch, "grad_accum": self.grad_accum,
+                "global_batch": self.per_process_batch * self.dist.world_size * self.grad_accum,
                 "amp": {"requested": self.amp_requested, "effective": self.amp, "note": self.amp_note},
                 "grad_scaler": self.scaler is not None, "resumed_from_steps": self.resumed_from,
-                "batchnorm": "per-process statistics" if self.dist.enabled else "single process",
+                "batchnorm": (f"statistics per micro-batch of {self.per_process_batch} per process (not synchronised)"
+                              if split else "single process, whole batch"),
                 "device": str(self.device)}
+
+    def deviations(self, task: Task) -> list[str]:
+        """Every known difference from the official run: the code's (task.meta), the recipe's (run config) and
+        this launch's (a global batch realised with gradient accumulation normalises BatchNorm per micro-batch)."""
+        out = list(task.meta.get("deviations", [])) + list(self.cfg.deviations)
+        if self.grad_accum > 1:
+            out.append(f"launch: global batch {self.cfg.train.global_batch} = {self.dist.world_size} processes x "
+                       f"{self.per_process_batch} x {self.grad_accum} accumulation steps; BatchNorm statistics are "
+                       f"per micro-batch of {self.per_process_batch}")
+        return out
 
     def finish(self, task: Task, status: str, step: int, reason: str | None) -> None:
         """Write run.json, then model.pt (last, atomic). A diverged run writes both (status ``diverged``).
@@ -526,7 +557,7 @@ class Run:
         if not self.is_main:
             return
         prov = provenance(self.device, config=to_dict(self.cfg))
-        meta = {**task.meta, "training": self.training_meta()}
+        meta = {**task.meta, "training": self.training_meta(), "deviations": self.deviations(task)}
         atomic_write_json(self.out / "run.json", {
             "status": status, "step": step, "reason": reason, "wall_seconds": self.wall_seconds(),
             "validation": validation, **meta, "provenance": prov})
@@ -561,8 +592,8 @@ def train(run: Run, task: Task) -> int:
     t_last, step_last = time.time(), start
     try:
         for step in range(start, total):
-            x = next(task.loader).to(run.device, non_blocking=True)
-            stats = task.train_step(x, step)
+            batches = [next(task.loader).to(run.device, non_blocking=True) for _ in range(run.grad_accum)]
+            stats = task.train_step(batches, step)
             done = step + 1
             bar.update(1)
             if done % cfg.log_every == 0 or done == total:
@@ -611,5 +642,6 @@ def fixed_rng(seed: int, device: torch.device):
         yield
 
 
-def to_float(stats: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in stats.items()}
+def mean_stats(per_batch: list[dict[str, float]]) -> dict[str, float]:
+    """Key-wise mean of the statistics of the micro-batches of one step."""
+    return {k: sum(s[k] for s in per_batch) / len(per_batch) for k in per_batch[0]}

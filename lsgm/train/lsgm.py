@@ -41,8 +41,8 @@ from lsgm.likelihood import nats_to_bpd
 from lsgm.objectives import diffusion_terms
 from lsgm.sde import make_sde
 from lsgm.time_sampling import TimeSample, make_q_sampler, make_time_sampler
-from lsgm.train.common import (Run, cli_main, fixed_rng, lr_at, make_optimizer, set_lr, stage2_kl_coeff,
-                               trainable, unwrap)
+from lsgm.train.common import (Run, cli_main, fixed_rng, lr_at, make_optimizer, mean_stats, set_lr,
+                               stage2_kl_coeff, trainable, unwrap)
 from lsgm.train.ema import EMA
 from lsgm.train.vae import validation_batches
 
@@ -76,21 +76,6 @@ def load_stage1(path: str | Path, cfg: RunConfig) -> dict:
     if diffs:
         raise ConfigError(f"--vae {path} does not match this config: {'; '.join(diffs)}")
     return ck
-
-
-def check_objective(cfg: RunConfig) -> None:
-    obj = cfg.objective
-    if obj.mode == "disjoint" and (obj.q_objective == "rew" or not obj.train_vae):
-        raise ConfigError("objective.mode disjoint needs q_objective ll_is or ll_uniform and train_vae true "
-                          "(as the official code asserts)")
-    if obj.update_q_ema and obj.mode != "disjoint":
-        raise ConfigError("objective.update_q_ema applies only to objective.mode disjoint")
-
-
-def groupnorm_penalty(module: nn.Module) -> torch.Tensor:
-    """Sum over GroupNorm layers of max |gamma| (the score net's SR term that the official code keeps)."""
-    terms = [m.weight.abs().max() for m in module.modules() if isinstance(m, nn.GroupNorm) and m.affine]
-    return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 @torch.no_grad()
@@ -129,7 +114,6 @@ class LSGMTask:
 
         cfg, obj = run.cfg, run.cfg.objective
         self.run, self.cfg, self.obj = run, cfg, obj
-        check_objective(cfg)
         stage1 = load_stage1(vae_path, cfg)
         self.info = dataset_info(cfg.data.name)
         vae = NVAE(cfg.vae, self.info)
@@ -148,7 +132,7 @@ class LSGMTask:
             vae.to(run.device).eval()
             train_set = get_dataset(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download)
             with fixed_rng(cfg.seed + 2, run.device):
-                loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=False)
+                loader = torch.utils.data.DataLoader(train_set, batch_size=run.per_process_batch, shuffle=False)
                 batches = (x.to(run.device) for i, (x, _) in zip(range(cfg.train.val_batches), loader))
                 mask, self.active_kl = infer_active_channels(vae, batches)
             score.set_active(mask)
@@ -207,58 +191,76 @@ class LSGMTask:
         terms = diffusion_terms(torch.cat([z0, z0.detach()]), self.score, self.sde, ts)  # (2B, ...): q half, p half
         return terms.cross_entropy[:B], terms.sgm_loss[B:]
 
-    def _q_loss(self, out, ce: torch.Tensor, kl_coeff: float, with_score_sr: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score_sr(self) -> torch.Tensor | float:
+        """lambda_score * the score network's SR: spectral norms of its conv layers (``train.sr_score_conv``, the
+        official default without --custom_conv_dae) + GroupNorm max|gamma|. Once per optimizer step."""
+        lam = self.cfg.train.sr_lambda_score
+        if lam <= 0:
+            return 0.0
+        return lam * unwrap(self.score).regularization(conv=self.cfg.train.sr_score_conv).float()
+
+    def _q_loss(self, out, ce: torch.Tensor, kl_coeff: float, weight: float, regularize: bool):
+        """(loss to back-propagate, q objective of this micro-batch, its NELBO). ``weight`` = 1 / grad_accum; the
+        SR terms (weights only) join once per step (``regularize``), the score's only when q trains the score."""
         recon = out.reconstruction.float()
         kl = out.log_q_z0.float() + out.lower_log_q.float() + ce.float() + out.lower_cross_entropy.float()
         nelbo = (recon + kl).mean()
-        loss = (recon + kl_coeff * kl).mean()
-        if self.train_vae:
+        data = (recon + kl_coeff * kl).mean()
+        loss = weight * data
+        if regularize and self.train_vae:
             loss = loss + self.cfg.train.sr_lambda_vae * unwrap(self.vae).regularization().float()
-        if with_score_sr and self.cfg.train.sr_lambda_score > 0:
-            loss = loss + self.cfg.train.sr_lambda_score * groupnorm_penalty(unwrap(self.score))
-        return loss, nelbo
+        if regularize and self.score_by_q:
+            loss = loss + self._score_sr()
+        return loss, data, nelbo
 
-    def _p_loss(self, sgm: torch.Tensor) -> torch.Tensor:
-        loss = sgm.float().mean()
-        if self.cfg.train.sr_lambda_score > 0:
-            loss = loss + self.cfg.train.sr_lambda_score * groupnorm_penalty(unwrap(self.score))
-        return loss
+    def _p_loss(self, sgm: torch.Tensor, weight: float, regularize: bool):
+        """(loss to back-propagate, score objective (9) of this micro-batch); the score's SR joins here unless the
+        q objective trains the score (then p_loss is only reported)."""
+        data = sgm.float().mean()
+        return weight * data + (self._score_sr() if regularize and not self.score_by_q else 0.0), data
 
-    def train_step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+    def train_step(self, batches: list[torch.Tensor], step: int) -> dict[str, float]:
         run, sched = self.run, self._set_schedules(step)
         vae_params, score_params = trainable(self.vae), trainable(self.score)
         if self.train_vae:
             self.vae.train()
         self.score.train()
-        if self.obj.mode == "disjoint":
-            q_loss, p_loss, nelbo = self._disjoint(x, step, sched["kl_coeff"], vae_params, score_params)
-        else:
-            with run.autocast(), (contextlib.nullcontext() if self.train_vae else torch.no_grad()):
-                out = self.vae(x)
-            with run.autocast():
-                ce, sgm = self._score_terms(out.z0)
-                q_loss, nelbo = self._q_loss(out, ce, sched["kl_coeff"], with_score_sr=True)
-                p_loss = run.force_nan(self._p_loss(sgm), step)
-            q_loss = run.force_nan(q_loss, step)
-            run.check_finite(step, q_loss=q_loss, p_loss=p_loss)
-            if self.score_by_q:
-                run.backward(q_loss, vae_params + score_params)
-            elif self.train_vae:
-                run.backward(q_loss, vae_params, retain_graph=True)
-                run.backward(p_loss, score_params)
-            else:
-                run.backward(p_loss, score_params)
+        stats, last = [], len(batches) - 1
+        for i, (x, weight) in enumerate(run.micro_batches(batches, self.vae, self.score)):
+            step_fn = self._disjoint if self.obj.mode == "disjoint" else self._joint
+            q_data, p_data, nelbo = step_fn(x, step, sched["kl_coeff"], vae_params, score_params, weight, i == last)
+            stats.append({"q_loss": q_data.item(), "p_loss": p_data.item(), "nelbo": nelbo.item()})
         groups = {"score": (self.opt_score, score_params)}
         if self.train_vae:
             groups = {"vae": (self.opt_vae, vae_params), **groups}
         norms = run.step(step, groups)
         self.ema.update(unwrap(self.score))
         alpha = unwrap(self.score).alpha.mean().item() if self.obj.mixed_score else 1.0
-        loss = q_loss if self.train_vae else p_loss
-        return {"loss": loss.item(), "q_loss": q_loss.item(), "p_loss": p_loss.item(), "nelbo": nelbo.item(),
-                **sched, **norms, "alpha_mean": alpha}
+        out = mean_stats(stats)
+        out["loss"] = out["q_loss"] if self.train_vae else out["p_loss"]
+        return {**out, **sched, **norms, "alpha_mean": alpha}
 
-    def _disjoint(self, x, step, kl_coeff, vae_params, score_params):
+    def _joint(self, x, step, kl_coeff, vae_params, score_params, weight, regularize):
+        """Joint mode (and frozen VAE): one VAE pass, one score pass (p and q halves when q has its own t)."""
+        run = self.run
+        with run.autocast(), (contextlib.nullcontext() if self.train_vae else torch.no_grad()):
+            out = self.vae(x)
+        with run.autocast():
+            ce, sgm = self._score_terms(out.z0)
+            q_loss, q_data, nelbo = self._q_loss(out, ce, kl_coeff, weight, regularize)
+            p_loss, p_data = self._p_loss(sgm, weight, regularize)
+        q_loss, p_loss = run.force_nan(q_loss, step), run.force_nan(p_loss, step)
+        run.check_finite(step, q_loss=q_loss, p_loss=p_loss)
+        if self.score_by_q:
+            run.backward(q_loss, vae_params + score_params)
+        elif self.train_vae:
+            run.backward(q_loss, vae_params, retain_graph=True)
+            run.backward(p_loss, score_params)
+        else:
+            run.backward(p_loss, score_params)
+        return q_data, p_data, nelbo
+
+    def _disjoint(self, x, step, kl_coeff, vae_params, score_params, weight, regularize):
         """Disjoint mode: q pass (EMA score if update_q_ema) -> VAE grads; fresh t-batch on detached z0 -> score."""
         run, net = self.run, unwrap(self.score)
         with run.autocast():
@@ -268,16 +270,17 @@ class LSGMTask:
             with run.autocast():
                 ts_q = self.q_sampler.sample(x.shape[0], device=x.device)
                 ce = diffusion_terms(out.z0, net, self.sde, ts_q).cross_entropy
-                q_loss, nelbo = self._q_loss(out, ce, kl_coeff, with_score_sr=False)
+                q_loss, q_data, nelbo = self._q_loss(out, ce, kl_coeff, weight, regularize)
             q_loss = run.force_nan(q_loss, step)
             run.check_finite(step, q_loss=q_loss)
             run.backward(q_loss, vae_params)
         with run.autocast():
             ts_p = self.p_sampler.sample(x.shape[0], device=x.device)
-            p_loss = self._p_loss(diffusion_terms(out.z0.detach(), self.score, self.sde, ts_p).sgm_loss)
+            sgm = diffusion_terms(out.z0.detach(), self.score, self.sde, ts_p).sgm_loss
+            p_loss, p_data = self._p_loss(sgm, weight, regularize)
         run.check_finite(step, p_loss=p_loss)
         run.backward(p_loss, score_params)
-        return q_loss, p_loss, nelbo
+        return q_data, p_data, nelbo
 
     # --------------------------------------------------------------------------------- end of run
     @torch.no_grad()

@@ -17,7 +17,7 @@ from lsgm.data import dataset_info, get_dataset
 from lsgm.objectives import diffusion_terms
 from lsgm.sde import make_sde
 from lsgm.time_sampling import make_time_sampler
-from lsgm.train.common import Run, cli_main, fixed_rng, lr_at, make_optimizer, set_lr, trainable, unwrap
+from lsgm.train.common import Run, cli_main, fixed_rng, lr_at, make_optimizer, mean_stats, set_lr, trainable, unwrap
 from lsgm.train.ema import EMA
 from lsgm.train.lsgm import DEVIATIONS
 from lsgm.train.vae import validation_batches
@@ -50,21 +50,24 @@ class SGMTask:
                      "optimizer": {"score": cfg.train.score_optim.name},
                      "deviations": [d for d in DEVIATIONS if d.startswith(("time sampling", "learning rate", "mixed"))]}
 
-    def train_step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+    def train_step(self, batches: list[torch.Tensor], step: int) -> dict[str, float]:
         run = self.run
         lr = lr_at(step, run.total_steps, self.cfg.train.score_optim)
         set_lr(self.opt, lr)
         self.net.train()
-        with run.autocast():
-            ts = self.sampler.sample(x.shape[0], device=x.device)
-            terms = diffusion_terms(to_model_space(x), self.net, self.sde, ts)
-            loss = run.force_nan(terms.sgm_loss.float().mean(), step)
-        run.check_finite(step, loss=loss)
-        run.backward(loss, trainable(self.net))
-        norms = run.step(step, {"score": (self.opt, trainable(self.net))})
+        params, stats = trainable(self.net), []
+        for x, weight in run.micro_batches(batches, self.net):
+            with run.autocast():
+                ts = self.sampler.sample(x.shape[0], device=x.device)
+                terms = diffusion_terms(to_model_space(x), self.net, self.sde, ts)
+                loss = run.force_nan(terms.sgm_loss.float().mean(), step)
+            run.check_finite(step, loss=loss)
+            run.backward(weight * loss, params)
+            # nelbo: the DSM bound on -log p(2x - 1) in nats (continuous density; no dequantization term)
+            stats.append({"loss": loss.item(), "nelbo": terms.cross_entropy.float().mean().item()})
+        norms = run.step(step, {"score": (self.opt, params)})
         self.ema.update(unwrap(self.net))
-        # nelbo: the DSM bound on -log p(2x - 1) in nats (continuous density; no dequantization term)
-        return {"loss": loss.item(), "nelbo": terms.cross_entropy.float().mean().item(), "lr": lr, **norms}
+        return {**mean_stats(stats), "lr": lr, **norms}
 
     @torch.no_grad()
     def validate(self) -> dict:

@@ -17,16 +17,16 @@ import torch
 from lsgm.data import dataset_info, get_dataset
 from lsgm.likelihood import nats_to_bpd
 from lsgm.train.common import (Run, balanced_kl, cli_main, fixed_rng, kl_balance_alphas, lr_at, make_optimizer,
-                               set_lr, stage1_kl_coeff, trainable, unwrap)
+                               mean_stats, set_lr, stage1_kl_coeff, trainable, unwrap)
 
 
 def validation_batches(run: Run, n_batches: int):
     """The first ``n_batches`` test batches (fixed order), on the run's device."""
-    cfg = run.cfg
+    cfg, size = run.cfg, run.per_process_batch
     data = get_dataset(cfg.data.name, "test", root=cfg.data.root, download=cfg.data.download, augment=False)
-    n = min(len(data), n_batches * cfg.train.batch_size)
-    for start in range(0, n, cfg.train.batch_size):
-        idx = range(start, min(start + cfg.train.batch_size, n))
+    n = min(len(data), n_batches * size)
+    for start in range(0, n, size):
+        idx = range(start, min(start + size, n))
         yield torch.stack([data[i][0] for i in idx]).to(run.device)
 
 
@@ -48,26 +48,32 @@ class VAETask:
                      "deviations": ["lr cosine stepped per step, not per epoch",
                                     "no EMA, no checkpoint selection by validation NLL: the last weights are saved"]}
 
-    def train_step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+    def train_step(self, batches: list[torch.Tensor], step: int) -> dict[str, float]:
         run, cfg = self.run, self.cfg
         lr = lr_at(step, run.total_steps, cfg.train.vae_optim)
         set_lr(self.opt, lr)
         kl_coeff = stage1_kl_coeff(step, run.total_steps, cfg.train.kl)
         self.vae.train()
-        with run.autocast():
-            out = self.vae(x)
-            kl = balanced_kl([k.float() for k in out.kl_groups], kl_coeff, self.alphas, cfg.train.kl.balance)
-            reg = unwrap(self.vae).regularization().float()
-        recon = out.reconstruction.float()
-        loss = run.force_nan((recon + kl).mean() + cfg.train.sr_lambda_vae * reg, step)
-        kl_groups = torch.stack(out.kl_groups, 1).float()  # (B, G)
-        nelbo = (recon + kl_groups.sum(1)).mean()
-        run.check_finite(step, loss=loss)
-        run.backward(loss, trainable(self.vae))
-        norms = run.step(step, {"vae": (self.opt, trainable(self.vae))})
-        return {"loss": loss.item(), "nelbo": nelbo.item(), "recon": recon.mean().item(),
-                "kl": (nelbo - recon.mean()).item(),
-                "kl_max_group": kl_groups.mean(0).max().item(), "sr": reg.item(), "kl_coeff": kl_coeff, "lr": lr, **norms}
+        params, stats = trainable(self.vae), []
+        for i, (x, weight) in enumerate(run.micro_batches(batches, self.vae)):
+            with run.autocast():
+                out = self.vae(x)
+                kl = balanced_kl([k.float() for k in out.kl_groups], kl_coeff, self.alphas, cfg.train.kl.balance)
+                # SR depends on the weights only: added once per optimizer step, with the last micro-batch
+                reg = unwrap(self.vae).regularization().float() if i == len(batches) - 1 else None
+            recon = out.reconstruction.float()
+            loss = weight * (recon + kl).mean() + (cfg.train.sr_lambda_vae * reg if reg is not None else 0.0)
+            loss = run.force_nan(loss, step)
+            kl_groups = torch.stack(out.kl_groups, 1).float()  # (B, G)
+            nelbo = (recon + kl_groups.sum(1)).mean()
+            run.check_finite(step, loss=loss)
+            run.backward(loss, params)
+            stats.append({"loss": (recon + kl).mean().item(), "nelbo": nelbo.item(), "recon": recon.mean().item(),
+                          "kl": (nelbo - recon.mean()).item(), "kl_max_group": kl_groups.mean(0).max().item()})
+        norms = run.step(step, {"vae": (self.opt, params)})
+        out = mean_stats(stats)
+        out["loss"] += cfg.train.sr_lambda_vae * reg.item()
+        return {**out, "sr": reg.item(), "kl_coeff": kl_coeff, "lr": lr, **norms}
 
     @torch.no_grad()
     def validate(self) -> dict:

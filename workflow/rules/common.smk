@@ -1,15 +1,31 @@
-# Config validation, the resolved plan of each scale, wildcard constraints and input functions.
-import sys
+# Config validation, the resolved plan of each scale (lsgm/plan.py: run configs, GPUs, launch commands,
+# resources), wildcard constraints and the input functions the rules use. No arithmetic lives here.
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-validate(config, "../schemas/config.schema.yaml")
+from lsgm.plan import SCALES, Plan, PlanError, eval_args
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
-from plan import SCALES, Plan, PlanError, eval_args  # noqa: E402
 
+def _validate(config):
+    """The schema checks config.yaml's shape; its error leads with the offending key, not a page of schema."""
+    try:
+        validate(config, "../schemas/config.schema.yaml")
+    except WorkflowError:
+        import jsonschema
+        import yaml
+
+        with open(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml") as fh:
+            schema = yaml.safe_load(fh)
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+        if error is None:
+            raise
+        path = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+        raise WorkflowError(f"config.yaml: {path}: {error.message}") from None
+
+
+_validate(config)
 # Resolve every scale now, so a bad config fails at once whatever scale runs.
 try:
     PLANS = {scale: Plan(config, scale) for scale in SCALES}
@@ -41,23 +57,18 @@ def the_run(wc, kind=None):
         raise WorkflowError(str(err)) from None
 
 
-def launcher(run):
-    """Several GPUs: one node, torch DDP via torchrun; otherwise the plain console script."""
-    if run.gpus > 1:
-        return f"torchrun --standalone --nnodes=1 --nproc_per_node={run.gpus} -m lsgm"
-    return "lsgm"
-
-
 def scale_res(wc, group):
     return PLANS[wc.scale].sc["resources"][group]
 
 
-def train_threads(wc, kind):
-    return scale_res(wc, "train")["threads"] * max(1, the_run(wc, kind).gpus)
+def train_resources(kind):
+    """The plan's slurm resources of a training job (gpu or nodes/gres/tasks, cpus, mem_mb, runtime)."""
+    keys = ("gpu", "nodes", "tasks_per_node", "gres", "mpi", "cpus_per_task", "mem_mb", "runtime")
+    return {k: (lambda wc, k=k: the_run(wc, kind).resources(scale_res(wc, "train")).get(k)) for k in keys}
 
 
-def train_mem(wc, kind):
-    return scale_res(wc, "train")["mem_mb"] * max(1, the_run(wc, kind).gpus)
+def train_threads(kind):
+    return lambda wc: the_run(wc, kind).threads(scale_res(wc, "train"))
 
 
 def eval_gpus(wc):
@@ -88,16 +99,6 @@ def classifier_for_stats(wc):
     if wc.features != "classifier":
         return []
     return plan.run("classifier", wc.dataset, "fd", 0).model_path
-
-
-def train_resources(kind):
-    """Slurm plugin resources of a training job: gpu (-> --gpus), cpus_per_task, mem_mb, runtime (min)."""
-    return dict(
-        gpu=lambda wc: the_run(wc, kind).gpus,
-        cpus_per_task=lambda wc: train_threads(wc, kind),
-        mem_mb=lambda wc: train_mem(wc, kind),
-        runtime=lambda wc: the_run(wc, kind).runtime,
-    )
 
 
 EVAL_RESOURCES = dict(gpu=eval_gpus, cpus_per_task=eval_threads, mem_mb=eval_mem, runtime=eval_runtime)

@@ -28,12 +28,12 @@ rule train_vae:
     params:
         out=subpath(output.model, parent=True),
         ckpt=lambda wc: the_run(wc, "vae").ckpt_dir,
-        lsgm=lambda wc: launcher(the_run(wc, "vae")),
+        lsgm=lambda wc: the_run(wc, "vae").launcher(),
     log:
         "logs/{scale}/train_vae/{dataset}/{run}-s{seed}.log",
     benchmark:
         "results/{scale}/benchmarks/train_vae/{dataset}/{run}-s{seed}.tsv"
-    threads: lambda wc: train_threads(wc, "vae")
+    threads: train_threads("vae")
     resources:
         **train_resources("vae"),
     shell:
@@ -51,12 +51,12 @@ rule train_lsgm:
     params:
         out=subpath(output.model, parent=True),
         ckpt=lambda wc: the_run(wc, "lsgm").ckpt_dir,
-        lsgm=lambda wc: launcher(the_run(wc, "lsgm")),
+        lsgm=lambda wc: the_run(wc, "lsgm").launcher(),
     log:
         "logs/{scale}/train_lsgm/{dataset}/{run}-s{seed}.log",
     benchmark:
         "results/{scale}/benchmarks/train_lsgm/{dataset}/{run}-s{seed}.tsv"
-    threads: lambda wc: train_threads(wc, "lsgm")
+    threads: train_threads("lsgm")
     resources:
         **train_resources("lsgm"),
     shell:
@@ -73,12 +73,12 @@ rule train_sgm:
     params:
         out=subpath(output.model, parent=True),
         ckpt=lambda wc: the_run(wc, "sgm").ckpt_dir,
-        lsgm=lambda wc: launcher(the_run(wc, "sgm")),
+        lsgm=lambda wc: the_run(wc, "sgm").launcher(),
     log:
         "logs/{scale}/train_sgm/{dataset}/{run}-s{seed}.log",
     benchmark:
         "results/{scale}/benchmarks/train_sgm/{dataset}/{run}-s{seed}.tsv"
-    threads: lambda wc: train_threads(wc, "sgm")
+    threads: train_threads("sgm")
     resources:
         **train_resources("sgm"),
     shell:

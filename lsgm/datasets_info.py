@@ -1,0 +1,55 @@
+"""What the models, evaluations and the plan need to know about each dataset, without importing torch:
+:class:`DatasetInfo` per dataset and the official split sizes (also the epoch -> step conversion of the plan)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the models and evaluations need to know about a dataset.
+
+    ``image_size`` is the model's input size (after padding, e.g. MNIST 28 -> 32). ``levels`` is the
+    number of intensity levels of the (discrete) data: 2 means binary data with a Bernoulli decoder,
+    otherwise a discretized mixture of logistics over ``levels`` equally spaced values in [0, 1].
+    ``crop`` pixels are removed on each side before the reconstruction likelihood (2 for MNIST/OMNIGLOT,
+    so their NLL is over 28 x 28 = 784 dims, as in the paper).
+    """
+
+    name: str
+    channels: int
+    image_size: int
+    levels: int
+    crop: int = 0
+    num_classes: int | None = None
+    unit: Literal["bpd", "nats"] = "bpd"
+
+    @property
+    def binary(self) -> bool:
+        return self.levels == 2
+
+    @property
+    def eval_dims(self) -> int:
+        """Number of data dimensions the likelihood is over (after cropping)."""
+        side = self.image_size - 2 * self.crop
+        return self.channels * side * side
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo("digits", channels=1, image_size=8, levels=17, num_classes=10, unit="bpd"),
+    "digits_binary": DatasetInfo("digits_binary", channels=1, image_size=8, levels=2, num_classes=10, unit="nats"),
+    "mnist": DatasetInfo("mnist", channels=1, image_size=32, levels=2, crop=2, num_classes=10, unit="nats"),
+    "omniglot": DatasetInfo("omniglot", channels=1, image_size=32, levels=2, crop=2, unit="nats"),
+    "cifar10": DatasetInfo("cifar10", channels=3, image_size=32, levels=256, num_classes=10, unit="bpd"),
+    "celeba256": DatasetInfo("celeba256", channels=3, image_size=256, levels=32, unit="bpd"),
+}
+
+# Number of images per split; a loaded split of another size is an error (partial/truncated data).
+EXPECTED_COUNTS: dict[str, dict[str, int]] = {
+    "mnist": {"train": 60_000, "test": 10_000},
+    "omniglot": {"train": 24_345, "test": 8_070},
+    "cifar10": {"train": 50_000, "test": 10_000},
+    "celeba256": {"train": 27_000, "test": 3_000},
+}

@@ -1,0 +1,536 @@
+"""Resolve the workflow's ``config.yaml`` into every job of one scale: run configs, launch geometry, evaluations.
+
+Pure Python (no Snakemake, no torch): the Snakefile, ``lsgm plan`` and the tests share it. Every run of a
+scale is resolved up front and validated with ``lsgm.config.from_dict(RunConfig, ...)`` (types, ranges and
+the method's combination rules, one line naming the key); an impossible Table 6 cell raises
+:class:`PlanError`.
+
+A run config is the deep merge, later layers winning, of
+  1. the official recipe (``recipes.<kind>.<name>.official``: a README command of NVlabs/LSGM, translated by
+     :mod:`lsgm.recipes`): at the paper scale this IS the run, with its global batch, optimizers, epochs;
+  2. ``recipes.<kind>.<name>.config``             for the few runs with no official command (pixel SGM, classifier);
+  3. ``scales.<scale>.defaults.<kind>.config``   what the scale changes for every run of that kind (sizes, steps);
+  4. ``scales.<scale>.runs.<kind>.<name>.config`` what the scale changes for that run,
+plus what the workflow fills in: kind, name, seed, the dataset, steps from ``epochs`` and (LSGM) the
+backbone's ``vae`` section. Table 6 cells use ``table6.official`` / ``scales.<scale>.table6`` for layers 1/4
+and take the cell's SDE (parameters from ``table6.sde_official``) and objective.
+
+Batches: a run config holds the GLOBAL batch (``train.global_batch``) and a per-process cap
+(``train.max_batch_per_process``, the official per-GPU batch at the paper scale). The GPUs a job gets (the
+official count, capped by ``max_gpus_per_node`` x ``max_nodes``) decide the per-GPU batch and the gradient
+accumulation (:func:`lsgm.methods.split_batch`); the global batch never changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+from lsgm import recipes
+from lsgm.config import ConfigError, RunConfig, from_dict, to_dict
+from lsgm.datasets_info import EXPECTED_COUNTS
+from lsgm.methods import Cell, split_batch
+
+SCALES = ("smoke", "quick", "paper")
+KINDS = ("vae", "lsgm", "sgm", "classifier")
+METRICS = ("nll", "fid", "cost")
+STAGES = {"vae": "stage1", "lsgm": "stage2"}
+# Allowed ranges of the evaluation settings (scales.S.eval and their overrides): (low, high, open low?)
+EVAL_RANGES = {"tolerance": (0.0, 1.0, True), "t_eps": (0.0, 1.0, True), "iw_samples": (1, math.inf, False),
+               "inner": (1, math.inf, False), "batch_size": (1, math.inf, False), "n_batches": (1, math.inf, False),
+               "n_samples": (2, math.inf, False), "temperature": (0.0, math.inf, True),
+               "fd_samples": (0, math.inf, False), "pc_steps": (1, math.inf, False),
+               "tolerances": (0.0, 1.0, True)}
+
+
+class PlanError(ValueError):
+    """config.yaml describes something that cannot be run; the message says what and where."""
+
+
+def deep_merge(base: dict, *overrides: dict | None) -> dict:
+    out = copy.deepcopy(base)
+    for over in overrides:
+        for key, value in (over or {}).items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = deep_merge(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def short_hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def check_eval_settings(settings: dict, where: str) -> None:
+    """One line naming the key, the value and the allowed range for an evaluation setting out of range."""
+    for metric, values in settings.items():
+        for key, value in values.items():
+            if key not in EVAL_RANGES or value is None:
+                continue
+            lo, hi, lo_open = EVAL_RANGES[key]
+            for v in value if isinstance(value, list) else [value]:
+                bad = not isinstance(v, (int, float)) or isinstance(v, bool) or v > hi or (v <= lo if lo_open else v < lo)
+                if bad:
+                    raise PlanError(f"{where}: eval.{metric}.{key} = {v!r} is out of range; allowed: "
+                                    f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi < math.inf else ']'}")
+
+
+@dataclass
+class Run:
+    """One trained model of one scale, with its launch geometry."""
+
+    scale: str
+    kind: str
+    dataset: str
+    name: str
+    seed: int
+    config: dict
+    nodes: int = 1
+    gpus_per_node: int = 0
+    runtime: int = 60
+    evals: tuple = ()
+    eval_settings: dict = field(default_factory=dict)
+    official: str | None = None  # the official recipe it follows (recipes/official.yaml)
+    epochs: int | None = None
+    backbone: "Run | None" = None
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def batch_split(self) -> tuple[int, int]:
+        """(per-process batch, gradient accumulation) on this run's processes."""
+        t = self.config["train"]
+        return split_batch(t["global_batch"], max(1, self.gpus), t["max_batch_per_process"])
+
+    @property
+    def stem(self) -> str:
+        return f"{self.dataset}/{self.kind}/{self.name}-s{self.seed}"
+
+    @property
+    def target(self) -> str:
+        return self.model_path
+
+    @property
+    def config_path(self) -> str:
+        return f"results/{self.scale}/configs/{self.stem}.yaml"
+
+    @property
+    def model_path(self) -> str:
+        return f"results/{self.scale}/runs/{self.stem}/model.pt"
+
+    def metrics_path(self, metric: str) -> str:
+        return f"results/{self.scale}/metrics/{self.stem}/{metric}.json"
+
+    @property
+    def fingerprint(self) -> str:
+        parent = self.backbone.fingerprint if self.backbone else ""
+        return short_hash([self.config, parent])
+
+    @property
+    def ckpt_dir(self) -> str:
+        # the config hash in the name: a changed config never resumes a stale checkpoint
+        return f"checkpoints/{self.scale}/{self.stem}-{self.fingerprint}"
+
+    def launcher(self, rdzv_port: int = 29500) -> str:
+        """The command prefix that starts ``lsgm`` on this run's processes: the plain console script (CPU or one
+        GPU); torchrun on one node; on several nodes one torchrun per node started by srun, meeting at a c10d
+        rendezvous on the allocation's first node (its port offset by the job id, so jobs sharing a node differ)."""
+        if self.gpus <= 1:
+            return "lsgm"
+        if self.nodes == 1:
+            return f"torchrun --standalone --nnodes=1 --nproc_per_node={self.gpus_per_node} -m lsgm"
+        head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+        port = f"$(({rdzv_port} + SLURM_JOB_ID % 1000))"
+        return (f"srun --nodes={self.nodes} --ntasks-per-node=1 --gres=gpu:{self.gpus_per_node} "
+                f"--cpus-per-task=$((SLURM_CPUS_PER_TASK * {self.gpus_per_node})) "
+                f"torchrun --nnodes={self.nodes} --nproc_per_node={self.gpus_per_node} --rdzv_backend=c10d "
+                f"--rdzv_id=$SLURM_JOB_ID --rdzv_endpoint={head}:{port} -m lsgm")
+
+    def resources(self, per_gpu: dict) -> dict:
+        """Slurm executor-plugin resources of the training job from the scale's per-GPU ``threads`` / ``mem_mb``.
+        One node: ``gpu`` (-> --gpus=N), the node's CPUs and memory. Several nodes: ``nodes``, one task per GPU
+        (``tasks_per_node``, ``cpus_per_task`` per GPU), ``gres=gpu:N`` per node and ``mpi`` so the job runs the
+        launcher's own srun (one torchrun per node); ``mem_mb`` is per node."""
+        g = max(1, self.gpus_per_node)
+        res = {"mem_mb": per_gpu["mem_mb"] * g, "runtime": self.runtime}
+        if self.nodes > 1:
+            if self.gpus_per_node < 2:
+                raise PlanError(f"{self.kind} run {self.name}: {self.nodes} nodes x {self.gpus_per_node} GPU is not a "
+                                "supported layout; raise max_gpus_per_node or lower max_nodes")
+            res.update(nodes=self.nodes, tasks_per_node=self.gpus_per_node, cpus_per_task=per_gpu["threads"],
+                       gres=f"gpu:{self.gpus_per_node}", mpi="srun")
+        else:
+            res.update(cpus_per_task=per_gpu["threads"] * g, gpu=self.gpus or None)
+        return res
+
+    def threads(self, per_gpu: dict) -> int:
+        """CPU threads of the job on one node (Snakemake's local scheduling unit)."""
+        return per_gpu["threads"] * max(1, self.gpus_per_node)
+
+    def job(self, with_config: bool = False) -> dict:
+        """The job as ``lsgm plan --json`` prints it (names kept stable: external checks read them)."""
+        per_gpu, accum = self.batch_split
+        t = self.config["train"]
+        out = {"target": self.target, "kind": self.kind, "recipe": self.official or self.name,
+               "dataset": self.dataset, "nodes": self.nodes if self.gpus else 1, "gpus": self.gpus,
+               "per_gpu_batch": per_gpu, "grad_accum": accum, "global_batch": t["global_batch"],
+               "epochs": self.epochs, "steps": t["steps"], "runtime_minutes": self.runtime,
+               "seed": self.seed, "deviations": list(self.config.get("deviations", []))}
+        if with_config:
+            out["config"] = self.config
+        return out
+
+
+class Plan:
+    """Everything one scale runs, resolved from the (schema-validated) config."""
+
+    def __init__(self, config: dict, scale: str):
+        if scale not in SCALES:
+            raise PlanError(f"scale {scale!r} is not one of {list(SCALES)}")
+        self.config, self.scale = config, scale
+        self.sc = config["scales"][scale]
+        self.runs: dict[tuple, Run] = {}
+        self._build()
+        self._check_references()
+
+    # ---------------------------------------------------------------- building
+    def _dataset(self, paper_dataset: str, where: str) -> str:
+        mapping = self.sc["datasets"]
+        if paper_dataset not in mapping:
+            raise PlanError(f"{where}: dataset {paper_dataset!r} missing from scales.{self.scale}.datasets")
+        return mapping[paper_dataset]
+
+    def _official(self, kind: str, name: str | None) -> tuple[recipes.OfficialRun | None, dict, list[str]]:
+        """(official run, its RunConfig mapping, its deviations) for an official recipe name, else Nones."""
+        if name is None:
+            return None, {}, []
+        try:
+            off = recipes.official_run(name, STAGES[kind])
+            cfg, deviations = recipes.run_config(off)
+        except (recipes.RecipeError, KeyError) as err:
+            raise PlanError(f"official recipe {name!r} ({kind}): {err}") from err
+        return off, cfg, deviations
+
+    def _geometry(self, off: recipes.OfficialRun | None, spec: dict, kind: str) -> tuple[int, int]:
+        """(nodes, GPUs per node): the official GPUs, capped by max_gpus_per_node x max_nodes (config.yaml, the
+        slurm profile may set them); a run spec's ``gpus`` overrides. CPU scales (no GPUs): (1, 0)."""
+        gpus = spec.get("gpus", self.sc["defaults"].get(kind, {}).get("gpus", 0))
+        if gpus == "official":
+            if off is None:
+                raise PlanError(f"gpus: official for a {kind} run without an official recipe; give a number")
+            gpus = off.gpus
+        if not gpus:
+            return 1, 0
+        per_node, max_nodes = self.config.get("max_gpus_per_node", 8), self.config.get("max_nodes", 2)
+        gpus = min(int(gpus), per_node * max_nodes)
+        nodes = math.ceil(gpus / per_node)
+        if gpus % nodes:
+            gpus = nodes * (gpus // nodes)  # equal GPUs per node
+        return nodes, gpus // nodes
+
+    def _steps(self, dataset: str, cfg: dict, spec: dict, off: recipes.OfficialRun | None) -> int | None:
+        """A scale's ``epochs``/``warmup_epochs`` (e.g. the assumed Table 6 sizes) become steps at the run's global
+        batch, counted as the official loader does (ceil(N / GPUs) // per-GPU batch per epoch)."""
+        if "epochs" not in spec and "warmup_epochs" not in spec:
+            return off.epochs if off is not None else None
+        size = EXPECTED_COUNTS.get(dataset, {}).get("train")
+        if size is None:
+            raise PlanError(f"epochs given for dataset {dataset!r}, which has no official size")
+        gpus = off.gpus if off is not None else 1
+        per_gpu = cfg["train"]["global_batch"] // gpus
+        per_epoch = max(1, math.ceil(size / gpus) // per_gpu)
+        train = cfg["train"]
+        if "epochs" in spec:
+            train["steps"] = int(spec["epochs"] * per_epoch)
+        if "warmup_epochs" in spec:
+            for opt in ("vae_optim", "score_optim"):
+                train.setdefault(opt, {})["warmup_steps"] = int(spec["warmup_epochs"] * per_epoch)
+        return spec.get("epochs", off.epochs if off is not None else None)
+
+    def _eval_settings(self, kind: str, spec: dict, official: str | None, where: str) -> dict:
+        layers = [self.sc["eval"], self.sc["defaults"].get(kind, {}).get("eval")]
+        if self.scale == "paper" and official is not None and kind == "lsgm":
+            layers.append(recipes.eval_settings(official))
+        layers.append(spec.get("eval"))
+        base = deep_merge(*layers)
+        settings = {m: dict(base.get(m, {})) for m in METRICS}
+        check_eval_settings(settings, where)
+        return settings
+
+    def _make(self, kind, name, dataset, seed, rec: dict, spec: dict, evals, where, extra=None,
+              official: str | None = None) -> Run:
+        official = official if official is not None else rec.get("official")
+        off, off_cfg, deviations = self._official(kind, official)
+        cfg = deep_merge(off_cfg, rec.get("config"), self.sc["defaults"].get(kind, {}).get("config"),
+                         spec.get("config"), extra)
+        cfg.update(kind=kind, name=f"{self.scale}/{dataset}/{kind}/{name}-s{seed}", seed=seed)
+        cfg.setdefault("data", {})["name"] = dataset
+        cfg["deviations"] = sorted(set(deviations) | set(cfg.get("deviations", [])))
+        root = self.sc.get("data_root")
+        if root:
+            cfg["data"].setdefault("root", root)  # lsgm.data finds <root>/MNIST/raw, <root>/celeba256/... itself
+        epochs = self._steps(dataset, cfg, spec, off)
+        try:
+            resolved = to_dict(from_dict(RunConfig, cfg, where=where))
+        except ConfigError as err:
+            raise PlanError(str(err)) from err
+        nodes, per_node = self._geometry(off, spec, kind)
+        runtime = int(spec.get("runtime", self.sc["defaults"].get(kind, {}).get("runtime", 60)))
+        run = Run(self.scale, kind, dataset, name, seed, resolved, nodes, per_node, runtime, tuple(evals),
+                  self._eval_settings(kind, spec, official, where), official, epochs)
+        try:
+            run.batch_split
+        except ConfigError as err:
+            raise PlanError(f"{where}: {err}") from err
+        self.runs[(kind, dataset, name, seed)] = run
+        return run
+
+    def _recipe_run(self, kind: str, name: str, rec: dict, seed: int) -> Run:
+        where = f"recipes.{kind}.{name} (scale {self.scale})"
+        spec = self.sc["runs"].get(kind, {}).get(name, {})
+        paper_dataset = rec.get("dataset")
+        if paper_dataset is None:
+            if "official" not in rec:
+                raise PlanError(f"{where}: give 'dataset' or 'official'")
+            paper_dataset = self._official(kind, rec["official"])[0].dataset
+        dataset = self._dataset(paper_dataset, where)
+        return self._make(kind, name, dataset, seed, rec, spec, rec.get("evals", []), where)
+
+    def _cell_run(self, cell: Cell, seed: int) -> Run:
+        t6, where = self.config["table6"], f"table6.grid.{cell.sde}[{cell.weighting}-{cell.sampling}-{cell.q_objective}]"
+        try:
+            cell.check_table6(where)
+        except ConfigError as err:
+            raise PlanError(str(err)) from err
+        sde_recipe = t6["sde_official"][cell.sde]
+        sde = self._official("lsgm", sde_recipe)[1]["sde"]
+        extra = {"sde": sde, "objective": {"weighting": cell.weighting, "sampling": cell.sampling,
+                                           "q_objective": cell.q_objective}}
+        dataset = self._dataset(t6["dataset"], where)
+        rec = {"official": t6["official"]}
+        return self._make("lsgm", cell.run_name, dataset, seed, rec, self.sc.get("table6", {}), t6["evals"], where,
+                          extra, official=t6["official"])
+
+    def cells(self) -> list[Cell]:
+        """The Table 6 grid, each cell parsed once."""
+        out = []
+        for sde, texts in self.config["table6"]["grid"].items():
+            for text in texts:
+                try:
+                    out.append(Cell.parse(sde, text))
+                except ConfigError as err:
+                    raise PlanError(f"table6.grid.{sde}: {err}") from err
+        return out
+
+    def _build(self) -> None:
+        recipes_cfg, t6 = self.config["recipes"], self.config["table6"]
+        for seed in self.sc["seeds"]:
+            backbones = {name: self._recipe_run("vae", name, rec, seed) for name, rec in recipes_cfg["vae"].items()}
+            for name, rec in recipes_cfg["lsgm"].items():
+                run = self._recipe_run("lsgm", name, rec, seed)
+                backbone = self.sc["runs"].get("lsgm", {}).get(name, {}).get("backbone", rec["backbone"])
+                self._attach(run, backbones, backbone, f"recipes.lsgm.{name}")
+            for cell in self.cells():
+                self._attach(self._cell_run(cell, seed), backbones, t6["backbone"], "table6.backbone")
+            for name, rec in recipes_cfg["sgm"].items():
+                self._recipe_run("sgm", name, rec, seed)
+        # FD feature classifiers: one per dataset that uses classifier features (seed fixed, not a sweep)
+        for dataset, features in self.sc["fd"]["features"].items():
+            if features == "classifier":
+                spec = self.sc["runs"].get("classifier", {}).get("fd", {})
+                self._make_classifier(dataset, spec)
+
+    def _make_classifier(self, dataset: str, spec: dict) -> Run:
+        where = f"scales.{self.scale}.fd.features.{dataset}"
+        if dataset not in self.sc["datasets"].values():
+            raise PlanError(f"{where}: {dataset!r} is not a dataset of this scale (scales.{self.scale}.datasets)")
+        recipe = self.config["recipes"]["classifier"]["fd"]
+        return self._make("classifier", "fd", dataset, 0, recipe, spec, [], where)
+
+    def _attach(self, run: Run, backbones: dict, name: str, where: str) -> None:
+        """An LSGM starts from its backbone: same architecture (copied) and same data."""
+        run.backbone = self._backbone(backbones, name, run, where)
+        run.config["vae"] = copy.deepcopy(run.backbone.config["vae"])
+
+    def _backbone(self, backbones: dict, name: str, run: Run, where: str) -> Run:
+        if name not in backbones:
+            raise PlanError(f"{where}: backbone {name!r} is not a recipe under recipes.vae ({sorted(backbones)})")
+        vae = backbones[name]
+        if vae.dataset != run.dataset:
+            raise PlanError(f"{where}: backbone {name!r} is trained on {vae.dataset}, the LSGM on {run.dataset}")
+        return vae
+
+    def _check_references(self) -> None:
+        for run in self.runs.values():
+            for metric in run.evals:
+                if metric in ("fid", "cost"):
+                    self.stats_path(run.dataset, f"{run.kind} run {run.name}")
+        for table, spec in self.config["tables"].items():
+            for kind in ("vae", "lsgm", "sgm"):
+                for name in spec.get(kind, []):
+                    if name not in self.config["recipes"][kind]:
+                        raise PlanError(f"tables.{table}.{kind}: {name!r} is not a recipe under recipes.{kind}")
+        for kind in ("lsgm", "sgm"):
+            for name in self.config["figure4"][kind]:
+                rec = self.config["recipes"][kind].get(name)
+                if rec is None or "cost" not in rec.get("evals", []):
+                    raise PlanError(f"figure4.{kind}: {name!r} must be a recipes.{kind} entry with 'cost' in its evals")
+
+    # ---------------------------------------------------------------- lookups
+    def run(self, kind: str, dataset: str, name: str, seed) -> Run:
+        key = (kind, dataset, name, int(seed))
+        if key not in self.runs:
+            raise PlanError(
+                f"no {kind} run '{name}' with seed {seed} on dataset {dataset} at scale {self.scale} in "
+                "config.yaml (see recipes, table6 and scales.*.seeds/datasets)"
+            )
+        return self.runs[key]
+
+    def stats_path(self, dataset: str, where: str = "fid") -> str:
+        fd = self.sc["fd"]
+        features = fd["features"].get(dataset)
+        if features is None:
+            raise PlanError(f"{where}: FD/FID on dataset {dataset!r} needs scales.{self.scale}.fd.features.{dataset}")
+        return f"results/{self.scale}/fid_stats/{dataset}-{features}-{fd['version']}.pt"
+
+    def features(self, dataset: str) -> str:
+        return self.sc["fd"]["features"][dataset]
+
+    def runs_of(self, kind: str, names) -> list[Run]:
+        return [r for r in self.runs.values() if r.kind == kind and r.name in names]
+
+    def table6_runs(self) -> list[Run]:
+        names = {cell.run_name for cell in self.cells()}
+        dataset = self._dataset(self.config["table6"]["dataset"], "table6.dataset")
+        return [r for r in self.runs.values() if r.kind == "lsgm" and r.name in names and r.dataset == dataset]
+
+    def table_inputs(self, table: str) -> list[str]:
+        if table not in self.config["tables"]:
+            raise PlanError(f"table {table!r} is not under tables in config.yaml ({sorted(self.config['tables'])})")
+        spec = self.config["tables"][table]
+        runs = self.table6_runs() if spec.get("table6") else []
+        for kind in ("vae", "lsgm", "sgm"):
+            runs += self.runs_of(kind, spec.get(kind, []))
+        return sorted({r.metrics_path(m) for r in runs for m in r.evals if m in ("nll", "fid")})
+
+    def figure4_inputs(self) -> list[str]:
+        f4 = self.config["figure4"]
+        runs = self.runs_of("lsgm", f4["lsgm"]) + self.runs_of("sgm", f4["sgm"])
+        return sorted(r.metrics_path("cost") for r in runs)
+
+    def targets(self) -> list[str]:
+        out = [r.metrics_path(m) for r in self.runs.values() for m in r.evals]
+        for table in self.config["tables"]:
+            out += [f"results/{self.scale}/tables/{table}.md", f"results/{self.scale}/tables/{table}.csv"]
+        out += [f"results/{self.scale}/figure4.png", f"results/{self.scale}/figure4.csv"]
+        return sorted(set(out))
+
+    def training_runs(self) -> list[Run]:
+        """The trained models in DAG order: backbones and classifiers, then LSGMs, then pixel SGMs."""
+        order = {"classifier": 0, "vae": 1, "lsgm": 2, "sgm": 3}
+        return sorted(self.runs.values(), key=lambda r: (order[r.kind], r.dataset, r.name, r.seed))
+
+
+def eval_args(settings: dict) -> str:
+    """``{"iw_samples": 8, "bn_train": True, "tolerances": [1e-3, 1e-2]}`` -> CLI flags; None/[]/False dropped."""
+    parts = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False or value == []:
+            continue
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts.append(flag + " " + " ".join(str(v) for v in value))
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------- lsgm plan
+def gpu_hours(run: Run, measured: dict | None) -> float | None:
+    """Estimated GPU-hours of a paper run from a measured step time (``benchmarks/results/paper_step_<gpu>.json``:
+    ``{"steps": {"<recipe>/<stage>": {"seconds_per_step": s, "per_gpu_batch": b}}}``), scaled to this run's per-GPU
+    batch and accumulation; ``None`` where nothing was measured."""
+    if not measured or run.official is None or run.kind not in STAGES:
+        return None
+    entry = measured.get("steps", {}).get(f"{run.official}/{STAGES[run.kind]}")
+    if not entry:
+        return None
+    per_gpu, accum = run.batch_split
+    seconds = entry["seconds_per_step"] * accum * per_gpu / entry["per_gpu_batch"]
+    return seconds * run.config["train"]["steps"] * max(1, run.gpus) / 3600.0
+
+
+def load_measured(pattern: str = "benchmarks/results/paper_step_*.json") -> tuple[dict | None, str | None]:
+    """The first GPU result of benchmarks/paper_step.py, if any (name, content)."""
+    import glob
+
+    for path in sorted(glob.glob(pattern)):
+        if "cpu" in path:
+            continue
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh), path
+    return None, None
+
+
+def plan_table(plan: Plan, measured: dict | None) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for run in plan.training_runs():
+        j = run.job()
+        hours = gpu_hours(run, measured)
+        rows.append([j["target"].removeprefix(f"results/{plan.scale}/runs/").removesuffix("/model.pt"), j["kind"],
+                     j["recipe"], j["nodes"], j["gpus"], j["per_gpu_batch"], j["grad_accum"], j["global_batch"],
+                     j["epochs"] if j["epochs"] is not None else "—", j["steps"], j["runtime_minutes"],
+                     "—" if hours is None else f"{hours:,.0f}"])
+    headers = ["run", "kind", "recipe", "nodes", "gpus", "per-GPU batch", "accum", "global batch", "epochs", "steps",
+               "runtime/attempt (min)", "est. GPU-h"]
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lsgm plan --scale S [--json] [--config config.yaml] [--max-gpus-per-node N] [--max-nodes N]``."""
+    import argparse
+    import sys
+
+    import yaml
+
+    p = argparse.ArgumentParser(prog="lsgm plan", description="every training job of one scale of the DAG, resolved "
+                                "(what will this cost before I submit)")
+    p.add_argument("--scale", choices=SCALES, default="paper")
+    p.add_argument("--config", default="config.yaml", help="the workflow's config.yaml")
+    p.add_argument("--json", action="store_true", help="JSON with every job's fully resolved run config")
+    p.add_argument("--max-gpus-per-node", type=int, default=None)
+    p.add_argument("--max-nodes", type=int, default=None)
+    args = p.parse_args(argv)
+    try:
+        with open(args.config, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+        if args.max_gpus_per_node:
+            config["max_gpus_per_node"] = args.max_gpus_per_node
+        if args.max_nodes:
+            config["max_nodes"] = args.max_nodes
+        plan = Plan(config, args.scale)
+    except (OSError, yaml.YAMLError, PlanError, KeyError) as err:
+        print(f"lsgm plan: error: {err}", file=sys.stderr)
+        return 2
+    measured, source = load_measured()
+    if args.json:
+        jobs = [run.job(with_config=True) | {"gpu_hours": gpu_hours(run, measured)} for run in plan.training_runs()]
+        print(json.dumps({"scale": args.scale, "gpu_hours_from": source, "jobs": jobs}, indent=1))
+        return 0
+    print(plan_table(plan, measured))
+    total = [gpu_hours(r, measured) for r in plan.training_runs()]
+    known = [h for h in total if h is not None]
+    print(f"\n{len(total)} training jobs at scale {args.scale}; "
+          + (f"estimated {sum(known):,.0f} GPU-hours for {len(known)} of them (from {source})" if known
+             else "no GPU step time measured yet (benchmarks/paper_step.py), so no GPU-hour estimate"))
+    return 0

@@ -1,0 +1,59 @@
+"""One optimizer step of the pixel score network through ``lsgm.train.common.Run`` (micro-batches, backward with
+gradient routing, DDP all-reduce, clipping, step) on this process's share of a fixed batch of 8 samples.
+
+Run plainly (one process) or under torchrun (any nodes x processes); ``max_batch_per_process`` > 0 forces gradient
+accumulation. Rank 0 saves the updated parameters and the gradient norm to ``OUT/world{W}-cap{C}.pt``.
+Used by tests/test_train.py (the GroupNorm score network has no batch statistics, so every split of the
+batch must give the same step as one process on the whole batch)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+
+def score_step(out: str, cap: int) -> None:
+    from lsgm.config import RunConfig, from_dict
+    from lsgm.nets.ncsnpp import NCSNpp
+    from lsgm.objectives import diffusion_terms
+    from lsgm.sde import make_sde
+    from lsgm.time_sampling import make_time_sampler
+    from lsgm.train import common
+
+    torch.set_num_threads(1)
+    cfg = from_dict(RunConfig, {"kind": "sgm", "score": {"nf": 16},
+                                "train": {"grad_clip": 0.5, "global_batch": 8, "max_batch_per_process": cap}})
+    run = common.Run(cfg, Path(out) / f"run-{run_tag(cap)}")
+    rank, world = run.dist.rank, run.dist.world_size
+    torch.manual_seed(0)
+    net = run.wrap(NCSNpp(cfg.score, 1, 8))  # DDP broadcasts rank 0's weights
+    sde = make_sde(cfg.sde)
+    g = torch.Generator().manual_seed(1)
+    x, noise = torch.rand(8, 1, 8, 8, generator=g), torch.randn(8, 1, 8, 8, generator=g)
+    ts = make_time_sampler("ll", "uniform", sde, cfg.sde.t_eps).sample(8, generator=g)
+    share = torch.arange(8)[rank * 8 // world:(rank + 1) * 8 // world]
+    chunks = list(share.split(run.per_process_batch))
+    assert len(chunks) == run.grad_accum
+    params = common.trainable(net)
+    opt = torch.optim.SGD(params, lr=0.1)  # SGD: the update is proportional to the averaged gradient
+    for idx, weight in run.micro_batches(chunks, net):
+        part = type(ts)(ts.t[idx], ts.weight_p[idx], ts.weight_q[idx], ts.t_eps)
+        loss = diffusion_terms(2 * x[idx] - 1, net, sde, part, noise=noise[idx]).sgm_loss.mean()
+        run.backward(weight * loss, params)
+    norms = run.step(0, {"score": (opt, params)})
+    if rank == 0:
+        torch.save({"params": common.unwrap(net).state_dict(), "norms": norms, "world": world,
+                    "accum": run.grad_accum, "meta": run.training_meta()}, Path(out) / f"world{world}-cap{cap}.pt")
+    run.close()
+
+
+def run_tag(cap: int) -> str:
+    import os
+
+    return f"{os.environ.get('WORLD_SIZE', '1')}-{cap}-{os.environ.get('RANK', '0')}"
+
+
+if __name__ == "__main__":
+    score_step(sys.argv[1], int(sys.argv[2]))
