@@ -88,6 +88,24 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+class UnsafeFileError(ValueError):
+    """A torch file that would need to run code to load (a pickle with classes outside the allow-list)."""
+
+
+def load_data_file(path: Path, map_location="cpu") -> Any:
+    """``torch.load`` of a file a user passes (model.pt, FD/FID statistics, checkpoints) as DATA: tensors and
+    plain containers only (``weights_only=True``), so a crafted file cannot run code; anything else is refused
+    with :class:`UnsafeFileError` (one line). Raises OSError / RuntimeError for unreadable files as torch does."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UnsafeFileError(f"{path} is not a plain-data torch file and was NOT loaded (it would have to run code: "
+                              f"{first[:160]}); use a file written by this harness") from None
+
+
 def git_commit(short: bool = False) -> str:
     """The commit of the source tree (``+dirty`` if modified), or ``unknown`` outside a git checkout."""
     root = Path(__file__).resolve().parent.parent

@@ -6,6 +6,7 @@ Everything runs on CPU with tiny models; the end-to-end test smoke-trains throug
 from __future__ import annotations
 
 import copy
+import os
 import json
 import math
 from pathlib import Path
@@ -261,3 +262,29 @@ def test_end_to_end_smoke_evaluation(tmp_path):
                 rows = metrics["rows"]
                 assert all(math.isfinite(r["fd"]) and r["fd_name"] == "fd_digits" for r in rows)
                 assert len(rows) == (2 if model == "lsgm" else 1)
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` -- what a crafted model.pt would do under weights_only=False."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("loader", ["model", "stats", "classifier"])
+def test_a_model_file_with_a_code_payload_is_refused_and_nothing_runs(tmp_path, loader):
+    """Checkpoints are data, not code: every user-given torch file loads with weights_only=True."""
+    from lsgm.eval.common import EvalError, read_model_file
+    from lsgm.eval.fid import load_classifier, load_stats
+
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "model.pt"
+    torch.save({"config": {}, "state": {}, "evil": _Payload(marker)}, bad)
+    load = {"model": read_model_file, "stats": load_stats, "classifier": load_classifier}[loader]
+    with pytest.raises(EvalError, match="NOT loaded") as err:
+        load(bad)
+    assert "\n" not in str(err.value)
+    assert not marker.exists()

@@ -19,7 +19,7 @@ from torch import nn
 
 from lsgm.config import ConfigError, RunConfig, from_dict
 from lsgm.data import DatasetInfo, dataset_info
-from lsgm.utils import atomic_write_json, provenance
+from lsgm.utils import UnsafeFileError, atomic_write_json, load_data_file, provenance
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -66,7 +66,9 @@ def read_model_file(path: str | Path) -> dict:
     if not path.is_file():
         raise EvalError(f"model file {path} does not exist; train the run first (lsgm train-*) or fix --model")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = load_data_file(path)
+    except UnsafeFileError as err:
+        raise EvalError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
         raise EvalError(f"model file {path} is not a readable torch file ({type(err).__name__}); "
                         "retrain or fix --model")

@@ -50,7 +50,7 @@ from lsgm.eval.common import (
     to_rgb,
 )
 from lsgm.nets.classifier import ARCH_VERSION, FeatureClassifier
-from lsgm.utils import atomic_torch_save, provenance
+from lsgm.utils import UnsafeFileError, atomic_torch_save, load_data_file, provenance
 
 STATS_VERSION = 1
 CLASSIFIER_EXTRACTOR = "lsgm-classifier"
@@ -72,7 +72,10 @@ def load_classifier(path: str | Path) -> tuple[FeatureClassifier, dict]:
     if not path.is_file():
         raise EvalError(f"classifier {path} does not exist; train it with lsgm train-classifier --config RUN.yaml "
                         f"--out DIR, or pass --classifier DIR/model.pt")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        blob = load_data_file(path)
+    except UnsafeFileError as err:
+        raise EvalError(str(err)) from None
     if not isinstance(blob, dict) or "classifier" not in blob.get("state", {}) or "arch" not in blob:
         raise EvalError(f"{path} is not a classifier model.pt (no state['classifier']); pass the classifier run's file")
     arch = dict(blob["arch"])
@@ -308,7 +311,9 @@ def load_stats(path: str | Path) -> dict:
         raise EvalError(f"statistics file {path} does not exist; compute it with lsgm fid-stats --dataset NAME "
                         f"--features inception|classifier --out {path}")
     try:
-        stats = torch.load(path, map_location="cpu", weights_only=False)
+        stats = load_data_file(path)
+    except UnsafeFileError as err:
+        raise EvalError(str(err)) from None
     except Exception as err:  # noqa: BLE001
         raise EvalError(f"statistics file {path} is unreadable ({type(err).__name__}); "
                         "recompute it with lsgm fid-stats")
