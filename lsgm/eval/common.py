@@ -60,18 +60,23 @@ class LoadedRun:
         return self.status != "completed"
 
 
+def load_user_file(path: Path, unreadable: str) -> object:
+    """A user-given torch file loaded as data only (:func:`lsgm.utils.load_data_file`); a file that would run code
+    or cannot be read is an :class:`EvalError` (one line; ``unreadable`` says what it is and the fix)."""
+    try:
+        return load_data_file(path)
+    except UnsafeFileError as err:
+        raise EvalError(str(err)) from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise EvalError(f"{unreadable} ({type(err).__name__})") from None
+
+
 def read_model_file(path: str | Path) -> dict:
     """``torch.load`` of a model.pt, with one-line errors for missing/unreadable files."""
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"model file {path} does not exist; train the run first (lsgm train-*) or fix --model")
-    try:
-        blob = load_data_file(path)
-    except UnsafeFileError as err:
-        raise EvalError(str(err)) from None
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise EvalError(f"model file {path} is not a readable torch file ({type(err).__name__}); "
-                        "retrain or fix --model")
+    blob = load_user_file(path, f"model file {path} is not a readable torch file; retrain or fix --model")
     if not isinstance(blob, dict) or "config" not in blob or "state" not in blob:
         raise EvalError(f"model file {path} lacks 'config'/'state' (not a model.pt of this harness)")
     return blob

@@ -40,6 +40,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 from lsgm.eval.common import (
     EvalError,
     LoadedRun,
+    load_user_file,
     metrics_record,
     per_sample_normal,
     quantize_uint8,
@@ -50,7 +51,7 @@ from lsgm.eval.common import (
     to_rgb,
 )
 from lsgm.nets.classifier import ARCH_VERSION, FeatureClassifier
-from lsgm.utils import UnsafeFileError, atomic_torch_save, load_data_file, provenance
+from lsgm.utils import atomic_torch_save, provenance
 
 STATS_VERSION = 1
 CLASSIFIER_EXTRACTOR = "lsgm-classifier"
@@ -72,10 +73,7 @@ def load_classifier(path: str | Path) -> tuple[FeatureClassifier, dict]:
     if not path.is_file():
         raise EvalError(f"classifier {path} does not exist; train it with lsgm train-classifier --config RUN.yaml "
                         f"--out DIR, or pass --classifier DIR/model.pt")
-    try:
-        blob = load_data_file(path)
-    except UnsafeFileError as err:
-        raise EvalError(str(err)) from None
+    blob = load_user_file(path, f"classifier {path} is not a readable torch file; retrain it or fix --classifier")
     if not isinstance(blob, dict) or "classifier" not in blob.get("state", {}) or "arch" not in blob:
         raise EvalError(f"{path} is not a classifier model.pt (no state['classifier']); pass the classifier run's file")
     arch = dict(blob["arch"])
@@ -310,13 +308,7 @@ def load_stats(path: str | Path) -> dict:
     if not path.is_file():
         raise EvalError(f"statistics file {path} does not exist; compute it with lsgm fid-stats --dataset NAME "
                         f"--features inception|classifier --out {path}")
-    try:
-        stats = load_data_file(path)
-    except UnsafeFileError as err:
-        raise EvalError(str(err)) from None
-    except Exception as err:  # noqa: BLE001
-        raise EvalError(f"statistics file {path} is unreadable ({type(err).__name__}); "
-                        "recompute it with lsgm fid-stats")
+    stats = load_user_file(path, f"statistics file {path} is unreadable; recompute it with lsgm fid-stats")
     missing = [k for k in _STATS_KEYS if not isinstance(stats, dict) or k not in stats]
     if missing:
         raise EvalError(f"statistics file {path} lacks {missing}; recompute it with lsgm fid-stats")
