@@ -54,9 +54,9 @@ def quick_configs() -> tuple[dict[str, RunConfig], str]:
 def time_task(task, run: Run, steps: int, warmup: int) -> dict:
     times = []
     for step in range(warmup + steps):
-        x = next(task.loader).to(run.device)
+        batches = [next(task.loader).to(run.device) for _ in range(run.grad_accum)]
         t0 = time.perf_counter()
-        task.train_step(x, step)
+        task.train_step(batches, step)
         if run.device.type == "cuda":
             torch.cuda.synchronize()
         if step >= warmup:

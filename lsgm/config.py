@@ -93,6 +93,8 @@ class VAEConfig:
     use_se: bool = True
     num_mix: int = rng(10, 1)  # discretized mixture of logistics components (non-binary data)
     log_sig_q_scale: float = rng(5.0, **POSITIVE)
+    num_nf: int = rng(0, 0)  # paired autoregressive flow cells per latent group (official --num_nf)
+    progressive_input: Literal["none", "input_skip"] = "none"  # official --progressive_input_vae
 
 
 @dataclass
@@ -107,6 +109,10 @@ class ScoreNetConfig:
     embedding_type: Literal["positional", "fourier"] = "positional"
     embedding_scale: float = rng(1000.0, **POSITIVE)
     embedding_dim: int = rng(128, 2)  # official: 128 (the time-embedding MLP is 128 -> 512 -> 512)
+    # official --fir: the resblocks' 2x up/down-sampling (branch and skip) filters with the FIR kernel [1, 3, 3, 1]
+    # (score_sde upsample_2d / downsample_2d) instead of nearest-neighbour / 2x2 average pooling. A fixed kernel:
+    # no parameters, no state_dict keys, so checkpoints of either setting have the same shapes.
+    fir: bool = False
 
 
 @dataclass
@@ -204,6 +210,11 @@ class TrainConfig:
     checkpoint_every_steps: int = rng(100, 0)
     checkpoint_every_minutes: float = rng(10.0, 0.0)
     val_batches: int = rng(4, 1)  # validation batches for the in-training NELBO
+    # Checkpoint selection (stage 1, official train_vae.py): every select_every_steps steps and at the end, the
+    # select_iw_samples-sample importance-weighted bound on the val_batches validation batches; the best weights
+    # are the run's model.pt (and stage 2 starts from them). 0: the last weights.
+    select_every_steps: int = rng(0, 0)
+    select_iw_samples: int = rng(10, 1)
     force_nan_at_step: int = -1  # testing hook: inject a NaN loss at this step (divergence handling)
 
 

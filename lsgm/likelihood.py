@@ -40,6 +40,12 @@ def bpd_to_nats(bpd, num_dims: int):
     return bpd * num_dims * math.log(2.0)
 
 
+def iw_nll(nelbo_k: torch.Tensor) -> torch.Tensor:
+    """Importance-weighted NLL per sample: [K, B] NELBOs (nats) -> [B] = -(logsumexp_k(-NELBO_k) - log K)."""
+    k = nelbo_k.shape[0]
+    return -(torch.logsumexp(-nelbo_k.double(), dim=0) - math.log(k)).to(nelbo_k.dtype)
+
+
 def hutchinson_probe(like: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """A probe v with E[v v^T] = I: 'gaussian' N(0, I) or 'rademacher' (+-1)."""
     if kind == "gaussian":

@@ -42,6 +42,7 @@ STAGES = {"vae": "stage1", "lsgm": "stage2"}
 EVAL_RANGES = {"tolerance": (0.0, 1.0, True), "t_eps": (0.0, 1.0, True), "iw_samples": (1, math.inf, False),
                "inner": (1, math.inf, False), "batch_size": (1, math.inf, False), "n_batches": (1, math.inf, False),
                "n_samples": (2, math.inf, False), "temperature": (0.0, math.inf, True),
+               "vae_temperature": (0.0, math.inf, True),
                "fd_samples": (0, math.inf, False), "pc_steps": (1, math.inf, False),
                "tolerances": (0.0, 1.0, True)}
 

@@ -4,7 +4,8 @@ gradient routing, DDP all-reduce, clipping, step) on this process's share of a f
 Run plainly (one process) or under torchrun (any nodes x processes); ``max_batch_per_process`` > 0 forces gradient
 accumulation. Rank 0 saves the updated parameters and the gradient norm to ``OUT/world{W}-cap{C}.pt``.
 Used by tests/test_train.py (the GroupNorm score network has no batch statistics, so every split of the
-batch must give the same step as one process on the whole batch)."""
+batch must give the same step as one process on the whole batch). Then a train-mode NVAE forward per micro-batch
+through ``Run.wrap``: under DDP its BatchNorm is SyncBatchNorm, so 2 processes give the whole batch's statistics."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def score_step(out: str, cap: int) -> None:
     from lsgm.train import common
 
     torch.set_num_threads(1)
-    cfg = from_dict(RunConfig, {"kind": "sgm", "score": {"nf": 16},
+    cfg = from_dict(RunConfig, {"kind": "sgm", "score": {"nf": 16}, "vae": {"num_channels": 8},
                                 "train": {"grad_clip": 0.5, "global_batch": 8, "max_batch_per_process": cap}})
     run = common.Run(cfg, Path(out) / f"run-{run_tag(cap)}")
     rank, world = run.dist.rank, run.dist.world_size
@@ -43,10 +44,36 @@ def score_step(out: str, cap: int) -> None:
         loss = diffusion_terms(2 * x[idx] - 1, net, sde, part, noise=noise[idx]).sgm_loss.mean()
         run.backward(weight * loss, params)
     norms = run.step(0, {"score": (opt, params)})
+    vae = vae_forward(run, cfg, chunks)
     if rank == 0:
         torch.save({"params": common.unwrap(net).state_dict(), "norms": norms, "world": world,
-                    "accum": run.grad_accum, "meta": run.training_meta()}, Path(out) / f"world{world}-cap{cap}.pt")
+                    "accum": run.grad_accum, "meta": run.training_meta(), **vae},
+                   Path(out) / f"world{world}-cap{cap}.pt")
     run.close()
+
+
+def vae_forward(run, cfg, chunks: list[torch.Tensor]) -> dict:
+    """The NVAE through ``run.wrap`` (SyncBatchNorm + DDP under torchrun): one train-mode forward per micro-batch
+    of this process's share of a fixed batch of 8 digits-sized images. Returns the BatchNorm layer types, the
+    state_dict keys and the running statistics of the encoder-tower BatchNorm layers (``pre``, ``enc_groups``,
+    ``enc_down``: they see x only, not the sampled latents, so they are independent of each process's noise)."""
+    from lsgm.data import dataset_info
+    from lsgm.nets.nvae import NVAE
+    from lsgm.train import common
+
+    info = dataset_info(cfg.data.name)
+    torch.manual_seed(0)
+    vae = run.wrap(NVAE(cfg.vae, info)).train()
+    x = torch.rand(8, info.channels, info.image_size, info.image_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for idx in chunks:
+            vae(x[idx], generator=torch.Generator().manual_seed(3))
+    bare = common.unwrap(vae)
+    encoder = ("pre.", "enc_groups.", "enc_down.")
+    return {"vae_bn_types": sorted({type(m).__name__ for m in bare.modules() if "BatchNorm" in type(m).__name__}),
+            "vae_keys": list(bare.state_dict()),
+            "vae_encoder_bn": {k: v for k, v in bare.state_dict().items()
+                               if k.startswith(encoder) and k.endswith(("running_mean", "running_var"))}}
 
 
 def run_tag(cap: int) -> str:

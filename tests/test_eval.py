@@ -111,6 +111,27 @@ def test_vae_samples_identical_for_batch_sizes_3_and_5(tmp_path):
     assert not torch.allclose(x3[0], x3[1])
 
 
+def test_temperature_scales_the_top_latent_and_vae_temperature_the_lower_groups(tmp_path):
+    """Official evaluate_vada.py: --temp for the latent the prior models, --vae_temp for the decoder's lower
+    groups. Zeroing one removes exactly that source of randomness."""
+    cfg = _cfg("vae", "vae.num_latent_scales=2", "vae.channel_mult=[1,1,1]")
+    vae = NVAE(cfg.vae, dataset_info("digits"))
+    run = load_run(_save_model(tmp_path / "vae.pt", cfg, {"vae": vae.state_dict()}))
+
+    def two(**kw):  # samples 0 and 1: different per-sample noise
+        return fid_mod.sample_batch(run, 0, 2, seed=7, **kw).images
+
+    no_lower = two(temperature=1.0, vae_temperature=0.0)
+    z0 = per_sample_normal(tuple(run.vae.latent_shape), sample_generators(7, 0, 2))
+    assert torch.allclose(no_lower, run.vae.decode(z0, temperature=0.0), atol=1e-6)  # lower groups exactly 0
+    no_top = two(temperature=0.0, vae_temperature=1.0)
+    gen = sample_generators(7, 0, 1)[0]
+    per_sample_normal(tuple(run.vae.latent_shape), [gen])  # sample 0's stream: its z0 draw, then its lower groups
+    assert torch.allclose(no_top[:1], run.vae.decode(torch.zeros_like(z0[:1]), temperature=1.0, generator=gen),
+                          atol=1e-6)
+    assert not torch.allclose(no_lower, two(), atol=1e-4) and not torch.allclose(no_top, two(), atol=1e-4)
+
+
 def test_lsgm_samples_agree_across_batch_sizes(tmp_path):
     run = load_run(_lsgm_run(tmp_path))
     x3, x5 = _samples(run, 10, 3, tolerance=1e-6), _samples(run, 10, 5, tolerance=1e-6)

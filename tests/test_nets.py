@@ -1,19 +1,21 @@
 """Tests of the networks: NVAE (shapes, likelihoods against closed forms, temperature, SR penalty, state
-round trips, DDP) and NCSN++ (shapes, time dependence, gradients). Tiny sizes; the file runs in seconds."""
+round trips, DDP) and NCSN++ (shapes, time dependence, gradients, FIR resampling against a loop reference).
+Tiny sizes; the file runs in seconds."""
 
 from __future__ import annotations
 
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lsgm.config import ScoreNetConfig, VAEConfig
 from lsgm.data import DatasetInfo
-from lsgm.nets.layers import WNConv2d, norm_scale_penalty
-from lsgm.nets.ncsnpp import NCSNpp
+from lsgm.nets.layers import SRConv2d, WNConv2d, norm_scale_penalty
+from lsgm.nets.ncsnpp import FIR_TAPS, NCSNpp, ResBlock, fir_downsample, fir_kernel, fir_upsample
 from lsgm.nets.nvae import NVAE, DiscMixLogistic
 
 BINARY = DatasetInfo("binary", channels=1, image_size=32, levels=2, crop=2)
@@ -206,6 +208,40 @@ def test_regularization_is_a_top_singular_value_sum():
     assert int(vae.sr_calls) == 1
 
 
+@pytest.mark.parametrize("arch", ["res_bnswish", "res_mbconv"])
+def test_spectral_regularizer_covers_every_conv_as_the_official_one(arch):
+    """The official SpectralNormCalculator collects every NVAE conv (its Conv2D, weight-normalised or not, and
+    the flows' ARConv2d): so does ours, MBConv's plain convs and the masked flow convs included; the penalty
+    is their top singular values (of the weight the conv applies) plus the BN scales."""
+    torch.manual_seed(0)
+    vae = NVAE(tiny_vae_cfg(2, arch, num_nf=1, progressive_input="input_skip"), RGB)
+    convs = [m for m in vae.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(isinstance(m, SRConv2d) for m in convs)
+    reg = vae.regularization()  # 40 power iterations on the first call
+    true = sum(torch.linalg.matrix_norm(m.sr_weight().reshape(m.out_channels, -1), ord=2) for m in convs)
+    torch.testing.assert_close(reg.detach(), (true + norm_scale_penalty(vae)).detach(), rtol=5e-3, atol=0)
+
+
+def test_input_skip_adds_the_downsampled_input_pyramid_after_each_down_cell():
+    """progressive_input = input_skip (official InputSkipCombinerCell): after every encoder down cell, s += the
+    pyramid's next level, pyramid = BN-Swish-conv3x3/2(pyramid), starting from the preprocessed image. With the
+    skip conv zeroed the encoder is exactly the one without input skip."""
+    torch.manual_seed(0)
+    with_skip = NVAE(tiny_vae_cfg(2, progressive_input="input_skip"), RGB).eval()
+    plain = NVAE(tiny_vae_cfg(2), RGB).eval()
+    assert len(with_skip.input_skips) == 1 and plain.input_skips is None
+    missing, unexpected = plain.load_state_dict(with_skip.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("input_skips.") for k in unexpected)
+    x = make_batch(RGB)
+    with torch.no_grad():
+        feats, ref = with_skip._encode(x), plain._encode(x)
+        assert torch.allclose(feats[-1], ref[-1])  # the finest scale is before any down cell
+        assert not torch.allclose(feats[0], ref[0], atol=1e-4)  # the coarse scale reads the pyramid
+        with_skip.input_skips[0].conv.log_weight_norm.fill_(-math.inf)
+        with_skip.input_skips[0].conv.bias.zero_()
+        assert all(torch.allclose(a, b) for a, b in zip(with_skip._encode(x), ref))
+
+
 def test_state_dict_round_trip_is_exact():
     torch.manual_seed(0)
     vae = NVAE(tiny_vae_cfg(2, "res_mbconv"), RGB)
@@ -270,6 +306,7 @@ CASES = [
     (ScoreNetConfig(nf=16, ch_mult=[1, 2], num_res_blocks=2, attn_resolutions=[8]), 6, 8),
     (ScoreNetConfig(nf=16, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[8], embedding_type="fourier",
                     embedding_scale=16.0), 3, 16),
+    (ScoreNetConfig(nf=16, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[4], fir=True), 3, 8),
 ]
 
 
@@ -333,3 +370,104 @@ def test_score_network_sr_covers_its_convs_and_keeps_its_state():
     state = net.state_dict()
     assert "sr_counter.calls" in state and int(state["sr_counter.calls"]) == 30
     assert any(k.endswith("sn_u") for k in state)
+
+
+# ----------------------------------------------------------------------------------------------- FIR resampling
+
+
+def _upfirdn2d_loops(x: np.ndarray, taps, up: int, down: int, gain: float) -> np.ndarray:
+    """score_sde's ``upsample_2d`` (up=2) / ``downsample_2d`` (down=2) written out with loops, from the
+    definition of upfirdn2d: kernel outer(k, k) / sum * gain * up^2, zero insertion by ``up``, zero padding
+    ((p+1)//2 + up - 1, p//2) for up and ((p+1)//2, p//2) for down (p = K - factor), TRUE 2-D convolution
+    with the kernel (valid part), keep every ``down``-th sample. x: [B, C, H, W] (float64)."""
+    k1 = np.asarray(taps, dtype=np.float64)
+    k = np.outer(k1, k1) / np.outer(k1, k1).sum() * gain * up**2
+    size, factor = len(k1), max(up, down)
+    p = size - factor
+    pad0, pad1 = ((p + 1) // 2 + up - 1, p // 2) if up > 1 else ((p + 1) // 2, p // 2)
+    b, c, h, w = x.shape
+    hp, wp = h * up + pad0 + pad1, w * up + pad0 + pad1
+    out = np.zeros((b, c, (hp - size) // down + 1, (wp - size) // down + 1))
+    for n, ch in itertools.product(range(b), range(c)):
+        padded = np.zeros((hp, wp))
+        for i, j in itertools.product(range(h), range(w)):
+            padded[pad0 + i * up, pad0 + j * up] = x[n, ch, i, j]  # zero insertion, then padding
+        for oi, oj in itertools.product(range(out.shape[2]), range(out.shape[3])):
+            yi, yj = oi * down, oj * down  # decimation of the full-rate filtered signal
+            acc = 0.0
+            for a, bb in itertools.product(range(size), range(size)):  # convolution: the kernel flipped
+                acc += padded[yi + a, yj + bb] * k[size - 1 - a, size - 1 - bb]
+            out[n, ch, oi, oj] = acc
+    return out
+
+
+FIR_SHAPES = [(2, 3, 6, 10), (1, 5, 7, 5)]  # odd channel counts, non-square, an odd side
+
+
+@pytest.mark.parametrize("shape", FIR_SHAPES)
+@pytest.mark.parametrize("taps", [FIR_TAPS, (1.0, 2.0, 5.0, 3.0)])  # the official kernel; an asymmetric one
+def test_fir_resampling_equals_upfirdn2d_by_loops(shape, taps):
+    """FIR up/down (score_sde upsample_2d / downsample_2d, factor 2, gain 1) == upfirdn2d written as loops.
+    The asymmetric kernel pins the convolution's orientation (invisible with [1, 3, 3, 1])."""
+    x = torch.randn(*shape, generator=gen(0), dtype=torch.float64)
+    k = fir_kernel(taps).double()
+    up, down = fir_upsample(x, k), fir_downsample(x, k)
+    b, c, h, w = shape
+    assert up.shape == (b, c, 2 * h, 2 * w) and down.shape == (b, c, h // 2, w // 2)
+    torch.testing.assert_close(up, torch.from_numpy(_upfirdn2d_loops(x.numpy(), taps, 2, 1, 1.0)))
+    torch.testing.assert_close(down, torch.from_numpy(_upfirdn2d_loops(x.numpy(), taps, 1, 2, 1.0)))
+
+
+def test_fir_resampling_keeps_a_constant_image_constant():
+    """Gain: upsampling scales the kernel by factor^2 (zero insertion keeps 1 sample in 4), downsampling by 1;
+    away from the zero-padded border a constant stays that constant. The official kernel sums to 1."""
+    k = fir_kernel()
+    assert k.shape == (4, 4) and float(k.sum()) == pytest.approx(1.0)
+    torch.testing.assert_close(k, torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64)
+    x = torch.full((1, 3, 8, 12), 0.7)
+    up, down = fir_upsample(x, k), fir_downsample(x, k)
+    torch.testing.assert_close(up[..., 1:-1, 1:-1], torch.full_like(up[..., 1:-1, 1:-1], 0.7))
+    torch.testing.assert_close(down[..., 1:-1, 1:-1], torch.full_like(down[..., 1:-1, 1:-1], 0.7))
+    assert float(up[0, 0, 0, 0]) < 0.7 and float(down[0, 0, 0, 0]) < 0.7  # the border sees the zero padding
+
+
+@pytest.mark.parametrize("resample", ["up", "down"])
+def test_fir_resblock_filters_branch_and_skip(resample):
+    """official ResnetBlockBigGANpp with fir: upsample_2d / downsample_2d on act(GroupNorm(x)) AND on the skip x;
+    checked against the block written out with the loop reference."""
+    torch.manual_seed(0)
+    block = ResBlock(5, 5, temb_dim=8, dropout=0.0, resample=resample, fir=True).double().eval()
+    with torch.no_grad():
+        block.conv1.weight.normal_(0.0, 0.1)  # away from the near-zero init: the branch matters
+    x, temb = torch.randn(2, 5, 6, 4, generator=gen(1), dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64)
+    up, down = (2, 1) if resample == "up" else (1, 2)
+
+    def fir(v: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(_upfirdn2d_loops(v.detach().numpy(), FIR_TAPS, up, down, 1.0))
+
+    with torch.no_grad():
+        h = block.conv0(fir(F.silu(block.norm0(x)))) + block.dense(F.silu(temb))[:, :, None, None]
+        h = block.conv1(F.silu(block.norm1(h)))
+        want = (block.skip(fir(x)) + h) / math.sqrt(2.0)
+        torch.testing.assert_close(block(x, temb), want)
+
+
+def test_ncsnpp_fir_adds_no_state_and_changes_the_output():
+    """--fir is a fixed kernel: the same parameters and state_dict keys (a checkpoint loads either way), and a
+    different function (the resampling resblocks filter)."""
+    cfg = ScoreNetConfig(nf=16, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[4])
+    torch.manual_seed(0)
+    plain = NCSNpp(cfg, 3, 8).eval()
+    torch.manual_seed(0)
+    fir = NCSNpp(ScoreNetConfig(**{**cfg.__dict__, "fir": True}), 3, 8).eval()
+    assert sum(p.numel() for p in fir.parameters()) == sum(p.numel() for p in plain.parameters())
+    state = plain.state_dict()
+    assert list(fir.state_dict()) == list(state)
+    assert all(fir.state_dict()[k].shape == v.shape for k, v in state.items())
+    _perturb_zero_init(plain)
+    fir.load_state_dict(plain.state_dict())  # strict: the same weights, only the resampling differs
+    x, t = torch.randn(2, 3, 8, 8, generator=gen(1)), torch.tensor([0.3, 0.7])
+    with torch.no_grad():
+        out_plain, out_fir = plain(x, t), fir(x, t)
+    assert out_fir.shape == x.shape and torch.isfinite(out_fir).all()
+    assert (out_fir - out_plain).abs().max() > 1e-3

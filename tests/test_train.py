@@ -193,7 +193,7 @@ def _free_port() -> int:
 def _ddp_step(out: Path, cap: int = 0, nodes: int = 0) -> dict:
     """tests/ddp_step.py as its own process(es): plain python, or ``nodes`` torchrun "nodes" of one gloo process
     each on localhost meeting at a c10d rendezvous (as the multi-node paper runs do)."""
-    script, env = str(ROOT / "tests" / "ddp_step.py"), {**os.environ, "OMP_NUM_THREADS": "1"}
+    script, env = str(ROOT / "tests" / "ddp_step.py"), {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     if not nodes:
@@ -219,8 +219,9 @@ def test_multinode_and_accumulated_steps_equal_one_process_on_the_whole_batch(tm
     """2 "nodes" x 1 gloo process (torchrun, c10d rendezvous), and 1 process with 2 accumulated micro-batches, take
     the same step as 1 process on the concatenated batch of 8, for the (GroupNorm, BN-free) score network.
 
-    The NVAE's BatchNorm normalises over each micro-batch / process (statistics are not synced), so a split VAE
-    step differs from the big-batch step by design (recorded in run.json); the comparison uses the score network."""
+    Under DDP ``Run.wrap`` converts the NVAE's BatchNorm to SyncBatchNorm (state_dict keys unchanged), so the 2
+    processes' encoder BatchNorm statistics are those of the whole batch; gradient accumulation still normalises
+    per micro-batch (recorded in run.json). The NVAE step itself is not compared: its latent noise is per process."""
     single = _ddp_step(tmp_path)
     assert (single["world"], single["accum"]) == (1, 1)
     two_nodes = _ddp_step(tmp_path, nodes=2)
@@ -231,6 +232,15 @@ def test_multinode_and_accumulated_steps_equal_one_process_on_the_whole_batch(tm
     assert accumulated["meta"]["per_process_batch"] == two_nodes["meta"]["per_process_batch"] == 4
     _assert_same_step(two_nodes, single)
     _assert_same_step(accumulated, single)
+    # SyncBatchNorm for the NVAE under DDP only; the same checkpoint keys either way
+    assert single["vae_bn_types"] == accumulated["vae_bn_types"] == ["BatchNorm2d"]
+    assert two_nodes["vae_bn_types"] in (["CPUSyncBatchNorm2d"], ["SyncBatchNorm"])  # gloo on CPU / nccl on GPU
+    assert two_nodes["vae_keys"] == single["vae_keys"]
+    assert two_nodes["meta"]["batchnorm_synchronised"] and not single["meta"]["batchnorm_synchronised"]
+    assert "SyncBatchNorm" in two_nodes["meta"]["batchnorm"]
+    assert single["vae_encoder_bn"].keys() == two_nodes["vae_encoder_bn"].keys() and single["vae_encoder_bn"]
+    for k, v in single["vae_encoder_bn"].items():
+        torch.testing.assert_close(two_nodes["vae_encoder_bn"][k], v, atol=1e-6, rtol=1e-5, msg=k)
 
 
 # ------------------------------------------------------------------------------------------ (d) (e) (f)
@@ -359,3 +369,60 @@ def test_finished_run_removes_its_resume_checkpoint(tmp_path):
     assert run_cli("train-sgm", "--config", str(cfg), "--out", str(tmp_path / "run")) == 0
     assert (tmp_path / "run" / "model.pt").exists()
     assert not (tmp_path / "run" / ".ckpt" / "ckpt.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------ checkpoint selection
+def test_stage1_keeps_the_best_validation_weights_and_stage2_starts_from_them(vae_model, tmp_path, monkeypatch):
+    """train.select_every_steps: model.pt holds the weights of the evaluation with the lowest score (official
+    train_vae.py keeps the checkpoint with the best validation bound), run.json records the history and the
+    chosen step, and stage 2 loads exactly those weights and records the step."""
+    from lsgm.train import vae as vae_task
+    from lsgm.train.common import unwrap
+
+    scripted, seen = iter([5.0, 1.0, 3.0, 2.0]), {}  # evaluations at steps 2, 4, 6, 8
+
+    def selection_score(self):
+        seen[2 * len(seen) + 2] = {k: v.clone() for k, v in unwrap(self.vae).state_dict().items()}
+        return next(scripted)
+
+    monkeypatch.setattr(vae_task.VAETask, "selection_score", selection_score)
+    cfg = write_config(tmp_path / "vae.yaml", "vae", train={"steps": 8, "select_every_steps": 2})
+    assert run_cli("train-vae", "--config", str(cfg), "--out", str(tmp_path / "vae")) == 0
+    info = assert_run_dir(tmp_path / "vae")
+    assert info["selection"]["evaluations"] == [[2, 5.0], [4, 1.0], [6, 3.0], [8, 2.0]]
+    assert info["selection"]["selected_step"] == 4 and "importance samples" in info["selection"]["criterion"]
+    assert not any("checkpoint selection" in d for d in info["deviations"])
+    model = torch.load(tmp_path / "vae" / "model.pt", weights_only=True)
+    _assert_same_tensors(model["state"]["vae"], seen[4], "vae")
+    assert not torch.equal(seen[4]["stem.weight"], seen[8]["stem.weight"])  # the last weights differ
+    # stage 2 starts from the selected weights (train_vae false: they stay as loaded) and says which step
+    lsgm_cfg = write_config(tmp_path / "lsgm.yaml", "lsgm", objective={"train_vae": False},
+                            train={"steps": 2, **STAGE2_OPTIM})
+    assert run_cli("train-lsgm", "--config", str(lsgm_cfg), "--vae", str(tmp_path / "vae" / "model.pt"),
+                   "--out", str(tmp_path / "lsgm")) == 0
+    stage2 = torch.load(tmp_path / "lsgm" / "model.pt", weights_only=True)
+    _assert_same_tensors(stage2["state"]["vae"], seen[4], "stage-2 vae")
+    assert json.loads((tmp_path / "lsgm" / "run.json").read_text())["vae_checkpoint"]["selected_step"] == 4
+
+
+def test_selection_survives_a_kill_and_resume(tmp_path):
+    """A preempted stage-1 run keeps its evaluation history and best weights: kill -9 after a checkpoint, rerun,
+    and the result equals the uninterrupted run's (real 3-sample validation bounds)."""
+    cfg = write_config(tmp_path / "vae.yaml", "vae", train={"steps": 12, "select_every_steps": 3,
+                                                           "select_iw_samples": 3, "checkpoint_every_steps": 5})
+    args = ["train-vae", "--config", str(cfg)]
+    ref = _subprocess([*args, "--out", str(tmp_path / "ref")])
+    victim = _subprocess([*args, "--out", str(tmp_path / "victim")])
+    ckpt = tmp_path / "victim" / ".ckpt" / "ckpt.pt"
+    while not ckpt.exists() and victim.poll() is None:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = _subprocess([*args, "--out", str(tmp_path / "victim")])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()[-2000:]
+    (m_ref, _), (m_res, _) = _final(tmp_path / "ref"), _final(tmp_path / "victim")
+    _assert_same_tensors(m_ref["state"], m_res["state"], "state")
+    sel_ref, sel_res = (json.loads((tmp_path / d / "run.json").read_text())["selection"] for d in ("ref", "victim"))
+    assert sel_ref == sel_res and [s for s, _ in sel_ref["evaluations"]] == [3, 6, 9, 12]
+    assert json.loads((tmp_path / "victim" / "run.json").read_text())["training"]["resumed_from_steps"][0] > 0

@@ -28,7 +28,10 @@ def _sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", help="reference statistics (lsgm fid-stats)")
     p.add_argument("--solver", default="dopri5", help="torchdiffeq method")
     p.add_argument("--t-eps", type=float, default=1e-5, help="ODE end time (official ode_eps 1e-5)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="scale of the top latent's starting noise (official --temp)")
+    p.add_argument("--vae-temperature", type=float, default=1.0,
+                   help="scale of the decoder's lower-scale groups (official --vae_temp)")
     p.add_argument("--bn-mode", default="eval", choices=["eval", "train"])
     p.add_argument("--classifier", help="override the classifier model.pt recorded in the statistics")
     p.add_argument("--inception-weights", help="weights-inception-2015-12-05-6726825d.pth (offline); "
@@ -87,7 +90,8 @@ def run_evaluation(args: argparse.Namespace) -> dict:
                             tolerance=args.tolerance, t_eps=args.t_eps, probe=args.probe, solver=args.solver,
                             batch_size=args.batch_size or 128, n_batches=args.n_batches, split=args.split,
                             t_draws=args.t_draws, root=args.root, **common)
-    sampling = dict(solver=args.solver, t_eps=args.t_eps, temperature=args.temperature, bn_mode=args.bn_mode,
+    sampling = dict(solver=args.solver, t_eps=args.t_eps, temperature=args.temperature,
+                    vae_temperature=args.vae_temperature, bn_mode=args.bn_mode,
                     classifier=args.classifier, inception_weights=args.inception_weights, **common)
     if args.what == "fid":
         from lsgm.eval.common import EvalError

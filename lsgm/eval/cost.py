@@ -75,7 +75,8 @@ def cost_row(run: LoadedRun, extractor: Extractor | None, ref: dict | None, *, s
 def evaluate_cost(model: str, stats_path: str | None, *, tolerances: list[float], batch_size: int = 16,
                   n_batches: int = 20, fd_samples: int = 1000, fd_batch_size: int = 100,
                   pc_steps: list[int] | None = None, samplers: list[str] | None = None, solver: str = "dopri5",
-                  t_eps: float = 1e-5, temperature: float = 1.0, snr: float = 0.16, seed: int = 0,
+                  t_eps: float = 1e-5, temperature: float = 1.0, vae_temperature: float = 1.0,
+                  snr: float = 0.16, seed: int = 0,
                   bn_mode: str = "eval", use_ema: bool = True, classifier: str | None = None,
                   inception_weights: str | None = None, device: str | None = None) -> dict:
     """``lsgm evaluate cost``: rows per tolerance (ODE) and per step count (PC, pixel SGM)."""
@@ -94,7 +95,8 @@ def evaluate_cost(model: str, stats_path: str | None, *, tolerances: list[float]
     plan += [("pc", None, steps) for steps in pc_steps] if ("pc" in samplers and run.kind == "sgm") else []
     settings = {
         "tolerances": tolerances, "pc_steps": pc_steps if run.kind == "sgm" else [], "samplers": samplers,
-        "solver": solver, "t_eps": t_eps, "temperature": temperature, "snr": snr, "n_corrector": 1,
+        "solver": solver, "t_eps": t_eps, "temperature": temperature, "vae_temperature": vae_temperature,
+        "snr": snr, "n_corrector": 1,
         "batch_size": batch_size, "n_batches": n_batches, "warmup_batches": 1, "fd_samples": fd_samples,
         "fd_batch_size": fd_batch_size, "seed": seed, "bn_mode": bn_mode,
         "timing": "seconds per batch of batch_size: noise + solve + decode, device synchronised, warm-up excluded",
@@ -111,7 +113,8 @@ def evaluate_cost(model: str, stats_path: str | None, *, tolerances: list[float]
     set_bn_mode(run.vae, bn_mode)
     rows = [cost_row(run, extractor, ref, sampler=s, tolerance=t, n_steps=n, batch_size=batch_size,
                      n_batches=n_batches, fd_samples=fd_samples, fd_batch_size=fd_batch_size, seed=seed,
-                     device=dev, solver=solver, t_eps=t_eps, temperature=temperature, snr=snr)
+                     device=dev, solver=solver, t_eps=t_eps, temperature=temperature,
+                     vae_temperature=vae_temperature, snr=snr)
             for s, t, n in plan]
     failed = [r for r in rows if "error" in r]
     status, reason = ("ok", None) if not failed else ("ok", f"{len(failed)} setting(s) failed: {failed[0]['error']}")

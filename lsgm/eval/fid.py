@@ -364,8 +364,9 @@ def sgm_to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def _decode(vae, z0: torch.Tensor, temperature: float, generators: list[torch.Generator]) -> torch.Tensor:
-    """Decoder mean of z0 [B, ...]; with lower scales each sample's lower noise comes from its generator
-    (decoded one by one in eval mode; BN train mode needs the batch, so there the noise is per batch)."""
+    """Decoder mean of z0 [B, ...]; lower-scale groups ~ N(0, temperature^2 I) (the official ``--vae_temp``),
+    each sample's lower noise from its generator (decoded one by one in eval mode; BN train mode needs the
+    batch, so there the noise is per batch)."""
     has_lower = vae.n_groups > vae.cfg.num_groups_per_scale
     if not has_lower:
         return vae.decode(z0, temperature=temperature)
@@ -378,8 +379,13 @@ def _decode(vae, z0: torch.Tensor, temperature: float, generators: list[torch.Ge
 @torch.no_grad()
 def sample_batch(run: LoadedRun, start: int, count: int, *, seed: int, sampler: str = "ode",
                  tolerance: float = 1e-5, solver: str = "dopri5", t_eps: float = 1e-5, temperature: float = 1.0,
-                 pc_steps: int = 1000, snr: float = 0.16, device: torch.device | str = "cpu") -> SampleBatch:
-    """Samples ``start .. start + count - 1`` of an evaluation seeded ``seed`` (images in [0, 1])."""
+                 vae_temperature: float = 1.0, pc_steps: int = 1000, snr: float = 0.16,
+                 device: torch.device | str = "cpu") -> SampleBatch:
+    """Samples ``start .. start + count - 1`` of an evaluation seeded ``seed`` (images in [0, 1]).
+
+    ``temperature`` scales the noise the top latent starts from (LSGM: z_1 of the ODE / PC sampler; VAE: its
+    N(0, I) prior of z0), ``vae_temperature`` the lower-scale groups of the decoder (official ``--temp`` and
+    ``--vae_temp`` of evaluate_vada.py)."""
     from lsgm.sampling import ode_sample, pc_sample
 
     device = torch.device(device)
@@ -388,7 +394,7 @@ def sample_batch(run: LoadedRun, start: int, count: int, *, seed: int, sampler: 
     begin = time.perf_counter()
     if run.kind == "vae":
         z0 = per_sample_normal(tuple(run.vae.latent_shape), gens, device, scale=temperature)
-        images, nfe, solve = _decode(run.vae, z0, temperature, gens), 0, 0.0
+        images, nfe, solve = _decode(run.vae, z0, vae_temperature, gens), 0, 0.0
     else:
         shape = tuple(run.vae.latent_shape) if run.kind == "lsgm" else (
             run.data.channels, run.data.image_size, run.data.image_size)
@@ -401,7 +407,7 @@ def sample_batch(run: LoadedRun, start: int, count: int, *, seed: int, sampler: 
             pc_gen.manual_seed(sample_seed(seed, start, stream=1))
             res = pc_sample(run.score, run.sde, z1.shape, pc_steps, t_eps, snr=snr, generator=pc_gen, z1=z1)
         nfe, solve = res.nfe, res.seconds
-        images = _decode(run.vae, res.z0, temperature, gens) if run.kind == "lsgm" else sgm_to_unit(res.z0)
+        images = _decode(run.vae, res.z0, vae_temperature, gens) if run.kind == "lsgm" else sgm_to_unit(res.z0)
     _sync(device)
     return SampleBatch(images.float().clamp(0, 1), nfe, solve, time.perf_counter() - begin)
 
@@ -427,7 +433,8 @@ def sample_features(run: LoadedRun, extractor: Extractor, n_samples: int, batch_
 
 
 def evaluate_fid(model: str, stats_path: str, *, n_samples: int = 50_000, tolerance: float = 1e-5,
-                 solver: str = "dopri5", batch_size: int = 64, temperature: float = 1.0, seed: int = 0,
+                 solver: str = "dopri5", batch_size: int = 64, temperature: float = 1.0,
+                 vae_temperature: float = 1.0, seed: int = 0,
                  bn_mode: str = "eval", t_eps: float = 1e-5, use_ema: bool = True, classifier: str | None = None,
                  inception_weights: str | None = None, device: str | None = None) -> dict:
     """FID (Inception) or FD (classifier features) of ``n_samples`` samples against ``stats_path``."""
@@ -442,7 +449,8 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int = 50_000, tolera
     settings = {
         "n_samples": n_samples, "tolerance": tolerance if run.kind != "vae" else None,
         "solver": solver if run.kind != "vae" else None, "t_eps": t_eps if run.kind != "vae" else None,
-        "batch_size": batch_size, "temperature": temperature, "bn_mode": bn_mode, "seed": seed,
+        "batch_size": batch_size, "temperature": temperature if run.kind != "sgm" else None,
+        "vae_temperature": vae_temperature if run.kind != "sgm" else None, "bn_mode": bn_mode, "seed": seed,
         "seeding": "per-sample generator seeded by (seed, sample index)", "decoder": "mean",
         "quantization": "uint8 round(255 x)", "feature_extractor": extractor.describe(),
         "reference": {"path": str(stats_path), "name": stats["name"], "dataset": stats["dataset"],
@@ -456,7 +464,8 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int = 50_000, tolera
     set_bn_mode(run.vae, bn_mode)
     try:
         feats, batches = sample_features(run, extractor, n_samples, batch_size, seed=seed, tolerance=tolerance,
-                                         solver=solver, t_eps=t_eps, temperature=temperature, device=dev)
+                                         solver=solver, t_eps=t_eps, temperature=temperature,
+                                         vae_temperature=vae_temperature, device=dev)
     except (FloatingPointError, AssertionError) as err:  # NaN samples / solver underflow: not a crash
         return metrics_record("fid", run, metrics, settings, status="diverged", reason=f"sampling failed: {err}",
                               device=dev, started=started)

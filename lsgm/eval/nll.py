@@ -28,15 +28,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from lsgm.eval.common import EvalError, LoadedRun, load_run, metrics_record, resolve_device, sample_seed
-from lsgm.likelihood import nats_to_bpd, ode_log_likelihood
+from lsgm.likelihood import iw_nll, nats_to_bpd, ode_log_likelihood
 from lsgm.objectives import normal_cross_entropy, prior_cross_entropy
 from lsgm.time_sampling import make_time_sampler
-
-
-def iw_nll(nelbo_k: torch.Tensor) -> torch.Tensor:
-    """Importance-weighted NLL per sample: [K, B] NELBOs (nats) -> [B] = -(logsumexp_k(-NELBO_k) - log K)."""
-    k = nelbo_k.shape[0]
-    return -(torch.logsumexp(-nelbo_k.double(), dim=0) - math.log(k)).to(nelbo_k.dtype)
 
 
 @dataclass

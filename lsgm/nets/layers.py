@@ -155,7 +155,9 @@ class BNSwishConv(nn.Module):
 class MBConv(nn.Module):
     """Inverted residual branch: [up] BN -> 1x1 -> BN-Swish -> depthwise kxk -> BN-Swish -> 1x1 -> BN.
 
-    Its convs are plain (no weight norm), as in NVAE; the BN layers enter the BN penalty.
+    Its convs have no weight norm, as in NVAE, but take part in the spectral regulariser (they are the
+    official ``Conv2D(..., weight_norm=False)``, which ``SpectralNormCalculator`` collects); the BN layers enter
+    the BN penalty.
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int, expand: int, kernel: int = 5) -> None:
@@ -164,10 +166,10 @@ class MBConv(nn.Module):
         self.upsample = stride == -1
         self.net = nn.Sequential(
             batchnorm(c_in),
-            nn.Conv2d(c_in, hidden, 1, bias=False), batchnorm(hidden), nn.SiLU(),
-            nn.Conv2d(hidden, hidden, kernel, stride=max(stride, 1), padding=kernel // 2, groups=hidden, bias=False),
+            SRConv2d(c_in, hidden, 1, bias=False), batchnorm(hidden), nn.SiLU(),
+            SRConv2d(hidden, hidden, kernel, stride=max(stride, 1), padding=kernel // 2, groups=hidden, bias=False),
             batchnorm(hidden), nn.SiLU(),
-            nn.Conv2d(hidden, c_out, 1, bias=False), batchnorm(c_out),
+            SRConv2d(hidden, c_out, 1, bias=False), batchnorm(c_out),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,11 +195,12 @@ class FactorizedReduce(nn.Module):
 
 
 class UpSkip(nn.Module):
-    """Up-skip: bilinear x2 (align_corners=True, as NVAE) then a weight-normalized 1x1 conv."""
+    """Up-skip: bilinear x2 (align_corners=True, as NVAE) then a weight-normalized 1x1 conv without bias
+    (official ``Conv2D(Cin, Cout, kernel_size=1)``, whose ``bias`` defaults to False)."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
-        self.conv = WNConv2d(c_in, c_out, 1, bias=True)
+        self.conv = WNConv2d(c_in, c_out, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True))

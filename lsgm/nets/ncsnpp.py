@@ -1,9 +1,12 @@
 """NCSN++-style score U-Net (reference doc section 5.2), for latents and for the pixel-space baseline.
 
 BigGAN residual blocks (GroupNorm + SiLU + conv, time embedding added after the first conv, dropout,
-``(skip + h) / sqrt(2)``), resampling inside the residual blocks (average pooling down, nearest up; no
-FIR, no custom kernels), self-attention at ``cfg.attn_resolutions`` plus a middle Res-Attn-Res, no
-progressive skips. The time embedding (sinusoidal of ``t * embedding_scale``, or random Fourier
+``(skip + h) / sqrt(2)``), resampling inside the residual blocks on both the branch and the skip: 2x2
+average pooling down / nearest up, or with ``cfg.fir`` (official ``--fir``) score_sde's FIR resampling with
+the [1, 3, 3, 1] kernel (``upfirdn2d`` written as a fixed depthwise conv / transposed conv; no custom CUDA
+op), self-attention at ``cfg.attn_resolutions`` plus a middle Res-Attn-Res, no progressive skips (so,
+as in the official network with ``--progressive none --progressive_input none``, the resblocks are the only
+place FIR acts). The time embedding (sinusoidal of ``t * embedding_scale``, or random Fourier
 features) goes through Linear -> SiLU -> Linear in fp32. Last convs of each block and of the network
 start near zero (score_sde's ``init_scale = 0``). The network maps ``(x, t) -> eps'`` and never sees
 SDE quantities.
@@ -72,20 +75,62 @@ class FourierEmbedding(nn.Module):
         return torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, dim)
 
 
-def _resample(x: torch.Tensor, mode: Resample) -> torch.Tensor:
+FIR_TAPS = (1.0, 3.0, 3.0, 1.0)  # score_sde's fir_kernel
+
+
+def fir_kernel(taps: tuple[float, ...] = FIR_TAPS) -> torch.Tensor:
+    """The separable 2-D FIR kernel ``outer(k, k) / sum`` of an even number K of taps: [K, K], summing to 1."""
+    if len(taps) % 2:
+        raise ValueError(f"FIR resampling here needs an even number of taps (symmetric padding), got {len(taps)}")
+    k = torch.tensor(taps, dtype=torch.float32)
+    k2 = torch.outer(k, k)
+    return k2 / k2.sum()
+
+
+def fir_downsample(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """score_sde ``downsample_2d(x, k, factor=2)``: [B, C, H, W] -> [B, C, H // 2, W // 2].
+
+    That is ``upfirdn2d(x, kernel, down=2, pad=((p+1)//2, p//2))``, ``p = K - 2`` (= K/2 - 1 on each side for
+    even K): zero padding, true convolution with ``kernel``, every second output kept. Here: one depthwise
+    conv with stride 2 (a correlation, hence the flipped kernel).
+    """
+    c, size = x.shape[1], kernel.shape[-1]
+    w = kernel.flip(0, 1).to(x.dtype).expand(c, 1, size, size)  # (C, 1, K, K), depthwise
+    return F.conv2d(x, w, stride=2, padding=size // 2 - 1, groups=c)
+
+
+def fir_upsample(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """score_sde ``upsample_2d(x, k, factor=2)``: [B, C, H, W] -> [B, C, 2H, 2W].
+
+    That is ``upfirdn2d(x, 4 * kernel, up=2, pad=((p+1)//2 + 1, p//2))``, ``p = K - 2``: zero insertion (each
+    pixel followed by a zero), padding, true convolution with the kernel times factor^2 = 4 (a constant image
+    stays constant). A stride-2 transposed conv is ``out[o] = sum_i x[i] w[o - 2i]``, the convolution of the
+    zero-inserted image with ``w`` (no flip) over length 2H + K - 2; upfirdn2d's window drops K/2 - 1 on each
+    side (even K), which is the transposed conv's ``padding``.
+    """
+    c, size = x.shape[1], kernel.shape[-1]
+    w = (4.0 * kernel).to(x.dtype).expand(c, 1, size, size)  # (C, 1, K, K), depthwise
+    return F.conv_transpose2d(x, w, stride=2, padding=size // 2 - 1, groups=c)
+
+
+def _resample(x: torch.Tensor, mode: Resample, kernel: torch.Tensor | None = None) -> torch.Tensor:
+    """Resampling of a resblock: nearest up / 2x2 average down, or FIR with ``kernel`` when one is given."""
     if mode == "up":
-        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return F.interpolate(x, scale_factor=2.0, mode="nearest") if kernel is None else fir_upsample(x, kernel)
     if mode == "down":
-        return F.avg_pool2d(x, 2)
+        return F.avg_pool2d(x, 2) if kernel is None else fir_downsample(x, kernel)
     return x
 
 
 class ResBlock(nn.Module):
     """BigGAN residual block with time embedding: [B, C_in, H, W], temb [B, T] -> [B, C_out, H', W']."""
 
-    def __init__(self, c_in: int, c_out: int, temb_dim: int, dropout: float, resample: Resample = "none") -> None:
+    def __init__(self, c_in: int, c_out: int, temb_dim: int, dropout: float, resample: Resample = "none",
+                 fir: bool = False) -> None:
         super().__init__()
         self.resample = resample
+        # the fixed FIR kernel: a non-persistent buffer (follows .to(device), never in the state_dict)
+        self.register_buffer("fir_kernel", fir_kernel() if fir and resample != "none" else None, persistent=False)
         self.norm0, self.conv0 = group_norm(c_in), _conv(c_in, c_out, 3)
         self.dense = _init(nn.Linear(temb_dim, c_out))
         self.norm1, self.dropout = group_norm(c_out), nn.Dropout(dropout)
@@ -93,8 +138,8 @@ class ResBlock(nn.Module):
         self.skip = _conv(c_in, c_out, 1) if (c_in != c_out or resample != "none") else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = _resample(F.silu(self.norm0(x)), self.resample)
-        x = _resample(x, self.resample)
+        h = _resample(F.silu(self.norm0(x)), self.resample, self.fir_kernel)
+        x = _resample(x, self.resample, self.fir_kernel)
         h = self.conv0(h) + self.dense(F.silu(temb))[:, :, None, None]
         h = self.conv1(self.dropout(F.silu(self.norm1(h))))
         if self.skip is not None:
@@ -174,7 +219,7 @@ class NCSNpp(nn.Module):
                 attns.append(AttnBlock(width) if self._uses_attn(level) else nn.Identity())
                 skips.append(width)
             last = level == len(cfg.ch_mult) - 1
-            resample = None if last else ResBlock(width, width, temb_dim, cfg.dropout, resample="down")
+            resample = None if last else ResBlock(width, width, temb_dim, cfg.dropout, resample="down", fir=cfg.fir)
             skips += [] if last else [width]
             self.down.append(_Level(blocks, attns, resample))
         return skips
@@ -189,7 +234,7 @@ class NCSNpp(nn.Module):
                 blocks.append(ResBlock(width + skips.pop(), cfg.nf * cfg.ch_mult[level], temb_dim, cfg.dropout))
                 width = cfg.nf * cfg.ch_mult[level]
             attns = [AttnBlock(width) if self._uses_attn(level) else nn.Identity()]
-            resample = ResBlock(width, width, temb_dim, cfg.dropout, resample="up") if level else None
+            resample = ResBlock(width, width, temb_dim, cfg.dropout, resample="up", fir=cfg.fir) if level else None
             self.up.append(_Level(blocks, attns, resample))
         return width
 

@@ -1,7 +1,10 @@
 """NVAE-style hierarchical VAE, as used by LSGM (reference doc section 5.1; ARCHITECTURE.md "The VAE contract").
 
-The encoder is bottom-up (stem, preprocess, one tower of latent groups); the decoder is top-down from a
-learned feature map, taking one latent group at a time through a combiner. Every group has the prior
+The encoder is bottom-up (stem, preprocess, one tower of latent groups; with ``progressive_input =
+input_skip`` a strided BN-Swish-conv pyramid of the preprocessed input is added after every down cell); the
+decoder is top-down from a learned feature map, taking one latent group at a time through a combiner. Each
+posterior sample may pass through ``num_nf`` paired autoregressive flows (:mod:`lsgm.nets.flows`), whose
+log-determinant enters log q. Every group has the prior
 N(0, I) (stage 1): the hierarchy lives only in the decoder. The top (coarsest) scale's groups,
 concatenated on channels, are ``z0``, the latent the score prior of stage 2 models.
 
@@ -19,7 +22,9 @@ from torch import nn
 
 from lsgm.config import VAEConfig
 from lsgm.data import DatasetInfo
+from lsgm.nets.flows import PairedARFlow, apply_flows
 from lsgm.nets.layers import (
+    BNSwishConv,
     DecCombiner,
     EncCombiner,
     ResidualCell,
@@ -217,6 +222,9 @@ class NVAE(nn.Module):
                     *[self._cell(level, level, 1, "bnswish") for _ in range(cfg.num_cell_per_cond_enc)]))
             if k > 0:
                 self.enc_down.append(self._cell(level, level + 1, 2, "bnswish"))
+        self.input_skips = nn.ModuleList(  # official InputSkipCombinerCell, one per down cell
+            BNSwishConv(self._width(self.top_level - k), self._width(self.top_level - k + 1), stride=2)
+            for k in reversed(range(1, cfg.num_latent_scales))) if cfg.progressive_input == "input_skip" else None
         self.enc_combiners = nn.ModuleList(  # decoder groups 1..N-1 (group 0 reads the encoder top directly)
             EncCombiner(self._width(self._group_level(g)), self._width(self._group_level(g)))
             for g in range(1, self.n_groups))
@@ -224,6 +232,9 @@ class NVAE(nn.Module):
             nn.Sequential(nn.ELU(), WNConv2d(self._width(self._group_level(g)), 2 * cfg.num_latent_per_group, 3,
                                              padding=1, bias=True))
             for g in range(self.n_groups))
+        self.flows = nn.ModuleList(  # per group: num_nf paired AR flows (empty lists without flows)
+            nn.ModuleList(PairedARFlow(cfg.num_latent_per_group) for _ in range(cfg.num_nf))
+            for _ in range(self.n_groups))
 
     def _build_decoder(self, top_size: int) -> None:
         """Learned top feature map, per-group eps-conv + combiner + cells, up cells between scales."""
@@ -244,12 +255,17 @@ class NVAE(nn.Module):
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Bottom-up features, one per group, in decoder order (top first): x [B, C, H, W] in [0, 1]."""
         s = self.pre(self.stem(2.0 * x - 1.0))
+        pyramid = s  # progressive input: the preprocessed image, downsampled alongside the tower
         feats, per_scale = [], self.cfg.num_groups_per_scale
         for i, cells in enumerate(self.enc_groups):
             s = cells(s)
             feats.append(s)
             if (i + 1) % per_scale == 0 and (i + 1) // per_scale <= len(self.enc_down):
-                s = self.enc_down[(i + 1) // per_scale - 1](s)
+                k = (i + 1) // per_scale - 1
+                s = self.enc_down[k](s)
+                if self.input_skips is not None:
+                    pyramid = self.input_skips[k](pyramid)
+                    s = s + pyramid
         return feats[::-1]
 
     def _initial_state(self, batch: int) -> torch.Tensor:
@@ -266,14 +282,16 @@ class NVAE(nn.Module):
         return self.dec_groups[g](self.dec_combiners[g](s, self.eps_convs[g](z)))
 
     def _posterior(self, g: int, feat: torch.Tensor, s: torch.Tensor, generator):
-        """Sample group g from q(z_g | x, z_<g): returns z, log q(z) and log N(z; 0, I), both [B]."""
+        """Sample group g from q(z_g | x, z_<g) (a Normal, then the group's flows): returns z, log q(z) and
+        log N(z; 0, I), both [B]."""
         if g > 0:
             feat = self.enc_combiners[g - 1](feat, s)
         mu, log_sig = self.posteriors[g](feat).float().chunk(2, dim=1)  # (B, L, h, w) each, fp32 under autocast
         mu, log_sig = soft_clamp(mu, 5.0), soft_clamp(log_sig, self.cfg.log_sig_q_scale)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + torch.exp(log_sig) * eps
-        return z, gaussian_log_prob(z, mu, log_sig), -normal_cross_entropy(z)
+        z, log_q = apply_flows(self.flows[g], z, gaussian_log_prob(z, mu, log_sig))
+        return z, log_q, -normal_cross_entropy(z)
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         c = self.data.crop

@@ -175,7 +175,8 @@ def _vae_section(a: dict) -> dict:
             "num_latent_scales": a["num_latent_scales"], "num_groups_per_scale": a["num_groups_per_scale"],
             "num_latent_per_group": a["num_latent_per_group"], "num_cell_per_cond_enc": a["num_cell_per_cond_enc"],
             "num_cell_per_cond_dec": a["num_cell_per_cond_dec"], "arch_instance": a["arch_instance"],
-            "use_se": bool(a["use_se"]), "log_sig_q_scale": float(a["log_sig_q_scale"])}
+            "use_se": bool(a["use_se"]), "log_sig_q_scale": float(a["log_sig_q_scale"]),
+            "num_nf": int(a["num_nf"]), "progressive_input": a["progressive_input_vae"]}
 
 
 def _check_data(run: OfficialRun) -> None:
@@ -203,16 +204,15 @@ def stage1_config(run: OfficialRun) -> tuple[dict, list[str]]:
             "kl": {"anneal_portion": float(a["kl_anneal_portion"]), "const_portion": float(a["kl_const_portion"]),
                    "const_coeff": float(a["kl_const_coeff"]), "max_coeff": float(a["kl_max_coeff"]), "balance": True},
             "sr_lambda_vae": float(a["weight_decay_norm"]),
+            # train_vae.py: evaluate every max(epochs // 40, 1) epochs (and at the end) with a 10-sample bound
+            "select_every_steps": max(run.epochs // 40, 1) * run.iters_per_epoch, "select_iw_samples": 10,
         },
     }
     deviations = []
     if a["weight_decay_norm_anneal"]:
         raise RecipeError(f"{run.recipe}.stage1: --weight_decay_norm_anneal is not modelled")
-    if int(a["num_nf"]) > 0:
-        deviations.append(f"recipe: --num_nf {a['num_nf']} normalizing-flow cells per latent group are not modelled "
-                          "(the encoder's posterior is the plain Normal)")
-    if a["progressive_input_vae"] != "none":
-        deviations.append(f"recipe: --progressive_input_vae {a['progressive_input_vae']} is not modelled")
+    if a["progressive_input_vae"] not in ("none", "input_skip"):
+        raise RecipeError(f"{run.recipe}.stage1: --progressive_input_vae {a['progressive_input_vae']} is not modelled")
     return cfg, deviations
 
 
@@ -237,7 +237,8 @@ def stage2_config(run: OfficialRun) -> tuple[dict, list[str]]:
         "score": {"nf": int(a["num_channels_dae"]), "ch_mult": SCORE_CH_MULT[key],
                   "num_res_blocks": int(a["num_cell_per_scale_dae"]), "attn_resolutions": SCORE_ATTN_RESOLUTIONS,
                   "dropout": float(a["dropout"]), "embedding_type": a["embedding_type"],
-                  "embedding_scale": float(a["embedding_scale"]), "embedding_dim": int(a["embedding_dim"])},
+                  "embedding_scale": float(a["embedding_scale"]), "embedding_dim": int(a["embedding_dim"]),
+                  "fir": bool(a["fir"])},
         "sde": sde,
         "objective": {"weighting": weighting, "sampling": sampling, "q_objective": IW_SAMPLE_Q[a["iw_sample_q"]],
                       "mode": "disjoint" if a["disjoint_training"] else "joint", "train_vae": bool(a["train_vae"]),
@@ -268,9 +269,6 @@ def stage2_config(run: OfficialRun) -> tuple[dict, list[str]]:
         "recipe: no in-training ODE evaluation (--train_ode_eps/--train_ode_solver_tol) and no checkpoint_fid / "
         "checkpoint_nll selection; the final EMA weights are evaluated",
     ]
-    if a["fir"]:
-        deviations.append("recipe: --fir ([1,3,3,1] FIR up/down-sampling in the score network) is not modelled: "
-                          "average pooling / nearest upsampling")
     if "arch_instance_dae" in run.flags:
         deviations.append(f"recipe: --arch_instance_dae {run.flags['arch_instance_dae']} dropped: the flag is not "
                           "defined by train_vada.py (LSGM#5: the README command fails as written)")
@@ -303,5 +301,6 @@ def eval_settings(recipe: str) -> dict[str, dict]:
                           "inner": int(a["num_iw_inner_samples"])}
         if a["fid_ode_eval"]:
             out["fid"] = {**common, "n_samples": int(a["num_fid_samples"]), "temperature": float(a["temp"]),
+                          "vae_temperature": float(a["vae_temp"]),
                           "bn_mode": "train" if a["vae_train_mode"] else "eval"}
     return out

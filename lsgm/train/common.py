@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from lsgm.config import ConfigError, KLConfig, OptimConfig, RunConfig, apply_overrides, load_run_config, to_dict
 from lsgm.data import DatasetError
 from lsgm.methods import split_batch
+from lsgm.nets.sync_bn import convert_sync_batchnorm
 from lsgm.train.ema import EMA
 from lsgm.utils import atomic_torch_save, atomic_write_json, atomic_write_text, provenance
 
@@ -307,6 +308,53 @@ class Task(Protocol):
     def train_step(self, batches: list, step: int) -> dict[str, float]: ...  # grad_accum micro-batches, one step
     def validate(self) -> dict: ...
     def model_state(self) -> dict: ...  # {"state": {...}, "ema": {...} | None}
+    # checkpoint selection (train.select_every_steps > 0; stage 1 only): the score to minimise, its name, and
+    # how to put a kept model_state() back
+    def selection_score(self) -> float: ...
+    def selection_criterion(self) -> str: ...
+    def load_model_state(self, state: dict) -> None: ...
+
+
+def _cpu_copy(obj):
+    """A detached CPU copy of a nested dict of tensors (a kept model state must not alias the live weights)."""
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    return obj.detach().to("cpu", copy=True) if isinstance(obj, torch.Tensor) else obj
+
+
+class Selection:
+    """The best-so-far weights by a validation score (official train_vae.py keeps the checkpoint with the best
+    10-sample validation bound, evaluated 40 times over training). Checkpointed with the run, so a resumed run
+    keeps its history and its best weights."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.history: list[list[float]] = []  # [step, score]
+        self.best_step: int | None = None
+        self.best_score = math.inf
+        self.best_state: dict | None = None
+
+    def due(self, step: int, total: int) -> bool:
+        return self.every > 0 and (step % self.every == 0 or step == total)
+
+    def update(self, task: Task, step: int) -> None:
+        score = float(task.selection_score())
+        self.history.append([step, score])
+        if math.isfinite(score) and score < self.best_score:
+            self.best_step, self.best_score, self.best_state = step, score, _cpu_copy(task.model_state())
+
+    def state_dict(self) -> dict:
+        return {"every": self.every, "history": self.history, "best_step": self.best_step,
+                "best_score": self.best_score, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.best_step = [list(h) for h in state["history"]], state["best_step"]
+        self.best_score, self.best_state = float(state["best_score"]), state["best_state"]
+
+    def record(self, task: Task) -> dict:
+        """What run.json says about the selection."""
+        return {"criterion": task.selection_criterion(), "every_steps": self.every, "evaluations": self.history,
+                "selected_step": self.best_step, "selected_score": self.best_score if self.best_step is not None else None}
 
 
 class _StopFlag:
@@ -354,6 +402,7 @@ class Run:
         self.t_start = time.time()
         self.last_ckpt_time = time.time()
         self.resumed_from: list[int] = []
+        self.selection = Selection(cfg.train.select_every_steps)
         seed_everything(cfg.seed + self.dist.rank)  # per-rank noise; DDP broadcasts rank 0's initial weights
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -374,9 +423,13 @@ class Run:
 
     # -------------------------------------------------------------------- models
     def wrap(self, module: nn.Module) -> nn.Module:
-        """Move to the device; DDP-wrap under torchrun. BatchNorm keeps per-process statistics (not synced)."""
+        """Move to the device; under torchrun (world size > 1) convert its BatchNorm layers to SyncBatchNorm
+        (statistics over all processes' micro-batches, as the official code; the NVAE is the only model with
+        BatchNorm) and DDP-wrap. The conversion keeps parameters, buffers and state_dict keys: checkpoints load
+        into the unconverted model (single-process evaluation)."""
         module = module.to(self.device)
         if self.dist.enabled:
+            module = convert_sync_batchnorm(module)
             ids = [self.device.index] if self.device.type == "cuda" else None
             return DistributedDataParallel(module, device_ids=ids)
         return module
@@ -468,6 +521,7 @@ class Run:
                 "emas": {k: e.state_dict() for k, e in task.emas.items()},
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "data": task.loader.state_dict(), "rng": rngs, "resumed_from": self.resumed_from,
+                "selection": self.selection.state_dict(),
             }
             atomic_torch_save(payload, self.ckpt_dir / CKPT_NAME)
         if self.dist.enabled:
@@ -492,6 +546,7 @@ class Run:
         if self.scaler is not None and ck["scaler"] is not None:
             self.scaler.load_state_dict(ck["scaler"])
         task.loader.load_state_dict(ck["data"])
+        self.selection.load_state_dict(ck["selection"])
         if len(ck["rng"]) == self.dist.world_size:
             set_rng_state(ck["rng"][self.dist.rank])
         else:  # a different world size cannot continue the same per-rank streams
@@ -529,35 +584,50 @@ class Run:
             with open(self.out / "stats.jsonl", "a") as fh:
                 fh.write(json.dumps(stats, allow_nan=True) + "\n")
 
+    def batchnorm_note(self) -> str:
+        """How BatchNorm statistics are taken in this launch (SyncBatchNorm across processes when world > 1)."""
+        world, ppb = self.dist.world_size, self.per_process_batch
+        note = (f"synchronised (SyncBatchNorm) across {world} processes: statistics over {world} x {ppb} = "
+                f"{world * ppb} samples" if world > 1 else f"single process: statistics over {ppb} samples")
+        return note + (f" per micro-batch ({self.grad_accum} accumulated per step)" if self.grad_accum > 1
+                       else ", the whole global batch")
+
     def training_meta(self) -> dict:
-        split = self.dist.world_size > 1 or self.grad_accum > 1
         return {"seed": self.cfg.seed, "world_size": self.dist.world_size,
                 "per_process_batch": self.per_process_batch, "grad_accum": self.grad_accum,
                 "global_batch": self.per_process_batch * self.dist.world_size * self.grad_accum,
                 "amp": {"requested": self.amp_requested, "effective": self.amp, "note": self.amp_note},
                 "grad_scaler": self.scaler is not None, "resumed_from_steps": self.resumed_from,
-                "batchnorm": (f"statistics per micro-batch of {self.per_process_batch} per process (not synchronised)"
-                              if split else "single process, whole batch"),
+                "batchnorm_synchronised": self.dist.world_size > 1, "batchnorm": self.batchnorm_note(),
                 "device": str(self.device)}
 
     def deviations(self, task: Task) -> list[str]:
         """Every known difference from the official run: the code's (task.meta), the recipe's (run config) and
-        this launch's (a global batch realised with gradient accumulation normalises BatchNorm per micro-batch)."""
+        this launch's (a global batch realised with gradient accumulation normalises BatchNorm per micro-batch; the
+        processes' BatchNorm is synchronised, as the official SyncBatchNorm)."""
         out = list(task.meta.get("deviations", [])) + list(self.cfg.deviations)
         if self.grad_accum > 1:
-            out.append(f"launch: global batch {self.cfg.train.global_batch} = {self.dist.world_size} processes x "
+            world = self.dist.world_size
+            out.append(f"launch: global batch {self.cfg.train.global_batch} = {world} processes x "
                        f"{self.per_process_batch} x {self.grad_accum} accumulation steps; BatchNorm statistics are "
-                       f"per micro-batch of {self.per_process_batch}")
+                       f"per micro-batch of {world * self.per_process_batch}"
+                       + (f" (synchronised across the {world} processes)" if world > 1 else ""))
         return out
 
     def finish(self, task: Task, status: str, step: int, reason: str | None) -> None:
         """Write run.json, then model.pt (last, atomic). A diverged run writes both (status ``diverged``).
-        The resume checkpoint is removed once model.pt exists, so a forced rerun trains afresh."""
+        The resume checkpoint is removed once model.pt exists, so a forced rerun trains afresh. With checkpoint
+        selection, a completed run's model.pt (and its final validation) holds the selected weights."""
+        selected = status == "completed" and self.selection.best_state is not None
+        if selected:
+            task.load_model_state(self.selection.best_state)
         validation = task.validate() if status == "completed" else None
         if not self.is_main:
             return
         prov = provenance(self.device, config=to_dict(self.cfg))
         meta = {**task.meta, "training": self.training_meta(), "deviations": self.deviations(task)}
+        if self.selection.every > 0:
+            meta["selection"] = self.selection.record(task)
         atomic_write_json(self.out / "run.json", {
             "status": status, "step": step, "reason": reason, "wall_seconds": self.wall_seconds(),
             "validation": validation, **meta, "provenance": prov})
@@ -605,6 +675,8 @@ def train(run: Run, task: Task) -> int:
                 run.log_stats({"step": done, **stats, "steps_per_second": rate, "seconds": run.wall_seconds()})
                 bar.set_postfix(loss=f"{stats['loss']:.4g}", nelbo=f"{stats.get('nelbo', float('nan')):.4g}",
                                 steps_s=f"{rate:.2f}")
+            if run.selection.due(done, total):
+                run.selection.update(task, done)
             if done == total:
                 break
             stop, due = run.poll(done)

@@ -155,7 +155,9 @@ class LSGMTask:
 
     def _meta(self, vae_path: str, stage1: dict) -> dict:
         t = self.cfg.train
-        return {"stage": "lsgm", "vae_checkpoint": {"path": str(vae_path), "step": stage1["step"]},
+        selected = stage1.get("meta", {}).get("selection", {}).get("selected_step")
+        return {"stage": "lsgm", "vae_checkpoint": {"path": str(vae_path), "step": stage1["step"],
+                                                    "selected_step": selected},
                 "latent_shape": list(unwrap(self.vae).latent_shape),
                 "optimizer": {"vae": t.vae_optim.name if self.train_vae else None, "score": t.score_optim.name,
                               "official": "apex FusedAdam (adam_w_mode=True: decoupled weight decay = AdamW)"},

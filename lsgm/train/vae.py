@@ -5,7 +5,9 @@ loss = mean_B[ recon + kl_coeff * sum_g c_g KL_g ] + sr_lambda_vae * vae.regular
 with the KL warm-up ``kl_coeff(step)`` and KL balancing c_g (only while kl_coeff < 1) of
 :mod:`lsgm.train.common`, Adamax with coupled L2 weight decay (``train.vae_optim``), no EMA. At the end
 the NELBO (kl_coeff = 1) on ``train.val_batches`` test batches is written to run.json; the IW-NLL is the
-evaluation module's job. Usage: ``lsgm train-vae --config RUN.yaml --out DIR [--ckpt-dir DIR] [--dry-run]``.
+evaluation module's job. With ``train.select_every_steps`` (the official recipes: 40 evaluations), the weights
+with the best ``select_iw_samples``-sample validation bound are kept (official ``train_vae.py``: it saves
+``checkpoint.pt`` only when ``valid_neg_log_p`` improves, and stage 2 loads that file). Usage: ``lsgm train-vae --config RUN.yaml --out DIR [--ckpt-dir DIR] [--dry-run]``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 import torch
 
 from lsgm.data import dataset_info, get_dataset
-from lsgm.likelihood import nats_to_bpd
+from lsgm.likelihood import iw_nll, nats_to_bpd
 from lsgm.train.common import (Run, balanced_kl, cli_main, fixed_rng, kl_balance_alphas, lr_at, make_optimizer,
                                mean_stats, set_lr, stage1_kl_coeff, trainable, unwrap)
 
@@ -45,8 +47,9 @@ class VAETask:
         self.modules, self.optimizers, self.emas = {"vae": unwrap(self.vae)}, {"vae": self.opt}, {}
         self.meta = {"stage": "vae", "optimizer": {"vae": f"{cfg.train.vae_optim.name} (coupled L2 weight decay"
                                                           " for adamax/adam, decoupled for adamw)"},
-                     "deviations": ["lr cosine stepped per step, not per epoch",
-                                    "no EMA, no checkpoint selection by validation NLL: the last weights are saved"]}
+                     "deviations": ["lr cosine stepped per step, not per epoch"]}
+        if not cfg.train.select_every_steps:
+            self.meta["deviations"].append("no checkpoint selection by validation NLL: the last weights are saved")
 
     def train_step(self, batches: list[torch.Tensor], step: int) -> dict[str, float]:
         run, cfg = self.run, self.cfg
@@ -76,14 +79,31 @@ class VAETask:
         return {**out, "sr": reg.item(), "kl_coeff": kl_coeff, "lr": lr, **norms}
 
     @torch.no_grad()
-    def validate(self) -> dict:
+    def _nelbos(self, samples: int, seed: int) -> torch.Tensor:
+        """[K, N] NELBOs (nats, kl_coeff = 1, BN in eval mode) of the validation images, K encoder draws each."""
         vae = unwrap(self.vae).eval()
-        totals = []
-        with fixed_rng(self.cfg.seed + 1, self.run.device):
+        per_batch = []
+        with fixed_rng(seed, self.run.device):
             for x in validation_batches(self.run, self.cfg.train.val_batches):
-                out = vae(x)
-                totals.append(out.reconstruction + torch.stack(out.kl_groups, 1).sum(1))
-        nelbo = torch.cat(totals).double()
+                draws = []
+                for _ in range(samples):
+                    out = vae(x)
+                    draws.append(out.reconstruction + torch.stack(out.kl_groups, 1).sum(1))
+                per_batch.append(torch.stack(draws))
+        return torch.cat(per_batch, dim=1).double()
+
+    def selection_score(self) -> float:
+        return float(iw_nll(self._nelbos(self.cfg.train.select_iw_samples, self.cfg.seed + 3)).mean())
+
+    def selection_criterion(self) -> str:
+        return (f"validation NLL bound (nats, {self.cfg.train.select_iw_samples} importance samples, "
+                f"{self.cfg.train.val_batches} test batches), lower is better")
+
+    def load_model_state(self, state: dict) -> None:
+        unwrap(self.vae).load_state_dict(state["state"]["vae"])
+
+    def validate(self) -> dict:
+        nelbo = self._nelbos(1, self.cfg.seed + 1)[0]
         return {"split": "test", "n": nelbo.numel(), "nelbo_nats": nelbo.mean().item(),
                 "nelbo_bpd": float(nats_to_bpd(nelbo.mean(), self.info.eval_dims)), "bn_mode": "eval",
                 "unit": self.info.unit}
