@@ -129,8 +129,8 @@ def run_part(recipe: str, part: str, batch: int, warmup: int, timed: int, work: 
         record.update(seconds_per_step=min(times), seconds=times, parameters={"vae": _count(task.modules["vae"])})
         run.close()
     elif part == "stage2":
-        from lsgm.nets.nvae import NVAE
         from lsgm.data import dataset_info
+        from lsgm.nets.nvae import NVAE
         from lsgm.train.lsgm import LSGMTask
 
         cfg1 = from_dict(RunConfig, c1)
@@ -219,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--timeout", type=int, default=3600, help="seconds per part")
     p.add_argument("--out", default=None)
+    p.add_argument("--merge", action="store_true",
+                   help="add to the results file's other recipes/parts instead of replacing the file")
     p.add_argument("--one", nargs=3, metavar=("RECIPE", "PART", "WORKDIR"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
@@ -229,15 +231,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(record))
         return 0
 
-    from lsgm.utils import atomic_write_json, provenance
-
     name = device_name()
     tag = device_tag(name)
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"paper_step_{tag}.json")
     results, steps, started = {}, {}, time.time()
+    if args.merge and out.exists():  # keep the other recipes/parts of an earlier run of the same device
+        earlier = json.loads(out.read_text())
+        results, steps = earlier["results"], earlier["steps"]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for recipe in args.recipes:
-        results[recipe] = {}
+        results.setdefault(recipe, {})
         with tempfile.TemporaryDirectory() as work:
             for part in args.parts:
                 stage = "stage1" if part == "stage1" else "stage2"
@@ -248,14 +251,15 @@ def main(argv: list[str] | None = None) -> int:
                     cmd += ["--threads", str(args.threads)]
                 t0 = time.time()
                 try:
-                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout, check=False)
                     if proc.returncode:
                         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else
                                            f"exit {proc.returncode}")
                     record = json.loads(proc.stdout.strip().splitlines()[-1])
                 except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError, IndexError) as err:
                     record = {"error": str(err)[-500:], "per_gpu_batch": batch}
-                record["wall_seconds"] = time.time() - t0
+                record.update(wall_seconds=time.time() - t0, load_average_1min=os.getloadavg()[0],
+                              command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
                 results[recipe][part] = record
                 if part in ("stage1", "stage2") and "seconds_per_step" in record:
                     steps[f"{recipe}/{part}"] = {"seconds_per_step": record["seconds_per_step"],
@@ -264,6 +268,15 @@ def main(argv: list[str] | None = None) -> int:
                            f"{record['seconds_per_batch']:.2f} s/batch, NFE {record['nfe']}"
                            if "seconds_per_batch" in record else f"ERROR {record['error'][:200]}")
                 print(f"{recipe:17s} {part:7s} batch {batch}: {summary}", flush=True)
+                write(out, name, tag, results, steps, args, started)  # after every part: a kill loses one part
+    print(f"wrote {out}")
+    return 0
+
+
+def write(out: Path, name: str, tag: str, results: dict, steps: dict, args: argparse.Namespace,
+          started: float) -> None:
+    from lsgm.utils import atomic_write_json, provenance
+
     doc = {
         "benchmark": "paper_step", "device": name, "results": results, "steps": steps,
         "settings": {"recipes": args.recipes, "parts": args.parts, "batch": args.batch or "default",
@@ -277,8 +290,6 @@ def main(argv: list[str] | None = None) -> int:
     if tag in {g.lower() for g in BF16_PEAK_TFLOPS}:
         doc["bf16_peak_tflops"] = BF16_PEAK_TFLOPS[tag.upper()]
     atomic_write_json(out, doc)
-    print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":
