@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fid-stats": ("lsgm.eval.fid", "compute reference feature statistics for FID/FD"),
     "evaluate": ("lsgm.eval.cli", "evaluate a trained run: nll | fid | cost"),
     "report": ("lsgm.report.cli", "compile tables and figures: tables | figure4"),
+    "import-official": ("lsgm.official_import", "convert an NVlabs/LSGM train_vae/train_vada checkpoint to model.pt"),
     "plan": ("lsgm.plan", "every training job of a scale: GPUs, batches, steps (--json: resolved configs)"),
 }
 

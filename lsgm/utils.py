@@ -92,18 +92,23 @@ class UnsafeFileError(ValueError):
     """A torch file that would need to run code to load (a pickle with classes outside the allow-list)."""
 
 
-def load_data_file(path: Path, map_location="cpu") -> Any:
+def load_data_file(path: Path, map_location="cpu", allowed: tuple[type, ...] = ()) -> Any:
     """``torch.load`` of a file a user passes (model.pt, FD/FID statistics, checkpoints) as DATA: tensors and
-    plain containers only (``weights_only=True``), so a crafted file cannot run code; anything else is refused
-    with :class:`UnsafeFileError` (one line). Raises OSError / RuntimeError for unreadable files as torch does."""
+    plain containers only (``weights_only=True``) plus the classes in ``allowed`` (e.g. the official checkpoints'
+    ``argparse.Namespace``), so a crafted file cannot run code; anything else is refused with
+    :class:`UnsafeFileError` (one line, naming the refused global where torch does). Raises OSError /
+    RuntimeError for unreadable files as torch does."""
     import pickle
 
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UnsafeFileError(f"{path} is not a plain-data torch file and was NOT loaded (it would have to run code: "
-                              f"{first[:160]}); use a file written by this harness") from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        why = next((line for line in lines if "global" in line.lower()), lines[0])  # the refused class, if named
+        extra = f" and {', '.join(c.__name__ for c in allowed)}" if allowed else ""
+        raise UnsafeFileError(f"{path} was NOT loaded: it holds objects other than tensors, plain data{extra}, and "
+                              f"loading them would run code ({why[:160]})") from None
 
 
 def git_commit(short: bool = False) -> str:
