@@ -7,7 +7,8 @@ with the KL warm-up ``kl_coeff(step)`` and KL balancing c_g (only while kl_coeff
 the NELBO (kl_coeff = 1) on ``train.val_batches`` test batches is written to run.json; the IW-NLL is the
 evaluation module's job. With ``train.select_every_steps`` (the official recipes: 40 evaluations), the weights
 with the best ``select_iw_samples``-sample validation bound are kept (official ``train_vae.py``: it saves
-``checkpoint.pt`` only when ``valid_neg_log_p`` improves, and stage 2 loads that file). Usage: ``lsgm train-vae --config RUN.yaml --out DIR [--ckpt-dir DIR] [--dry-run]``.
+``checkpoint.pt`` only when ``valid_neg_log_p`` improves, and stage 2 loads that file).
+Usage: ``lsgm train-vae --config RUN.yaml --out DIR [--ckpt-dir DIR] [--dry-run]``.
 """
 
 from __future__ import annotations
