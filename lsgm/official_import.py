@@ -27,7 +27,6 @@ models can be evaluated here (``lsgm evaluate nll|fid|cost --model model.pt``).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import sys
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lsgm.utils import UnsafeFileError, load_data_file
+from lsgm.utils import UnsafeFileError, file_sha256, load_data_file
 
 MAPPING_VERSION = 1
 # utils.override_architecture_fields: the NVAE fields train_vada.py copies from the VAE checkpoint's args
@@ -480,14 +479,6 @@ def ema_from_optimizer(dae_state: dict, optimizer: dict | None, what: str = "sco
 
 
 # ----------------------------------------------------------------------------------------------- import
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 IMPORT_DEVIATION = ("import: weights converted from an NVlabs/LSGM checkpoint (lsgm import-official, mapping v{v}); "
                     "the spectral-regularisation power-iteration buffers (sn_u, sn_v, sr_calls, sr_counter.calls) have "
                     "no official counterpart and start fresh (they do not affect evaluation)")
@@ -561,7 +552,7 @@ def import_checkpoint(path: str | Path, vae_checkpoint: str | Path | None = None
     step = int(blob.get("global_step", -1)) if isinstance(blob.get("global_step"), int) else -1
     meta = {
         "imported": {
-            "source": str(path.resolve()), "sha256": _sha256(path), "stage": stage,
+            "source": str(path.resolve()), "sha256": file_sha256(path), "stage": stage,
             "script": "train_vae.py" if stage == "stage1" else "train_vada.py",
             "epoch": blob.get("epoch"), "global_step": blob.get("global_step"),
             "vae_checkpoint": str(Path(vae_checkpoint).resolve()) if vae_checkpoint is not None else None,

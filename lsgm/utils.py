@@ -111,6 +111,17 @@ def load_data_file(path: Path, map_location="cpu", allowed: tuple[type, ...] = (
                               f"loading them would run code ({why[:160]})") from None
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (hex), read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def git_commit(short: bool = False) -> str:
     """The commit of the source tree (``+dirty`` if modified), or ``unknown`` outside a git checkout."""
     root = Path(__file__).resolve().parent.parent

@@ -143,13 +143,9 @@ def _assert_same_tensors(a, b, where=""):
             _assert_same_tensors(a[k], b[k], f"{where}.{k}")
 
 
-def test_resume_after_sigkill_equals_uninterrupted(vae_model, tmp_path):
-    """Stage 2 (two optimizers, EMA, KL continuation, warm-up): kill -9 after a checkpoint, rerun, compare."""
-    cfg = write_config(tmp_path / "lsgm.yaml", "lsgm", objective={"weighting": "un"},
-                       train={"steps": 40, "checkpoint_every_steps": 6, "ema_decay": 0.9, **STAGE2_OPTIM,
-                              "kl": {"continue_anneal": True}, "vae_optim": {**STAGE2_OPTIM["vae_optim"],
-                                                                             "warmup_steps": 5}})
-    args = ["train-lsgm", "--config", str(cfg), "--vae", str(vae_model)]
+def _kill_after_checkpoint_and_resume(args: list[str], tmp_path: Path) -> None:
+    """Run ``args`` uninterrupted into tmp_path/ref and, side by side, into tmp_path/victim killed with SIGKILL as
+    soon as its first resume checkpoint exists, then rerun the victim to completion."""
     ref = _subprocess([*args, "--out", str(tmp_path / "ref")])
     victim = _subprocess([*args, "--out", str(tmp_path / "victim")])
     ckpt = tmp_path / "victim" / ".ckpt" / "ckpt.pt"
@@ -161,6 +157,15 @@ def test_resume_after_sigkill_equals_uninterrupted(vae_model, tmp_path):
     resumed = _subprocess([*args, "--out", str(tmp_path / "victim")])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
     assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()[-2000:]
+
+
+def test_resume_after_sigkill_equals_uninterrupted(vae_model, tmp_path):
+    """Stage 2 (two optimizers, EMA, KL continuation, warm-up): kill -9 after a checkpoint, rerun, compare."""
+    cfg = write_config(tmp_path / "lsgm.yaml", "lsgm", objective={"weighting": "un"},
+                       train={"steps": 40, "checkpoint_every_steps": 6, "ema_decay": 0.9, **STAGE2_OPTIM,
+                              "kl": {"continue_anneal": True}, "vae_optim": {**STAGE2_OPTIM["vae_optim"],
+                                                                             "warmup_steps": 5}})
+    _kill_after_checkpoint_and_resume(["train-lsgm", "--config", str(cfg), "--vae", str(vae_model)], tmp_path)
     (m_ref, s_ref), (m_res, s_res) = _final(tmp_path / "ref"), _final(tmp_path / "victim")
     _assert_same_tensors(m_ref["state"], m_res["state"], "state")
     _assert_same_tensors(m_ref["ema"], m_res["ema"], "ema")
@@ -410,17 +415,7 @@ def test_selection_survives_a_kill_and_resume(tmp_path):
     and the result equals the uninterrupted run's (real 3-sample validation bounds)."""
     cfg = write_config(tmp_path / "vae.yaml", "vae", train={"steps": 12, "select_every_steps": 3,
                                                            "select_iw_samples": 3, "checkpoint_every_steps": 5})
-    args = ["train-vae", "--config", str(cfg)]
-    ref = _subprocess([*args, "--out", str(tmp_path / "ref")])
-    victim = _subprocess([*args, "--out", str(tmp_path / "victim")])
-    ckpt = tmp_path / "victim" / ".ckpt" / "ckpt.pt"
-    while not ckpt.exists() and victim.poll() is None:
-        time.sleep(0.01)
-    victim.send_signal(signal.SIGKILL)
-    assert victim.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    resumed = _subprocess([*args, "--out", str(tmp_path / "victim")])
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
-    assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()[-2000:]
+    _kill_after_checkpoint_and_resume(["train-vae", "--config", str(cfg)], tmp_path)
     (m_ref, _), (m_res, _) = _final(tmp_path / "ref"), _final(tmp_path / "victim")
     _assert_same_tensors(m_ref["state"], m_res["state"], "state")
     sel_ref, sel_res = (json.loads((tmp_path / d / "run.json").read_text())["selection"] for d in ("ref", "victim"))

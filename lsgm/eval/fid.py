@@ -51,7 +51,7 @@ from lsgm.eval.common import (
     to_rgb,
 )
 from lsgm.nets.classifier import ARCH_VERSION, FeatureClassifier
-from lsgm.utils import atomic_torch_save, provenance
+from lsgm.utils import atomic_torch_save, file_sha256, provenance
 
 STATS_VERSION = 1
 CLASSIFIER_EXTRACTOR = "lsgm-classifier"
@@ -168,14 +168,6 @@ def missing_inception_message(path: Path | None = None) -> str:
     return (f"Inception-v3 weights not found at {where}: download {INCEPTION_URL} on a machine with internet and "
             f"put {INCEPTION_FILE} there (or pass --inception-weights PATH / set {INCEPTION_ENV}), or use the offline "
             f"classifier features (--features classifier)")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
