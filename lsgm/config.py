@@ -117,13 +117,15 @@ class ScoreNetConfig:
 
 @dataclass
 class SDEConfig:
-    type: Literal["vpsde", "geometric"] = "vpsde"
+    type: Literal["vpsde", "geometric", "vesde"] = "vpsde"
     beta_min: float = rng(0.1, **POSITIVE)
     beta_max: float = rng(20.0, **POSITIVE)
     sigma2_0: float = rng(0.0, 0.0, 1.0, hi_open=True)  # VPSDE; the geometric SDE uses sigma2_0_geometric
     sigma2_min: float = rng(3e-5, **UNIT_OPEN)
     sigma2_max: float = rng(0.999, **UNIT_OPEN)
     sigma2_0_geometric: float = rng(3e-5, 0.0, 1.0, hi_open=True)
+    sigma_min: float = rng(0.01, **POSITIVE)  # VESDE (the pixel-space original SGM): sigma_t = sigma_min (max/min)^t
+    sigma_max: float = rng(348.0, **POSITIVE)  # score_sde CelebA-HQ-256; see lsgm.sde.max_pairwise_distance
     t_eps: float = rng(1e-2, 0.0, 1.0, hi_open=True)  # training cut-off: t ~ [t_eps, 1]
 
     def _check(self) -> None:
@@ -132,6 +134,8 @@ class SDEConfig:
         if self.sigma2_max <= self.sigma2_min:
             raise ConfigError(f"sigma2_max = {self.sigma2_max:g} <= sigma2_min = {self.sigma2_min:g}; "
                               "need 0 < sigma2_min < sigma2_max < 1")
+        if self.type == "vesde" and self.sigma_max <= self.sigma_min:
+            raise ConfigError(f"sigma_max = {self.sigma_max:g} <= sigma_min = {self.sigma_min:g}; need sigma_max > sigma_min")
         if self.type == "vpsde" and self.t_eps == 0.0 and self.sigma2_0 == 0.0:
             raise ConfigError("t_eps = 0 with the VPSDE and sigma2_0 = 0 gives sigma^2(0) = 0 (log 0 in the "
                               "objective); use t_eps > 0 (1e-2) or the geometric SDE with sigma2_0_geometric > 0")

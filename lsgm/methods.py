@@ -25,16 +25,16 @@ def _error(message: str) -> Exception:
 
 def undefined_reason(sde: str, weighting: str, sampling: str) -> str | None:
     """Why an (SDE, weighting, t-sampling) combination does not exist, or ``None`` if it does."""
-    if sde == "geometric" and weighting == "un" and sampling == "is":
+    if sde in ("geometric", "vesde") and weighting == "un" and sampling == "is":
         return ("r_un(t) importance sampling (official drop_all_iw) exists only for the VPSDE "
                 "(paper Table 6: n/a for the geometric VPSDE)")
     return None
 
 
 def redundant_reason(sde: str, weighting: str, sampling: str) -> str | None:
-    """Why a combination is a duplicate the paper prints as n/a: for the geometric VPSDE log sigma_t^2 is linear
-    in t, so r_ll(t) IS U[t_eps, 1] and 'll-is-*' repeats 'll-uniform-*'."""
-    if sde == "geometric" and weighting == "ll" and sampling == "is":
+    """Why a combination is a duplicate the paper prints as n/a: for the geometric VPSDE (and the VESDE) log sigma_t^2
+    is linear in t, so r_ll(t) IS U[t_eps, 1] and 'll-is-*' repeats 'll-uniform-*'."""
+    if sde in ("geometric", "vesde") and weighting == "ll" and sampling == "is":
         return "identical to 'll-uniform-*' for the geometric SDE (r_ll(t) = U; paper Table 6: n/a)"
     return None
 

@@ -63,12 +63,20 @@ def normal_cross_entropy(z: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy_const(z0: torch.Tensor, sde: SDE, t_eps: float) -> torch.Tensor:
-    """C(z_0) = CE(q(z_1|z_0) || N(0, I)) + D/2 log(sigma^2(t_eps) / sigma^2(1)); [B, ...] -> [B]."""
+    """C(z_0) = CE(q(z_1|z_0) || N(0, P I)) + D/2 log(sigma^2(t_eps) / sigma^2(1)); [B, ...] -> [B].
+
+    P is the SDE's prior variance (1 for VP-type SDEs). The second term is -D/2 int (g^2 / sigma_t^2 + 2 f) dt =
+    -D/2 int d log sigma_t^2: it holds for every linear SDE (the VESDE included)."""
     dims = z0[0].numel()
     ends = torch.tensor([t_eps, 1.0], dtype=torch.float64)
     var_eps, var_1 = sde.var(ends).tolist()
     m1_sq = float(sde.mean_coeff(ends[1:]) ** 2)
-    ce_terminal = 0.5 * dims * (LOG_2PI + var_1) + 0.5 * m1_sq * sum_except_batch(z0.pow(2))
+    if sde.prior_var == 1.0:
+        ce_terminal = 0.5 * dims * (LOG_2PI + var_1) + 0.5 * m1_sq * sum_except_batch(z0.pow(2))
+    else:
+        prior_var = sde.prior_var
+        ce_terminal = (0.5 * dims * (LOG_2PI + math.log(prior_var) + var_1 / prior_var)
+                       + 0.5 * m1_sq / prior_var * sum_except_batch(z0.pow(2)))
     return ce_terminal + 0.5 * dims * math.log(var_eps / var_1)
 
 

@@ -7,6 +7,7 @@ wall time of the solve.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -80,42 +81,60 @@ def ode_sample(eps_fn: EpsFn, sde: SDE, shape: tuple[int, ...], t_eps: float, rt
     return SampleResult(z0=z0, nfe=func.nfe, seconds=time.perf_counter() - start)
 
 
-def _langevin_step(eps_fn: EpsFn, sde: SDE, z: torch.Tensor, t: torch.Tensor, snr: float,
+def _langevin_step(eps_fn: EpsFn, sde: SDE, z: torch.Tensor, t: torch.Tensor, snr: float, alpha: float,
                    generator: torch.Generator | None) -> torch.Tensor:
-    """One Langevin corrector step with the step size set by the signal-to-noise ratio ``snr``."""
+    """One Langevin corrector step (score_sde ``LangevinCorrector``): step size 2 alpha (snr ||noise|| / ||score||)^2."""
     score = -eps_fn(z, t) / append_dims(sde.var(t).sqrt(), z.ndim)
     noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
     grad_norm = score.reshape(z.shape[0], -1).norm(dim=1).mean()
     noise_norm = noise.reshape(z.shape[0], -1).norm(dim=1).mean()
-    step = 2.0 * (snr * noise_norm / grad_norm) ** 2
+    step = 2.0 * alpha * (snr * noise_norm / grad_norm) ** 2
     return z + step * score + torch.sqrt(2.0 * step) * noise
+
+
+def reverse_diffusion_coefficients(sde: SDE, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a_i, b_i^2) of the forward transitions z_i = a_i z_{i+1} + b_i noise between the sampler's times t_i > t_{i+1}
+    (float64 [N]); after the last time comes the data itself (m = 1, sigma^2 = 0):
+    a_i = m(t_i) / m(t_{i+1}),  b_i^2 = sigma^2(t_i) - a_i^2 sigma^2(t_{i+1})."""
+    var, mean = sde.var(times), sde.mean_coeff(times)
+    var_next = torch.cat([var[1:], var.new_zeros(1)])
+    mean_next = torch.cat([mean[1:], mean.new_ones(1)])
+    a = mean / mean_next
+    return a, var - a.pow(2) * var_next
 
 
 @torch.no_grad()
 def pc_sample(eps_fn: EpsFn, sde: SDE, shape: tuple[int, ...], n_steps: int, t_eps: float,
               snr: float = 0.16, n_corrector: int = 1, generator: torch.Generator | None = None,
               device=None, z1: torch.Tensor | None = None) -> SampleResult:
-    """Predictor-corrector sampling (Song et al. 2021): Langevin corrector, then a reverse-SDE
-    Euler-Maruyama predictor, on ``n_steps`` uniform times from 1 to ``t_eps``; the last step returns the
-    noise-free mean. NFE = n_steps * (1 + n_corrector)."""
+    """Predictor-corrector sampling (Song et al. 2021; score_sde's ``pc`` sampler with ``reverse_diffusion`` and
+    ``langevin``) on ``n_steps`` uniform times t_i from 1 to ``t_eps``. At each t_i: ``n_corrector`` Langevin steps
+    (alpha_i = a_i^2: score_sde's VPSDE alphas, 1 for the VESDE), then the reverse-diffusion predictor, the reverse
+    of the forward transition to the next time (:func:`reverse_diffusion_coefficients`):
+
+        z <- (2 - a_i) z + b_i^2 score(z, t_i) + b_i noise,
+
+    which is score_sde's ``discretize`` for both SDEs (VESDE: a = 1, b_i^2 = sigma_i^2 - sigma_{i+1}^2; VPSDE:
+    a = sqrt(1 - beta_i)), with the exact transition instead of its first-order form. The last step goes to the data
+    (sigma = 0) and returns the noise-free mean (score_sde ``noise_removal``). NFE = n_steps * (1 + n_corrector)."""
     z = sde.prior_sample(shape, generator=generator, device=device) if z1 is None else z1
-    times = torch.linspace(1.0, t_eps, n_steps, device=z.device, dtype=z.dtype)
-    dt = (1.0 - t_eps) / n_steps
+    times64 = torch.linspace(1.0, t_eps, n_steps, dtype=torch.float64)
+    a, b2 = reverse_diffusion_coefficients(sde, times64)
+    times = times64.to(device=z.device, dtype=z.dtype)
     _sync(z.device)
     start, nfe = time.perf_counter(), 0
-    for i, t_scalar in enumerate(times):
-        t = t_scalar.expand(z.shape[0])  # [B]
+    for i in range(n_steps):
+        t = times[i].expand(z.shape[0])  # [B]
+        a_i, b2_i = float(a[i]), float(b2[i])
         for _ in range(n_corrector):
-            z = _langevin_step(eps_fn, sde, z, t, snr, generator)
-        eps = eps_fn(z, t)
+            z = _langevin_step(eps_fn, sde, z, t, snr, a_i**2, generator)
+        score = -eps_fn(z, t) / append_dims(sde.var(t).sqrt(), z.ndim)
         nfe += n_corrector + 1
-        # reverse SDE: dz = [f z - g^2 score] dt + g dw, integrated backwards in time
-        drift = sde.ode_drift(z, t, eps) + append_dims(0.5 * sde.g2(t) / sde.var(t).sqrt(), z.ndim) * eps
-        z_mean = z - drift * dt
+        z_mean = (2.0 - a_i) * z + b2_i * score
         if i == n_steps - 1:
             z = z_mean
         else:
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-            z = z_mean + append_dims((sde.g2(t) * dt).sqrt(), z.ndim) * noise
+            z = z_mean + math.sqrt(b2_i) * noise
     _sync(z.device)
     return SampleResult(z0=z, nfe=nfe, seconds=time.perf_counter() - start)

@@ -100,7 +100,7 @@ class TimeSampler(ABC):
         return TimeSample(t=t.to(dtype), weight_p=w_p.to(dtype), weight_q=w_q.to(dtype), t_eps=self.t_eps)
 
     def _dvar(self, t: torch.Tensor) -> torch.Tensor:
-        return self.sde.g2(t) * (1.0 - self.sde.var(t))  # d sigma_t^2 / dt for VP-type SDEs
+        return self.sde.dvar(t)  # d sigma_t^2 / dt
 
 
 class UniformSampler(TimeSampler):

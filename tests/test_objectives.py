@@ -12,7 +12,7 @@ from lsgm.objectives import (
     prior_cross_entropy, sgm_loss,
 )
 from lsgm.score import MixedScore
-from lsgm.sde import GeometricVPSDE, VPSDE
+from lsgm.sde import VESDE, GeometricVPSDE, VPSDE
 from lsgm.time_sampling import make_time_sampler
 
 VP = VPSDE(0.1, 20.0, 0.0)
@@ -119,3 +119,27 @@ def test_gaussian_terms_and_nelbo():
     torch.testing.assert_close(normal_cross_entropy(z), -torch.distributions.Normal(0.0, 1.0).log_prob(z).sum((1, 2, 3)))
     terms = NELBOTerms(torch.ones(4), torch.full((4,), -2.0), torch.full((4,), 5.0))
     torch.testing.assert_close(terms.nelbo, torch.full((4,), 4.0))
+
+
+def gaussian_ce(mean: float, var: float, prior_var: float) -> float:
+    """CE(N(mean, var) || N(0, prior_var)) per dimension, times D."""
+    return 0.5 * D * (math.log(2 * math.pi * prior_var) + (var + mean**2) / prior_var)
+
+
+VE = VESDE(0.01, 50.0)
+
+
+@pytest.mark.parametrize("w,s", [("ll", "uniform"), ("un", "uniform"), ("re", "uniform"), ("re", "is")])
+def test_theorem1_cross_entropy_matches_analytic_for_the_vesde(w, s):
+    """VESDE (m = 1, prior N(0, sigma_max^2 I)): with the exact score of p_t = N(0, (1 + sigma_t^2) I) (the mixed score
+    at alpha = 0), the estimator is CE(q_{t_eps} || p_{t_eps}) plus the known mismatch of p_1 = N(0, 1 + sigma_max^2)
+    and the prior: CE(q_1 || N(0, P)) - CE(q_1 || p_1)."""
+    t_eps = 1e-5
+    sampler = make_time_sampler(w, s, VE, t_eps)
+    z0, gen = sample_q(100000, seed=7)
+    ce = prior_cross_entropy(z0, normal_score(VE), VE, sampler, generator=gen)
+    var_eps, var_1 = (float(VE.var(torch.tensor(t, dtype=torch.float64))) for t in (t_eps, 1.0))
+    expected = (gaussian_ce(MU, S**2 + var_eps, 1 + var_eps)
+                + gaussian_ce(MU, S**2 + var_1, VE.prior_var) - gaussian_ce(MU, S**2 + var_1, 1 + var_1))
+    stderr = ce.std().item() / math.sqrt(len(ce))
+    assert abs(ce.mean().item() - expected) < 5 * stderr + 1e-6 * abs(expected), (ce.mean().item(), expected, stderr)

@@ -9,10 +9,11 @@ import torch
 
 from lsgm.likelihood import bpd_to_nats, nats_to_bpd, ode_log_likelihood
 from lsgm.sampling import ode_sample, pc_sample
-from lsgm.sde import GeometricVPSDE, VPSDE
+from lsgm.sde import VESDE, GeometricVPSDE, VPSDE
 
 S2 = 0.25
-SDES = {"vp": (VPSDE(0.1, 20.0, 0.0), 1e-3), "geo": (GeometricVPSDE(3e-5, 0.999, 3e-5), 1e-5)}
+SDES = {"vp": (VPSDE(0.1, 20.0, 0.0), 1e-3), "geo": (GeometricVPSDE(3e-5, 0.999, 3e-5), 1e-5),
+        "ve": (VESDE(0.01, 50.0), 1e-5)}
 
 
 def marginal_var(sde, t):
@@ -69,7 +70,8 @@ def test_ode_log_likelihood_is_exact_with_rademacher_probe(name):
     res = ode_log_likelihood(z0, exact_eps(sde), sde, t_eps, rtol=1e-6, atol=1e-6, probe="rademacher")
     exact = torch.distributions.Normal(0.0, math.sqrt(v_eps)).log_prob(z0).sum((1, 2, 3))
     z1_sq = z0.pow(2).sum((1, 2, 3)) * v1 / v_eps
-    prior_gap = -0.5 * z1_sq * (1 - 1 / v1) + 0.5 * 12 * math.log(v1)  # log N(z1; 0, I) - log N(z1; 0, v1 I)
+    p = sde.prior_var  # log N(z1; 0, P I) - log N(z1; 0, v1 I)
+    prior_gap = -0.5 * z1_sq * (1 / p - 1 / v1) + 0.5 * 12 * math.log(v1 / p)
     torch.testing.assert_close(res.logp, exact + prior_gap, rtol=0, atol=2e-4)
     assert res.nfe > 0
 
@@ -86,13 +88,35 @@ def test_ode_log_likelihood_gaussian_probe_is_unbiased():
     assert err.std().item() > 1e-3  # the Gaussian probe does add noise (a fixed probe per solve, not zero)
 
 
-def test_pc_sampler_reaches_the_data_variance():
-    sde, t_eps = SDES["vp"]
-    res = pc_sample(exact_eps(sde), sde, (4000, 4), n_steps=500, t_eps=t_eps,
+@pytest.mark.parametrize("name", ["vp", "ve"])
+@pytest.mark.parametrize("n_corrector,tol", [(0, 0.03), (1, 0.05)])
+def test_pc_sampler_reaches_the_data_variance(name, n_corrector, tol):
+    """Reverse-diffusion predictor (+ Langevin corrector) from the prior to the data N(0, S2 I), noise removed."""
+    sde, t_eps = SDES[name]
+    res = pc_sample(exact_eps(sde), sde, (20000, 4), n_steps=500, t_eps=t_eps, n_corrector=n_corrector,
                     generator=torch.Generator().manual_seed(6))
-    v_eps = float(marginal_var(sde, scalar(t_eps)))
-    assert abs(res.z0.var().item() / v_eps - 1) < 0.05
-    assert res.nfe == 1000
+    assert abs(res.z0.var().item() / S2 - 1) < tol, res.z0.var().item()
+    assert abs(res.z0.mean().item()) < 5 * math.sqrt(S2 / res.z0.numel())
+    assert res.nfe == 500 * (1 + n_corrector)
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_reverse_diffusion_coefficients_are_the_forward_transitions(name):
+    """a_i, b_i^2 reproduce the marginals: sigma_i^2 = a_i^2 sigma_{i+1}^2 + b_i^2 and m_i = a_i m_{i+1}; VESDE:
+    a = 1 and b_i^2 = sigma_i^2 - sigma_{i+1}^2 (score_sde's discretize), then sigma^2(t_eps) at the last step."""
+    from lsgm.sampling import reverse_diffusion_coefficients
+
+    sde, t_eps = SDES[name]
+    times = torch.linspace(1.0, t_eps, 50, dtype=torch.float64)
+    a, b2 = reverse_diffusion_coefficients(sde, times)
+    var, mean = sde.var(times), sde.mean_coeff(times)
+    torch.testing.assert_close(var[:-1], a[:-1] ** 2 * var[1:] + b2[:-1])
+    torch.testing.assert_close(mean[:-1], a[:-1] * mean[1:])
+    torch.testing.assert_close(b2[-1], var[-1])
+    assert (b2 > 0).all()
+    if name == "ve":
+        torch.testing.assert_close(a, torch.ones_like(a))
+        torch.testing.assert_close(b2[:-1], var[:-1] - var[1:])
 
 
 def test_unit_conversions():

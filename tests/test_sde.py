@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from lsgm.config import SDEConfig
-from lsgm.sde import GeometricVPSDE, VPSDE, make_sde
+from lsgm.sde import VESDE, GeometricVPSDE, VPSDE, make_sde, max_pairwise_distance
 
-SDES = {
+VP_TYPE = {
     "vp": VPSDE(0.1, 20.0, 0.0),
     "vp_sigma0": VPSDE(0.1, 20.0, 1e-3),
     "geometric": GeometricVPSDE(3e-5, 0.999, 3e-5),
     "geometric_code_default": GeometricVPSDE(1e-4, 0.99, 0.0),
 }
+SDES = {**VP_TYPE, "ve": VESDE(0.01, 50.0), "ve_celebahq": VESDE(0.01, 348.0)}
 T = torch.linspace(0.02, 0.98, 25, dtype=torch.float64)
 
 
@@ -37,6 +38,12 @@ def test_mean_coefficient_solves_dm_dt_equals_f_m(name):
 
 
 @pytest.mark.parametrize("name", SDES)
+def test_dvar_is_the_derivative_of_the_variance(name):
+    sde = SDES[name]
+    torch.testing.assert_close(sde.dvar(T), _fd(sde.var, T), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", VP_TYPE)
 def test_mean_coefficient_squared_matches_variance(name):
     sde = SDES[name]
     torch.testing.assert_close(sde.mean_coeff(T) ** 2, (1 - sde.var(T)) / (1 - sde.sigma2_0))
@@ -71,7 +78,7 @@ def test_geometric_log_variance_has_constant_slope():
     assert float(sde.var(torch.ones((), dtype=torch.float64))) == pytest.approx(0.999)
 
 
-@pytest.mark.parametrize("name", ["vp", "vp_sigma0", "geometric"])
+@pytest.mark.parametrize("name", ["vp", "vp_sigma0", "geometric", "ve"])
 def test_monte_carlo_forward_sde_matches_marginals(name):
     """Euler-Maruyama simulation of dz = f z dt + g dw from z_0 + sigma_0 eps matches N(m_t z_0, sigma_t^2)."""
     sde = SDES[name]
@@ -118,3 +125,35 @@ def test_small_t_variance_is_exact_in_float32(t):
         got = sde.var(torch.tensor(t, dtype=torch.float32)).double()
         assert got > 0 and abs(got / exact - 1) < 1e-6, (type(sde).__name__, t, float(got), float(exact))
         assert float(sde.inv_var(exact)) == pytest.approx(t, rel=1e-9)
+
+
+def test_vesde_closed_forms():
+    """sigma_t = sigma_min (sigma_max / sigma_min)^t, m_t = 1, f = 0, g^2 = d sigma_t^2 / dt, prior N(0, sigma_max^2 I)."""
+    sde = VESDE(0.01, 348.0)
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
+    sigma = 0.01 * (348.0 / 0.01) ** t
+    torch.testing.assert_close(sde.var(t), sigma**2, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sde.g2(t), 2 * math.log(348.0 / 0.01) * sigma**2, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sde.mean_coeff(t), torch.ones_like(t))
+    torch.testing.assert_close(sde.f(t), torch.zeros_like(t))
+    assert sde.sigma2_0 == pytest.approx(1e-4) and sde.prior_var == pytest.approx(348.0**2)
+    z = torch.randn(3, 2, 4, dtype=torch.float64)
+    expected = torch.distributions.Normal(0.0, 348.0).log_prob(z).sum((1, 2))
+    torch.testing.assert_close(sde.prior_log_prob(z), expected)
+    draw = sde.prior_sample((20000,), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert abs(draw.std().item() / 348.0 - 1) < 5 * math.sqrt(1 / 40000)
+    # the Normal part of a mixed score: exact eps-prediction for N(0, I) data under the VESDE
+    t_b = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    z_t = torch.randn(2, 5, dtype=torch.float64)
+    var = sde.var(t_b)[:, None]
+    torch.testing.assert_close(sde.mixing_component(z_t, t_b), var.sqrt() * z_t / (1 + var))
+    assert isinstance(make_sde(SDEConfig(type="vesde", sigma_min=0.01, sigma_max=90.0)), VESDE)
+    with pytest.raises(ValueError):
+        VESDE(1.0, 0.5)
+
+
+def test_max_pairwise_distance_is_scores_sigma_max_rule():
+    x = torch.zeros(5, 1, 2, 2, dtype=torch.float64)
+    x[3] = 1.0  # distance sqrt(4) = 2 from every other image
+    x[4, 0, 0, 0] = -1.0  # distance sqrt(2^2 + 3 * 1^2) = sqrt(7) from x[3]
+    assert max_pairwise_distance(x, chunk=2) == pytest.approx(math.sqrt(7))

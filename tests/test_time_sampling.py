@@ -8,17 +8,18 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from lsgm.sde import GeometricVPSDE, VPSDE
+from lsgm.sde import VESDE, GeometricVPSDE, VPSDE
 from lsgm.time_sampling import UnweightedVPSampler, make_q_sampler, make_time_sampler, weighting_fn
 
 VP = VPSDE(0.1, 20.0, 0.0)
 GEO = GeometricVPSDE(3e-5, 0.999, 3e-5)
+VE = VESDE(0.01, 50.0)
 MODES = [  # (sde name, sde, t_eps, weighting, sampling): every defined Table 6 column
     (name, sde, t_eps, w, s)
-    for name, sde, t_eps in [("vp", VP, 1e-2), ("geo", GEO, 0.0), ("geo_eps", GEO, 1e-2)]
+    for name, sde, t_eps in [("vp", VP, 1e-2), ("geo", GEO, 0.0), ("geo_eps", GEO, 1e-2), ("ve", VE, 1e-5)]
     for w in ("ll", "un", "re")
     for s in ("uniform", "is")
-    if not (name.startswith("geo") and w == "un" and s == "is")
+    if not (name.startswith(("geo", "ve")) and w == "un" and s == "is")
 ]
 IDS = [f"{m[0]}-{m[3]}-{m[4]}" for m in MODES]
 
@@ -55,9 +56,11 @@ def test_density_normalised_and_matches_cdf(name, sde, t_eps, w, s):
 
 @pytest.mark.parametrize("name,sde,t_eps,w", [(m[0], m[1], m[2], m[3]) for m in MODES if m[4] == "is"])
 def test_importance_density_is_proportional_to_w_times_one_minus_var(name, sde, t_eps, w):
+    """r(t) proportional to w(t) (d sigma_t^2 / dt) / g^2: w (1 - sigma_t^2) for VP-type SDEs, w for the VESDE."""
     sampler = make_time_sampler(w, "is", sde, t_eps)
     t = torch.linspace(t_eps + 1e-3, 1.0, 33, dtype=torch.float64)
-    ratio = sampler.density(t) / (weighting_fn(w, sde, t) * (1 - sde.var(t)))
+    shape = torch.ones_like(t) if isinstance(sde, VESDE) else 1 - sde.var(t)
+    ratio = sampler.density(t) / (weighting_fn(w, sde, t) * shape)
     torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0])), rtol=1e-9, atol=0)
 
 
