@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from lsgm.report import cli
-from lsgm.report.figure import CSV_COLUMNS, figure4
+from lsgm.report.figure import CSV_COLUMNS, MATCH_COLUMNS, figure4
 from lsgm.report.tables import (
     NA, TABLE6_COLUMNS, build_tables, load_published, published_rows, render, write_tables,
 )
@@ -296,7 +296,7 @@ def test_figure4_writes_png_and_csv(cost_metrics, tmp_path):
     png = (tmp_path / "figure4.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     df = pd.read_csv(tmp_path / "figure4.csv")
-    assert list(df.columns) == CSV_COLUMNS and len(df) == 7
+    assert list(df.columns) == CSV_COLUMNS + MATCH_COLUMNS and len(df) == 7
     pc = df[df["sampler"] == "pc"].iloc[0]
     assert pc["model"] == "Pixel SGM" and math.isnan(pc["tolerance"]) and pc["n_steps"] == 100
     caption = (tmp_path / "figure4.caption.txt").read_text(encoding="utf-8")
@@ -331,3 +331,18 @@ def test_cli_refuses_a_metrics_file_without_a_key(metrics, tmp_path, capsys):
     cost = write_json(tmp_path / "cost.json", make_doc("cost", "x", "lsgm", "digits", {}))
     assert cli.main(["figure4", "--metrics", cost, "--scale", "smoke", "--out-dir", str(tmp_path)]) == 2
     assert "metrics.rows" in capsys.readouterr().err
+
+
+def test_figure4_marks_the_matched_quality_point_with_its_ratios(cost_metrics, tmp_path):
+    """The LSGM tolerance whose FD is closest to the pixel PC sampler with the MOST steps; ratios pixel / LSGM."""
+    cost_metrics[1]["metrics"]["rows"].append(cost_row("pc", None, 100, 1.5, 5.9, n_steps=50))  # fewer steps: not the reference
+    df = figure4(cost_metrics, tmp_path / "f.png", tmp_path / "f.csv", {"scale": "smoke", "commit": COMMIT})
+    matched = df[df["matched_quality"] == "matched"]
+    assert len(matched) == 1
+    row = matched.iloc[0]
+    assert row["model"] == "LSGM" and row["tolerance"] == 1e-5 and row["pc_reference_steps"] == 100  # fd 5 vs 4
+    assert row["pc_nfe_ratio"] == pytest.approx(200 / 40) and row["pc_time_ratio"] == pytest.approx(3.0 / 0.1)
+    assert row["ode_nfe_ratio"] == pytest.approx(120 / 40) and row["ode_time_ratio"] == pytest.approx(1.0 / 0.1)
+    assert row["same_device"]
+    csv = pd.read_csv(tmp_path / "f.csv")
+    assert csv["matched_quality"].eq("matched").sum() == 1 and csv["pc_nfe_ratio"].notna().sum() == 1
