@@ -72,6 +72,9 @@ class DataConfig:
     root: str | None = None  # dataset folder for the paper-scale datasets
     download: bool = False  # allow fetching (checksum-verified) when files are missing
     num_workers: int = rng(0, 0)
+    # Pixel SGM only: the network models 2 x - 1 in [-1, 1] (True; DDPM/VPSDE configs) or x in [0, 1] (False;
+    # score_sde's VESDE configs, data.centered = False, whose sigma_max is measured on [0, 1] images)
+    centered: bool = True
 
 
 @dataclass
@@ -113,6 +116,9 @@ class ScoreNetConfig:
     # (score_sde upsample_2d / downsample_2d) instead of nearest-neighbour / 2x2 average pooling. A fixed kernel:
     # no parameters, no state_dict keys, so checkpoints of either setting have the same shapes.
     fir: bool = False
+    # What the time embedding sees: t, or log sigma_t ("log_sigma": score_sde's VESDE NCSN++, Fourier features of
+    # log sigma_t, lsgm.score.NoiseConditioned). The pixel SGM only.
+    condition: Literal["t", "log_sigma"] = "t"
 
 
 @dataclass

@@ -59,3 +59,38 @@ class MixedScore(nn.Module):
         if not self.mixed:
             return eps_net
         return (1.0 - self.alpha) * self.sde.mixing_component(z_t.float(), t.float()) + self.alpha * eps_net
+
+
+class NoiseConditioned(nn.Module):
+    """score_sde's VESDE conditioning for the pixel SGM: the backbone's time embedding sees log sigma_t instead of t
+    (NCSN++ with Fourier features of log sigma_t). Its output is the eps-prediction, score = -eps / sigma_t, which is
+    score_sde's ``scale_by_sigma`` output (network / sigma_t) up to the sign the network learns."""
+
+    def __init__(self, backbone: nn.Module, sde: SDE):
+        super().__init__()
+        self.backbone, self.sde = backbone, sde
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x, 0.5 * torch.log(self.sde.var(t)))
+
+    def regularization(self, conv: bool = True) -> torch.Tensor:
+        return self.backbone.regularization(conv=conv)
+
+
+def condition(backbone: nn.Module, sde: SDE, on: str) -> nn.Module:
+    """The pixel SGM's score module: the backbone on t, or ``NoiseConditioned`` on log sigma_t."""
+    if on == "t":
+        return backbone
+    if on == "log_sigma":
+        return NoiseConditioned(backbone, sde)
+    raise ValueError(f"unknown score conditioning {on!r}; use 't' or 'log_sigma'")
+
+
+def to_model_space(x: torch.Tensor, centered: bool) -> torch.Tensor:
+    """Images in [0, 1] -> the pixel SGM's space: 2 x - 1 (centered) or x itself (score_sde's VESDE configs)."""
+    return 2.0 * x - 1.0 if centered else x
+
+
+def to_unit(x: torch.Tensor, centered: bool) -> torch.Tensor:
+    """The pixel SGM's state -> images in [0, 1] (clamped)."""
+    return ((x + 1.0) / 2.0 if centered else x).clamp(0.0, 1.0)

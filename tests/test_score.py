@@ -75,3 +75,27 @@ def test_mixed_score_and_loss_stay_fp32_under_bf16_autocast():
     alpha = torch.sigmoid(score.mixing_logit)
     expected = (1 - alpha) * sde.var(t).sqrt()[:, None, None, None] * z + alpha * net.float()
     torch.testing.assert_close(eps, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_noise_conditioned_feeds_log_sigma_and_pixel_spaces_round_trip():
+    from lsgm.score import NoiseConditioned, condition, to_model_space, to_unit
+    from lsgm.sde import VESDE
+
+    seen = {}
+
+    class Record(torch.nn.Module):
+        def forward(self, x, t):
+            seen["t"] = t
+            return x
+
+    sde = VESDE(0.01, 50.0)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    NoiseConditioned(Record(), sde)(torch.zeros(3, 1, 2, 2, dtype=torch.float64), t)
+    torch.testing.assert_close(seen["t"], torch.log(0.01 * (50.0 / 0.01) ** t))
+    backbone = Record()
+    assert condition(backbone, sde, "t") is backbone and isinstance(condition(backbone, sde, "log_sigma"), NoiseConditioned)
+    x = torch.rand(4, 3)
+    for centered in (True, False):
+        torch.testing.assert_close(to_unit(to_model_space(x, centered), centered), x)
+    torch.testing.assert_close(to_model_space(x, True), 2 * x - 1)
+    torch.testing.assert_close(to_model_space(x, False), x)

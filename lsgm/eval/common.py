@@ -99,13 +99,13 @@ def _pick(states: dict, names: tuple[str, ...], path: Path) -> dict:
 
 def build_score(cfg: RunConfig, shape: tuple[int, ...], sde) -> nn.Module:
     """The eps-prediction module of a run, as its trainer builds it: LSGM ``MixedScore(NCSNpp)`` on the
-    latent shape (lsgm.train.lsgm), pixel SGM a plain ``NCSNpp`` on ``2 x - 1`` (lsgm.train.sgm)."""
+    latent shape (lsgm.train.lsgm), pixel SGM ``NCSNpp`` conditioned on t or log sigma_t (lsgm.train.sgm)."""
     from lsgm.nets.ncsnpp import NCSNpp
-    from lsgm.score import MixedScore
+    from lsgm.score import MixedScore, condition
 
     backbone = NCSNpp(cfg.score, shape[0], shape[1])
     if cfg.kind == "sgm":
-        return backbone
+        return condition(backbone, sde, cfg.score.condition)
     return MixedScore(backbone, sde, tuple(shape), mixing_logit_init=cfg.objective.mixing_logit_init,
                       mixed=cfg.objective.mixed_score)
 

@@ -350,11 +350,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def sgm_to_unit(x: torch.Tensor) -> torch.Tensor:
-    """Pixel-space SGM state -> images in [0, 1]: the model is trained on 2 x - 1 (data in [-1, 1])."""
-    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
-
-
 def _decode(vae, z0: torch.Tensor, temperature: float, generators: list[torch.Generator]) -> torch.Tensor:
     """Decoder mean of z0 [B, ...]; lower-scale groups ~ N(0, temperature^2 I) (the official ``--vae_temp``),
     each sample's lower noise from its generator (decoded one by one in eval mode; BN train mode needs the
@@ -379,6 +374,7 @@ def sample_batch(run: LoadedRun, start: int, count: int, *, seed: int, sampler: 
     N(0, I) prior of z0), ``vae_temperature`` the lower-scale groups of the decoder (official ``--temp`` and
     ``--vae_temp`` of evaluate_vada.py)."""
     from lsgm.sampling import ode_sample, pc_sample
+    from lsgm.score import to_unit
 
     device = torch.device(device)
     gens = sample_generators(seed, start, count, device="cpu")
@@ -390,7 +386,8 @@ def sample_batch(run: LoadedRun, start: int, count: int, *, seed: int, sampler: 
     else:
         shape = tuple(run.vae.latent_shape) if run.kind == "lsgm" else (
             run.data.channels, run.data.image_size, run.data.image_size)
-        z1 = per_sample_normal(shape, gens, device, scale=temperature if run.kind == "lsgm" else 1.0)
+        # the prior N(0, prior_var I): N(0, I) for VP-type SDEs, N(0, sigma_max^2 I) for the VESDE
+        z1 = per_sample_normal(shape, gens, device, scale=(temperature if run.kind == "lsgm" else 1.0) * run.sde.prior_std)
         if sampler == "ode":
             res = ode_sample(run.score, run.sde, z1.shape, t_eps, rtol=tolerance, atol=tolerance, method=solver, z1=z1)
         else:
@@ -399,7 +396,7 @@ def sample_batch(run: LoadedRun, start: int, count: int, *, seed: int, sampler: 
             pc_gen.manual_seed(sample_seed(seed, start, stream=1))
             res = pc_sample(run.score, run.sde, z1.shape, pc_steps, t_eps, snr=snr, generator=pc_gen, z1=z1)
         nfe, solve = res.nfe, res.seconds
-        images = _decode(run.vae, res.z0, vae_temperature, gens) if run.kind == "lsgm" else sgm_to_unit(res.z0)
+        images = _decode(run.vae, res.z0, vae_temperature, gens) if run.kind == "lsgm" else to_unit(res.z0, run.cfg.data.centered)
     _sync(device)
     return SampleBatch(images.float().clamp(0, 1), nfe, solve, time.perf_counter() - begin)
 

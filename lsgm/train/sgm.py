@@ -1,8 +1,10 @@
-"""The pixel-space score model baseline: NCSN++ on x in [-1, 1], the same SDE / weighting / t-sampling.
+"""The pixel-space score model baseline (the original SGM): NCSN++ on images, any SDE / weighting / t-sampling.
 
 loss = mean_B sum w_p ||eps - eps_theta(x_t, t)||^2 with eps_theta = the network itself (no mixed score);
-AdamW (``train.score_optim``), EMA of the network. ``model.pt``: ``state.score`` (NCSNpp state_dict),
-``ema`` (the same with EMA parameters). Data enter the network as ``2 x - 1``.
+``train.score_optim``, EMA of the network. ``model.pt``: ``state.score`` (the score module's state_dict: NCSNpp, or
+``NoiseConditioned(NCSNpp)`` with ``score.condition: log_sigma``), ``ema`` (the same with EMA parameters). Data enter
+the network as ``2 x - 1`` (``data.centered``) or as ``x`` in [0, 1] (score_sde's VESDE recipe: VESDE, unweighted
+denoising score matching, t ~ U[1e-5, 1], conditioning on log sigma_t).
 Usage: ``lsgm train-sgm --config RUN.yaml --out DIR [--ckpt-dir DIR] [--dry-run]``.
 """
 
@@ -15,17 +17,13 @@ import torch
 from lsgm.config import ConfigError
 from lsgm.data import dataset_info, get_dataset
 from lsgm.objectives import diffusion_terms
+from lsgm.score import condition, to_model_space
 from lsgm.sde import make_sde
 from lsgm.time_sampling import make_time_sampler
 from lsgm.train.common import Run, cli_main, fixed_rng, lr_at, make_optimizer, mean_stats, set_lr, trainable, unwrap
 from lsgm.train.ema import EMA
 from lsgm.train.lsgm import DEVIATIONS
 from lsgm.train.vae import validation_batches
-
-
-def to_model_space(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] data -> [-1, 1], the space the pixel SGM models."""
-    return 2.0 * x - 1.0
 
 
 class SGMTask:
@@ -40,13 +38,14 @@ class SGMTask:
             self.sampler = make_time_sampler(cfg.objective.weighting, cfg.objective.sampling, self.sde, cfg.sde.t_eps)
         except ValueError as err:
             raise ConfigError(f"objective: {err}") from err
-        self.net = run.wrap(NCSNpp(cfg.score, self.info.channels, self.info.image_size))
+        self.net = run.wrap(condition(NCSNpp(cfg.score, self.info.channels, self.info.image_size), self.sde,
+                                      cfg.score.condition))
         self.opt = make_optimizer(trainable(unwrap(self.net)), cfg.train.score_optim)
         self.ema = EMA(unwrap(self.net), cfg.train.ema_decay)
         self.loader = run.make_loader(get_dataset(cfg.data.name, "train", root=cfg.data.root,
                                                   download=cfg.data.download))
         self.modules, self.optimizers, self.emas = {"score": unwrap(self.net)}, {"score": self.opt}, {"score": self.ema}
-        self.meta = {"stage": "sgm", "data_space": "2x - 1 in [-1, 1]", "sampler": self.sampler.name,
+        self.meta = {"stage": "sgm", "data_space": "2x - 1 in [-1, 1]" if cfg.data.centered else "x in [0, 1]", "sampler": self.sampler.name,
                      "optimizer": {"score": cfg.train.score_optim.name},
                      "deviations": [d for d in DEVIATIONS if d.startswith(("time sampling", "learning rate", "mixed"))]}
 
@@ -59,7 +58,7 @@ class SGMTask:
         for x, weight in run.micro_batches(batches, self.net):
             with run.autocast():
                 ts = self.sampler.sample(x.shape[0], device=x.device)
-                terms = diffusion_terms(to_model_space(x), self.net, self.sde, ts)
+                terms = diffusion_terms(to_model_space(x, self.cfg.data.centered), self.net, self.sde, ts)
                 loss = run.force_nan(terms.sgm_loss.float().mean(), step)
             run.check_finite(step, loss=loss)
             run.backward(weight * loss, params)
@@ -76,7 +75,7 @@ class SGMTask:
         with fixed_rng(self.cfg.seed + 1, self.run.device), self.ema.swapped(net):
             for x in validation_batches(self.run, self.cfg.train.val_batches):
                 ts = self.sampler.sample(x.shape[0], device=x.device)
-                losses.append(diffusion_terms(to_model_space(x), net, self.sde, ts).sgm_loss)
+                losses.append(diffusion_terms(to_model_space(x, self.cfg.data.centered), net, self.sde, ts).sgm_loss)
         loss = torch.cat(losses).double()
         return {"split": "test", "n": loss.numel(), "sgm_loss": loss.mean().item(), "ema": True}
 
