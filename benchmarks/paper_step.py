@@ -5,7 +5,7 @@ Parts, per recipe (the six official recipes; the Table 6 cells share cifar10_fid
   stage1  one optimizer step of the NVAE (``VAETask.train_step``: forward, KL, SR, backward, Adamax)
   stage2  one optimizer step of the LSGM (``LSGMTask.train_step``: VAE + score network, SR, EMA)
   nll     one ODE NLL batch (``lsgm.eval.nll.batch_terms``, prior ``ode``, the official NLL t_eps/tolerance)
-  sample  one ODE sampling batch (``lsgm.eval.fid.sample_batch``, the official FID t_eps/tolerance)
+  sample  one ODE sampling batch (``lsgm.eval.generate.sample_batch``, the official FID t_eps/tolerance)
 
 On a CPU the batch is 1-2 per process (``--batch``, default 1): this catches shape, dtype and memory bugs at
 real sizes, and the seconds are CPU seconds. On a GPU the default is the official per-GPU batch with bf16
@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 import yaml
+
+from lsgm.utils import synchronize
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("stage1", "stage2", "nll", "sample")
@@ -86,19 +88,14 @@ def _patch_data(n: int) -> None:
     vae_task.get_dataset = lsgm_task.get_dataset = fake
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _timed_steps(task, run, warmup: int, timed: int) -> list[float]:
     times = []
     for step in range(warmup + timed):
         batches = [next(task.loader).to(run.device) for _ in range(run.grad_accum)]
-        _sync(run.device)
+        synchronize(run.device)
         t0 = time.perf_counter()
         task.train_step(batches, step)
-        _sync(run.device)
+        synchronize(run.device)
         if step >= warmup:
             times.append(time.perf_counter() - t0)
     return times
@@ -161,15 +158,15 @@ def run_part(recipe: str, part: str, batch: int, warmup: int, timed: int, work: 
             s = evals.get("nll", {})
             ps = PriorSettings("ode", t_eps=s.get("t_eps", 1e-5), tolerance=s.get("tolerance", 1e-5))
             x = torch.stack([RandomImages(loaded.data, batch, seed=2)[i][0] for i in range(batch)]).to(device)
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             with ctx:
                 terms = batch_terms(loaded, x, ps, iw_samples=1, seed=0, batch_index=0)
-            _sync(device)
+            synchronize(device)
             record.update(seconds_per_batch=time.perf_counter() - t0, nfe=terms.nfe, t_eps=ps.t_eps,
                           tolerance=ps.tolerance, nll_nats_untrained=float(terms.nll.mean()))
         else:
-            from lsgm.eval.fid import sample_batch
+            from lsgm.eval.generate import sample_batch
 
             s = evals.get("fid", {})
             t_eps, tol = s.get("t_eps", 1e-5), s.get("tolerance", 1e-5)

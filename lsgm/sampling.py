@@ -16,7 +16,7 @@ from torchdiffeq import odeint
 
 from lsgm.objectives import EpsFn
 from lsgm.sde import SDE
-from lsgm.utils import append_dims
+from lsgm.utils import append_dims, synchronize
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
@@ -44,11 +44,6 @@ class ProbabilityFlow(nn.Module):
         return self.sde.ode_drift(z, t_batch, self.eps_fn(z, t_batch))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def solver_options(method: str, max_num_steps: int, t_end: float) -> dict:
     """Adaptive solvers: a step budget, and a last step that lands exactly on ``t_end`` (never past it)."""
     if method in ADAPTIVE_METHODS:
@@ -72,11 +67,11 @@ def ode_sample(eps_fn: EpsFn, sde: SDE, shape: tuple[int, ...], t_eps: float, rt
         z1 = sde.prior_sample(shape, generator=generator, device=device) * temperature
     func = ProbabilityFlow(eps_fn, sde, (t_eps, 1.0))
     times = torch.tensor([1.0, t_eps], device=z1.device, dtype=torch.float64)
-    _sync(z1.device)
+    synchronize(z1.device)
     start = time.perf_counter()
     z0 = odeint(func, z1, times, rtol=rtol, atol=atol, method=method,
                 options=solver_options(method, max_num_steps, t_eps))[-1]
-    _sync(z1.device)
+    synchronize(z1.device)
     return SampleResult(z0=z0, nfe=func.nfe, seconds=time.perf_counter() - start)
 
 
@@ -101,7 +96,7 @@ def pc_sample(eps_fn: EpsFn, sde: SDE, shape: tuple[int, ...], n_steps: int, t_e
     z = sde.prior_sample(shape, generator=generator, device=device) if z1 is None else z1
     times = torch.linspace(1.0, t_eps, n_steps, device=z.device, dtype=z.dtype)
     dt = (1.0 - t_eps) / n_steps
-    _sync(z.device)
+    synchronize(z.device)
     start, nfe = time.perf_counter(), 0
     for i, t_scalar in enumerate(times):
         t = t_scalar.expand(z.shape[0])  # [B]
@@ -117,5 +112,5 @@ def pc_sample(eps_fn: EpsFn, sde: SDE, shape: tuple[int, ...], n_steps: int, t_e
         else:
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
             z = z_mean + append_dims((sde.g2(t) * dt).sqrt(), z.ndim) * noise
-    _sync(z.device)
+    synchronize(z.device)
     return SampleResult(z0=z, nfe=nfe, seconds=time.perf_counter() - start)

@@ -28,6 +28,12 @@ def sum_except_batch(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA) so a wall-clock time covers it; a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _umask_mode() -> int:
     """The mode a plainly created file gets (0o666 less the umask): mkstemp's 0o600 would hide results
     from the rest of a group on a shared cluster file system."""

@@ -17,16 +17,16 @@ import numpy as np
 import torch
 
 from lsgm.eval.common import LoadedRun, load_run, metrics_record, resolve_device, set_bn_mode
+from lsgm.eval.features import Extractor
 from lsgm.eval.fid import (
-    Extractor,
     check_stats,
     extractor_for_stats,
     feature_statistics,
     frechet_distance,
     load_stats,
-    sample_batch,
     sample_features,
 )
+from lsgm.eval.generate import sample_batch
 
 ROW_KEYS = ("sampler", "tolerance", "n_steps", "nfe_mean", "nfe_std", "seconds_per_batch", "seconds_std",
             "solve_seconds_per_batch", "batch_size", "n_batches", "fd_name", "fd", "fd_n_samples")
