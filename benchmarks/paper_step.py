@@ -108,7 +108,8 @@ def _count(module) -> int:
 def run_part(recipe: str, part: str, batch: int, warmup: int, timed: int, work: Path) -> dict:
     """One part of one recipe in this process; returns its record."""
     from lsgm.config import RunConfig, from_dict
-    from lsgm.train.common import Run, unwrap
+    from lsgm.train.distributed import unwrap
+    from lsgm.train.run import Run
     from lsgm.utils import atomic_torch_save
 
     cuda = torch.cuda.is_available()

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from lsgm.config import RunConfig, from_dict, to_dict
-from lsgm.train.common import Run
+from lsgm.train.run import Run
 from lsgm.utils import atomic_write_json, provenance
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -101,3 +101,23 @@ def sgm_loss(z0: torch.Tensor, eps_fn: EpsFn, sde: SDE, sampler: TimeSampler,
     """Score prior objective (9): weight_p(t) ||eps - eps_theta(z_t, t)||^2 with t ~ r(t); -> [B]."""
     ts = sampler.sample(z0.shape[0], generator=generator, device=z0.device, dtype=z0.dtype)
     return diffusion_terms(z0, eps_fn, sde, ts, generator=generator).sgm_loss
+
+
+# KL balancing of the stage-1 NVAE (reference 4.1)
+def kl_balance_alphas(num_scales: int, groups_per_scale: int) -> torch.Tensor:
+    """NVAE's "square" scheme: group g of scale s (s = 0 the top) gets 4^s / groups_per_scale, min-normalised.
+    Ordered like ``VAEOutput.kl_groups`` (top first); shape [G]."""
+    alpha = torch.tensor([4.0**s / groups_per_scale for s in range(num_scales) for _ in range(groups_per_scale)])
+    return alpha / alpha.min()
+
+
+def balanced_kl(kl_groups: list[torch.Tensor], kl_coeff: float, alphas: torch.Tensor, balance: bool) -> torch.Tensor:
+    """kl_coeff * sum_g c_g KL_g per sample [B]. With ``balance`` and kl_coeff < 1: c_g proportional to
+    (mean_B |KL_g| + 0.01) / alpha_g, normalised to mean 1 and detached (reference 4.1); else c_g = 1."""
+    kl = torch.stack(kl_groups, dim=1)  # (B, G)
+    if balance and kl_coeff < 1.0:
+        coeff = kl.abs().mean(dim=0) + 0.01  # (G,)
+        coeff = coeff / alphas.to(kl) * coeff.sum()
+        coeff = (coeff / coeff.mean()).detach()
+        return kl_coeff * (kl * coeff).sum(dim=1)
+    return kl_coeff * kl.sum(dim=1)

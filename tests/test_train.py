@@ -21,8 +21,10 @@ import torch
 import yaml
 
 from lsgm.config import KLConfig, OptimConfig, RunConfig, from_dict
-from lsgm.train import common
-from lsgm.train.common import InfiniteLoader, balanced_kl, kl_balance_alphas, kl_coeff_at, lr_at
+from lsgm.objectives import balanced_kl, kl_balance_alphas
+from lsgm.train.loader import InfiniteLoader
+from lsgm.train.loop import EXIT_PREEMPTED
+from lsgm.train.schedules import kl_coeff_at, lr_at, stage1_kl_coeff, stage2_kl_coeff
 from lsgm.train.ema import EMA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,7 +185,7 @@ def test_sigterm_checkpoints_and_exits_for_retry(tmp_path):
     while (not stats.exists() or not stats.read_text()) and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == common.EXIT_PREEMPTED
+    assert proc.wait(timeout=60) == EXIT_PREEMPTED
     step = torch.load(tmp_path / "run" / ".ckpt" / "ckpt.pt", weights_only=True)["step"]
     assert 0 < step < 400 and not (tmp_path / "run" / "run.json").exists()
 
@@ -291,12 +293,12 @@ def test_dry_run_prints_config_and_trains_nothing(tmp_path, capsys):
 def test_kl_coeff_schedule_matches_reference_formula():
     total = 1000
     cfg = KLConfig(anneal_portion=0.3, const_portion=0.01, const_coeff=1e-4, max_coeff=0.7)
-    assert common.stage1_kl_coeff(0, total, cfg) == pytest.approx(1e-4)
-    assert common.stage1_kl_coeff(10 + 150, total, cfg) == pytest.approx(1e-4 + (0.7 - 1e-4) * 0.5)
-    assert common.stage1_kl_coeff(total, total, cfg) == pytest.approx(0.7)
+    assert stage1_kl_coeff(0, total, cfg) == pytest.approx(1e-4)
+    assert stage1_kl_coeff(10 + 150, total, cfg) == pytest.approx(1e-4 + (0.7 - 1e-4) * 0.5)
+    assert stage1_kl_coeff(total, total, cfg) == pytest.approx(0.7)
     cont = KLConfig(continue_anneal=True)
-    assert [common.stage2_kl_coeff(s, 100, cont) for s in (0, 5, 10, 50)] == pytest.approx([0.7, 0.85, 1.0, 1.0])
-    assert common.stage2_kl_coeff(0, 100, KLConfig()) == 1.0
+    assert [stage2_kl_coeff(s, 100, cont) for s in (0, 5, 10, 50)] == pytest.approx([0.7, 0.85, 1.0, 1.0])
+    assert stage2_kl_coeff(0, 100, KLConfig()) == 1.0
     assert kl_coeff_at(5, 100, 0.0, 0.0, 0.1, 0.9) == 0.9
 
 
@@ -382,7 +384,7 @@ def test_stage1_keeps_the_best_validation_weights_and_stage2_starts_from_them(va
     train_vae.py keeps the checkpoint with the best validation bound), run.json records the history and the
     chosen step, and stage 2 loads exactly those weights and records the step."""
     from lsgm.train import vae as vae_task
-    from lsgm.train.common import unwrap
+    from lsgm.train.distributed import unwrap
 
     scripted, seen = iter([5.0, 1.0, 3.0, 2.0]), {}  # evaluations at steps 2, 4, 6, 8
 

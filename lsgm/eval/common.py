@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +20,6 @@ from torch import nn
 from lsgm.config import ConfigError, RunConfig, from_dict
 from lsgm.data import DatasetInfo, dataset_info
 from lsgm.utils import UnsafeFileError, atomic_write_json, load_data_file, provenance
-
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class EvalError(RuntimeError):

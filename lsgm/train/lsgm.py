@@ -38,11 +38,17 @@ from torch import nn
 from lsgm.config import ConfigError, RunConfig, to_dict
 from lsgm.data import dataset_info, get_dataset
 from lsgm.likelihood import nats_to_bpd
+from lsgm.methods import q_trains_score
 from lsgm.objectives import diffusion_terms
 from lsgm.sde import make_sde
 from lsgm.time_sampling import TimeSample, make_q_sampler, make_time_sampler
-from lsgm.train.common import (Run, cli_main, fixed_rng, lr_at, make_optimizer, mean_stats, set_lr,
-                               stage2_kl_coeff, trainable, unwrap)
+from lsgm.train.cli import cli_main
+from lsgm.train.distributed import unwrap
+from lsgm.train.loop import mean_stats
+from lsgm.train.optim import make_optimizer, set_lr, trainable
+from lsgm.train.rng import fixed_rng
+from lsgm.train.run import Run
+from lsgm.train.schedules import lr_at, stage2_kl_coeff
 from lsgm.train.ema import EMA
 from lsgm.train.vae import validation_batches
 
@@ -149,8 +155,7 @@ class LSGMTask:
         self.emas = {"score": self.ema}
         self.loader = run.make_loader(get_dataset(cfg.data.name, "train", root=cfg.data.root,
                                                   download=cfg.data.download))
-        # p and q objectives coincide (official different_p_q_objectives False): the q_loss trains the score too
-        self.score_by_q = self.train_vae and obj.weighting == "ll" and obj.q_objective == "rew"
+        self.score_by_q = self.train_vae and q_trains_score(obj.weighting, obj.q_objective)
         self.meta = self._meta(vae_path, stage1)
 
     def _meta(self, vae_path: str, stage1: dict) -> dict:

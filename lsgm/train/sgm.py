@@ -17,7 +17,13 @@ from lsgm.data import dataset_info, get_dataset
 from lsgm.objectives import diffusion_terms
 from lsgm.sde import make_sde
 from lsgm.time_sampling import make_time_sampler
-from lsgm.train.common import Run, cli_main, fixed_rng, lr_at, make_optimizer, mean_stats, set_lr, trainable, unwrap
+from lsgm.train.cli import cli_main
+from lsgm.train.distributed import unwrap
+from lsgm.train.loop import mean_stats
+from lsgm.train.optim import make_optimizer, set_lr, trainable
+from lsgm.train.rng import fixed_rng
+from lsgm.train.run import Run
+from lsgm.train.schedules import lr_at
 from lsgm.train.ema import EMA
 from lsgm.train.lsgm import DEVIATIONS
 from lsgm.train.vae import validation_batches
