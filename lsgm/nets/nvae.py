@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lsgm.config import VAEConfig
-from lsgm.data import DatasetInfo
+from lsgm.datasets_info import DatasetInfo
 from lsgm.nets.flows import PairedARFlow, apply_flows
 from lsgm.nets.layers import (
     BNSwishConv,
