@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write(out: Path, name: str, tag: str, results: dict, steps: dict, args: argparse.Namespace,
           started: float) -> None:
-    from lsgm.utils import atomic_write_json, provenance
+    from lsgm.io import atomic_write_json, provenance
 
     doc = {
         "benchmark": "paper_step", "device": name, "results": results, "steps": steps,

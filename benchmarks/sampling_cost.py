@@ -26,7 +26,7 @@ import numpy as np
 from lsgm.config import RunConfig, apply_overrides, save_run_config
 from lsgm.eval.common import load_run, resolve_device
 from lsgm.eval.generate import sample_batch
-from lsgm.utils import atomic_write_json, provenance
+from lsgm.io import atomic_write_json, provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LSGM = "results/quick/runs/digits/lsgm/celeba-s0/model.pt"

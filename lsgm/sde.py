@@ -24,6 +24,7 @@ from lsgm.utils import append_dims, sum_except_batch
 class SDE(ABC):
     """A variance-preserving-type linear SDE with prior N(0, I) at t = 1."""
 
+    type: str  # the run config's sde.type (lsgm.methods' rules are written in these names)
     sigma2_0: float
 
     @abstractmethod
@@ -76,7 +77,9 @@ class SDE(ABC):
 class VPSDE(SDE):
     """Variance-preserving SDE with linear beta(t) = beta_min + (beta_max - beta_min) t."""
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, sigma2_0: float = 0.0):
+    type = "vpsde"
+
+    def __init__(self, beta_min: float, beta_max: float, sigma2_0: float):
         if not 0.0 <= sigma2_0 < 1.0:
             raise ValueError(f"sigma2_0 must be in [0, 1), got {sigma2_0}")
         self.beta_min, self.beta_max, self.sigma2_0 = float(beta_min), float(beta_max), float(sigma2_0)
@@ -110,7 +113,9 @@ class GeometricVPSDE(SDE):
     constant: the likelihood-weighted objective has low variance under uniform t (paper section 3.3).
     """
 
-    def __init__(self, sigma2_min: float = 3e-5, sigma2_max: float = 0.999, sigma2_0: float = 3e-5):
+    type = "geometric"
+
+    def __init__(self, sigma2_min: float, sigma2_max: float, sigma2_0: float):
         if not 0.0 < sigma2_min < sigma2_max < 1.0:
             raise ValueError(f"need 0 < sigma2_min < sigma2_max < 1, got {sigma2_min}, {sigma2_max}")
         self.sigma2_min, self.sigma2_max, self.sigma2_0 = float(sigma2_min), float(sigma2_max), float(sigma2_0)

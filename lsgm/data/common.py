@@ -6,7 +6,6 @@ naming the file, the folder and the fix.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from lsgm.datasets_info import EXPECTED_COUNTS
+from lsgm.io import file_digest
 
 DOWNLOAD_HINT = "or pass download=True (config data.download: true)"
 
@@ -63,12 +63,8 @@ def require_root(name: str, root: str | os.PathLike | None) -> Path:
 
 
 def md5sum(path: Path) -> str:
-    """Hex MD5 of the file at ``path`` (read in 1 MiB chunks)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex MD5 of the file at ``path``."""
+    return file_digest(path, "md5")
 
 
 def corrupt(name: str, path: Path, why: str) -> DatasetError:

@@ -19,7 +19,8 @@ from torch import nn
 
 from lsgm.config import ConfigError, RunConfig, from_dict
 from lsgm.data import DatasetInfo, dataset_info
-from lsgm.utils import UnsafeFileError, atomic_write_json, load_data_file, provenance
+from lsgm.io import atomic_write_json, provenance
+from lsgm.utils import UnsafeFileError, load_data_file
 
 
 class EvalError(RuntimeError):

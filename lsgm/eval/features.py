@@ -22,7 +22,7 @@ from torch_fidelity.utils import create_feature_extractor
 
 from lsgm.eval.common import EvalError, load_user_file
 from lsgm.nets.classifier import ARCH_VERSION, FeatureClassifier
-from lsgm.utils import file_sha256
+from lsgm.io import file_sha256
 
 CLASSIFIER_EXTRACTOR = "lsgm-classifier"
 INCEPTION_EXTRACTOR = "inception-v3-compat"

@@ -37,7 +37,8 @@ from lsgm.eval.common import (
 )
 from lsgm.eval.features import INCEPTION_ENV, INCEPTION_FILE, Extractor, make_extractor
 from lsgm.eval.generate import SampleBatch, sample_batch
-from lsgm.utils import atomic_torch_save, provenance
+from lsgm.io import provenance
+from lsgm.utils import atomic_torch_save
 
 STATS_VERSION = 1
 

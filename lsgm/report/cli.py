@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lsgm.utils import git_commit
+from lsgm.io import git_commit
 
 REQUIRED = ("kind", "run", "run.name", "run.model", "run.dataset", "status", "metrics")
 REQUIRED_BY_KIND = {"nll": (), "fid": ("settings",), "cost": ("metrics.rows",)}

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from lsgm.utils import atomic_write_text
+from lsgm.io import atomic_write_text
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
 NA = "n/a"

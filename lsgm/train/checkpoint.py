@@ -17,7 +17,8 @@ import torch.distributed as dist
 
 from lsgm.config import ConfigError, to_dict
 from lsgm.train.rng import rng_state, seed_everything, set_rng_state
-from lsgm.utils import atomic_torch_save, atomic_write_text
+from lsgm.io import atomic_write_text
+from lsgm.utils import atomic_torch_save
 
 if TYPE_CHECKING:
     from lsgm.train.loop import Task

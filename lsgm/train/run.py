@@ -29,7 +29,8 @@ from lsgm.train.distributed import setup_distributed
 from lsgm.train.loader import InfiniteLoader
 from lsgm.train.rng import seed_everything
 from lsgm.train.selection import Selection
-from lsgm.utils import atomic_torch_save, atomic_write_json, provenance
+from lsgm.io import atomic_write_json, provenance
+from lsgm.utils import atomic_torch_save
 
 if TYPE_CHECKING:
     from lsgm.train.loop import Task
