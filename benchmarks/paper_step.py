@@ -154,10 +154,12 @@ def run_part(recipe: str, part: str, batch: int, warmup: int, timed: int, work: 
         loaded = load_run(lsgm_file, device=device)
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
         if part == "nll":
+            from lsgm.eval.cli import ODE_SOLVER, ODE_T_EPS, ODE_TOLERANCE, PROBE
             from lsgm.eval.nll import PriorSettings, batch_terms
 
             s = evals.get("nll", {})
-            ps = PriorSettings("ode", t_eps=s.get("t_eps", 1e-5), tolerance=s.get("tolerance", 1e-5))
+            ps = PriorSettings("ode", t_eps=s.get("t_eps", ODE_T_EPS), tolerance=s.get("tolerance", ODE_TOLERANCE),
+                               solver=ODE_SOLVER, probe=PROBE, inner=1, t_draws=0)
             x = torch.stack([RandomImages(loaded.data, batch, seed=2)[i][0] for i in range(batch)]).to(device)
             synchronize(device)
             t0 = time.perf_counter()
@@ -167,12 +169,15 @@ def run_part(recipe: str, part: str, batch: int, warmup: int, timed: int, work: 
             record.update(seconds_per_batch=time.perf_counter() - t0, nfe=terms.nfe, t_eps=ps.t_eps,
                           tolerance=ps.tolerance, nll_nats_untrained=float(terms.nll.mean()))
         else:
-            from lsgm.eval.generate import sample_batch
+            from lsgm.eval.cli import ODE_SOLVER, ODE_T_EPS, ODE_TOLERANCE
+            from lsgm.eval.generate import Sampling, sample_batch
 
             s = evals.get("fid", {})
-            t_eps, tol = s.get("t_eps", 1e-5), s.get("tolerance", 1e-5)
+            t_eps, tol = s.get("t_eps", ODE_T_EPS), s.get("tolerance", ODE_TOLERANCE)
+            sampling = Sampling(sampler="ode", tolerance=tol, solver=ODE_SOLVER, t_eps=t_eps, temperature=1.0,
+                                vae_temperature=1.0, pc_steps=None, snr=None)
             with ctx:
-                res = sample_batch(loaded, 0, batch, seed=0, tolerance=tol, t_eps=t_eps, device=device)
+                res = sample_batch(loaded, 0, batch, seed=0, sampling=sampling, device=device)
             record.update(seconds_per_batch=res.seconds, solve_seconds=res.sampler_seconds, nfe=res.nfe,
                           t_eps=t_eps, tolerance=tol)
     if cuda:

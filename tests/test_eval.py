@@ -6,6 +6,7 @@ Everything runs on CPU with tiny models; the end-to-end test smoke-trains throug
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import json
 import math
@@ -20,7 +21,7 @@ from lsgm.data import dataset_info
 from lsgm.eval import cli as eval_cli
 from lsgm.eval import features as features_mod
 from lsgm.eval import fid as fid_mod
-from lsgm.eval.generate import sample_batch
+from lsgm.eval.generate import Sampling, sample_batch
 from lsgm.eval.common import EvalError, LoadedRun, build_score, load_run, per_sample_normal, sample_generators
 from lsgm.eval.nll import PriorSettings, batch_terms, iw_nll
 from lsgm.nets.classifier import FeatureClassifier
@@ -72,7 +73,8 @@ def test_iw_with_one_sample_equals_nelbo():
 def test_iw_k1_equals_nelbo_through_the_evaluation(tmp_path, prior):
     run = load_run(_lsgm_run(tmp_path))
     x = torch.rand(4, 1, 8, 8).mul(16).round().div(16)
-    ps = PriorSettings(prior, t_eps=1e-2 if prior == "dsm" else 1e-5, tolerance=1e-3, inner=2, t_draws=2)
+    ps = PriorSettings(prior, t_eps=1e-2 if prior == "dsm" else 1e-5, tolerance=1e-3, solver="dopri5",
+                       probe="gaussian", inner=2, t_draws=2)
     terms = batch_terms(run, x, ps, iw_samples=1, seed=0, batch_index=0)
     assert torch.allclose(terms.nll, terms.nelbo)
     total = terms.reconstruction + terms.neg_entropy + terms.prior_ce + terms.lower_ce
@@ -92,8 +94,12 @@ def test_frechet_distance_zero_for_identical_sets_and_grows_with_shift():
 
 
 # ------------------------------------------------------------------------------------------------ seeding
-def _samples(run: LoadedRun, n: int, batch_size: int, **kw) -> torch.Tensor:
-    return torch.cat([sample_batch(run, s, min(batch_size, n - s), seed=7, **kw).images
+ODE = Sampling(sampler="ode", tolerance=1e-5, solver="dopri5", t_eps=1e-5, temperature=1.0, vae_temperature=1.0,
+               pc_steps=None, snr=None)
+
+
+def _samples(run: LoadedRun, n: int, batch_size: int, sampling: Sampling = ODE) -> torch.Tensor:
+    return torch.cat([sample_batch(run, s, min(batch_size, n - s), seed=7, sampling=sampling, device="cpu").images
                       for s in range(0, n, batch_size)])
 
 
@@ -120,8 +126,8 @@ def test_temperature_scales_the_top_latent_and_vae_temperature_the_lower_groups(
     vae = NVAE(cfg.vae, dataset_info("digits"))
     run = load_run(_save_model(tmp_path / "vae.pt", cfg, {"vae": vae.state_dict()}))
 
-    def two(**kw):  # samples 0 and 1: different per-sample noise
-        return sample_batch(run, 0, 2, seed=7, **kw).images
+    def two(**temperatures):  # samples 0 and 1: different per-sample noise
+        return sample_batch(run, 0, 2, seed=7, sampling=dataclasses.replace(ODE, **temperatures), device="cpu").images
 
     no_lower = two(temperature=1.0, vae_temperature=0.0)
     z0 = per_sample_normal(tuple(run.vae.latent_shape), sample_generators(7, 0, 2))
@@ -136,7 +142,8 @@ def test_temperature_scales_the_top_latent_and_vae_temperature_the_lower_groups(
 
 def test_lsgm_samples_agree_across_batch_sizes(tmp_path):
     run = load_run(_lsgm_run(tmp_path))
-    x3, x5 = _samples(run, 10, 3, tolerance=1e-6), _samples(run, 10, 5, tolerance=1e-6)
+    tight = dataclasses.replace(ODE, tolerance=1e-6)
+    x3, x5 = _samples(run, 10, 3, tight), _samples(run, 10, 5, tight)
     # same noise per sample; the batch is one adaptive ODE system, so the images agree to solver accuracy
     assert torch.allclose(x3, x5, atol=1e-3)
 

@@ -36,7 +36,7 @@ from lsgm.eval.common import (
     to_rgb,
 )
 from lsgm.eval.features import INCEPTION_ENV, INCEPTION_FILE, Extractor, make_extractor
-from lsgm.eval.generate import SampleBatch, sample_batch
+from lsgm.eval.generate import SampleBatch, Sampling, sample_batch
 from lsgm.io import provenance
 from lsgm.utils import atomic_torch_save
 
@@ -151,13 +151,14 @@ def extractor_for_stats(stats: dict, classifier: str | None, inception_weights: 
     return make_extractor("inception", inception_weights=inception_weights, device=device)
 
 
-def sample_features(run: LoadedRun, extractor: Extractor, n_samples: int, batch_size: int, **kwargs
-                    ) -> tuple[torch.Tensor, list[SampleBatch]]:
-    """Features [n_samples, D] of the uint8-quantised samples 0 .. n_samples - 1, and the batch records
-    (images dropped)."""
+def sample_features(run: LoadedRun, extractor: Extractor, n_samples: int, batch_size: int, *, seed: int,
+                    sampling: Sampling, device: torch.device) -> tuple[torch.Tensor, list[SampleBatch]]:
+    """Features [n_samples, D] of the uint8-quantised samples 0 .. n_samples - 1 of ``seed``, and the batch
+    records (images dropped)."""
     feats, batches = [], []
     for start in range(0, n_samples, batch_size):
-        batch = sample_batch(run, start, min(batch_size, n_samples - start), **kwargs)
+        batch = sample_batch(run, start, min(batch_size, n_samples - start), seed=seed, sampling=sampling,
+                             device=device)
         if not torch.isfinite(batch.images).all():
             raise FloatingPointError(f"non-finite samples in batch starting at {start}")
         feats.append(extractor(to_rgb(quantize_uint8(batch.images))))
@@ -171,12 +172,10 @@ def sample_features(run: LoadedRun, extractor: Extractor, n_samples: int, batch_
 # --------------------------------------------------------------------------------------------------
 
 
-def evaluate_fid(model: str, stats_path: str, *, n_samples: int = 50_000, tolerance: float = 1e-5,
-                 solver: str = "dopri5", batch_size: int = 64, temperature: float = 1.0,
-                 vae_temperature: float = 1.0, seed: int = 0,
-                 bn_mode: str = "eval", t_eps: float = 1e-5, use_ema: bool = True, classifier: str | None = None,
-                 inception_weights: str | None = None, device: str | None = None) -> dict:
-    """FID (Inception) or FD (classifier features) of ``n_samples`` samples against ``stats_path``."""
+def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: float, solver: str, batch_size: int,
+                 temperature: float, vae_temperature: float, seed: int, bn_mode: str, t_eps: float, use_ema: bool,
+                 classifier: str | None, inception_weights: str | None, device: str | None) -> dict:
+    """FID (Inception) or FD (classifier features) of ``n_samples`` ODE samples against ``stats_path``."""
     from lsgm.eval.common import load_run
 
     started = time.perf_counter()
@@ -202,9 +201,10 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int = 50_000, tolera
         return metrics_record("fid", run, metrics, settings, device=dev, started=started)
     set_bn_mode(run.vae, bn_mode)
     try:
-        feats, batches = sample_features(run, extractor, n_samples, batch_size, seed=seed, tolerance=tolerance,
-                                         solver=solver, t_eps=t_eps, temperature=temperature,
-                                         vae_temperature=vae_temperature, device=dev)
+        sampling = Sampling(sampler="ode", tolerance=tolerance, solver=solver, t_eps=t_eps, temperature=temperature,
+                            vae_temperature=vae_temperature, pc_steps=None, snr=None)
+        feats, batches = sample_features(run, extractor, n_samples, batch_size, seed=seed, sampling=sampling,
+                                         device=dev)
     except (FloatingPointError, AssertionError) as err:  # NaN samples / solver underflow: not a crash
         return metrics_record("fid", run, metrics, settings, status="diverged", reason=f"sampling failed: {err}",
                               device=dev, started=started)

@@ -19,6 +19,21 @@ from lsgm.eval.common import LoadedRun, per_sample_normal, sample_generators, sa
 from lsgm.utils import synchronize
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How evaluation samples are drawn: settings recorded beside every metric. No defaults here: the options of
+    ``lsgm evaluate`` hold them, and config.yaml sets each one for the DAG."""
+
+    sampler: str  # "ode" (probability-flow ODE) | "pc" (predictor-corrector; pixel SGM)
+    tolerance: float | None  # ODE rtol = atol (None for PC)
+    solver: str  # torchdiffeq method of the ODE
+    t_eps: float  # the sampler's end time
+    temperature: float  # scale of the top latent's starting noise (LSGM z_1; VAE z_0), official --temp
+    vae_temperature: float  # scale of the decoder's lower-scale groups, official --vae_temp
+    pc_steps: int | None  # PC steps (None for the ODE)
+    snr: float | None  # PC corrector signal-to-noise ratio (None for the ODE)
+
+
 @dataclass
 class SampleBatch:
     images: torch.Tensor  # [B, C, H, W] float in [0, 1]
@@ -46,37 +61,33 @@ def _decode(vae, z0: torch.Tensor, temperature: float, generators: list[torch.Ge
 
 
 @torch.no_grad()
-def sample_batch(run: LoadedRun, start: int, count: int, *, seed: int, sampler: str = "ode",
-                 tolerance: float = 1e-5, solver: str = "dopri5", t_eps: float = 1e-5, temperature: float = 1.0,
-                 vae_temperature: float = 1.0, pc_steps: int = 1000, snr: float = 0.16,
-                 device: torch.device | str = "cpu") -> SampleBatch:
-    """Samples ``start .. start + count - 1`` of an evaluation seeded ``seed`` (images in [0, 1]).
-
-    ``temperature`` scales the noise the top latent starts from (LSGM: z_1 of the ODE / PC sampler; VAE: its
-    N(0, I) prior of z0), ``vae_temperature`` the lower-scale groups of the decoder (official ``--temp`` and
-    ``--vae_temp`` of evaluate_vada.py)."""
+def sample_batch(run: LoadedRun, start: int, count: int, *, seed: int, sampling: Sampling,
+                 device: torch.device | str) -> SampleBatch:
+    """Samples ``start .. start + count - 1`` of an evaluation seeded ``seed`` (images in [0, 1]), drawn as
+    ``sampling`` says (the VAE: its decoder only)."""
     from lsgm.sampling import ode_sample, pc_sample
 
-    device = torch.device(device)
+    s, device = sampling, torch.device(device)
     gens = sample_generators(seed, start, count, device="cpu")
     synchronize(device)
     begin = time.perf_counter()
     if run.kind == "vae":
-        z0 = per_sample_normal(tuple(run.vae.latent_shape), gens, device, scale=temperature)
-        images, nfe, solve = _decode(run.vae, z0, vae_temperature, gens), 0, 0.0
+        z0 = per_sample_normal(tuple(run.vae.latent_shape), gens, device, scale=s.temperature)
+        images, nfe, solve = _decode(run.vae, z0, s.vae_temperature, gens), 0, 0.0
     else:
         shape = tuple(run.vae.latent_shape) if run.kind == "lsgm" else (
             run.data.channels, run.data.image_size, run.data.image_size)
-        z1 = per_sample_normal(shape, gens, device, scale=temperature if run.kind == "lsgm" else 1.0)
-        if sampler == "ode":
-            res = ode_sample(run.score, run.sde, z1.shape, t_eps, rtol=tolerance, atol=tolerance, method=solver, z1=z1)
+        z1 = per_sample_normal(shape, gens, device, scale=s.temperature if run.kind == "lsgm" else 1.0)
+        if s.sampler == "ode":
+            res = ode_sample(run.score, run.sde, z1.shape, s.t_eps, rtol=s.tolerance, atol=s.tolerance,
+                             method=s.solver, z1=z1)
         else:
             # the PC sampler's Langevin/predictor noise is one stream per batch (its API takes one generator)
             pc_gen = torch.Generator(device=device)
             pc_gen.manual_seed(sample_seed(seed, start, stream=1))
-            res = pc_sample(run.score, run.sde, z1.shape, pc_steps, t_eps, snr=snr, generator=pc_gen, z1=z1)
+            res = pc_sample(run.score, run.sde, z1.shape, s.pc_steps, s.t_eps, snr=s.snr, generator=pc_gen, z1=z1)
         nfe, solve = res.nfe, res.seconds
-        images = _decode(run.vae, res.z0, vae_temperature, gens) if run.kind == "lsgm" else sgm_to_unit(res.z0)
+        images = _decode(run.vae, res.z0, s.vae_temperature, gens) if run.kind == "lsgm" else sgm_to_unit(res.z0)
     synchronize(device)
     return SampleBatch(images.float().clamp(0, 1), nfe, solve, time.perf_counter() - begin)
 

@@ -35,13 +35,15 @@ from lsgm.time_sampling import make_time_sampler
 
 @dataclass
 class PriorSettings:
+    """How the prior term is estimated (no defaults: ``lsgm evaluate nll``'s options hold them)."""
+
     prior: str  # "ode" | "dsm" | "normal"
-    t_eps: float = 1e-5
-    tolerance: float = 1e-5
-    solver: str = "dopri5"
-    probe: str = "gaussian"
-    inner: int = 1  # M ODE solves per encoder sample
-    t_draws: int = 16  # DSM time draws per encoder sample
+    t_eps: float | None  # ODE end time / DSM lower time (None for the Normal prior)
+    tolerance: float  # ODE rtol = atol
+    solver: str  # torchdiffeq method
+    probe: str  # Hutchinson probe: gaussian | rademacher
+    inner: int  # M ODE solves per encoder sample
+    t_draws: int  # DSM time draws per encoder sample
 
 
 @dataclass
@@ -148,11 +150,11 @@ def _test_loader(run: LoadedRun, split: str, batch_size: int, root: str | None) 
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False)
 
 
-def evaluate_nll(model: str, *, prior: str = "ode", iw_samples: int = 1, inner: int = 1, tolerance: float = 1e-5,
-                 t_eps: float | None = None, probe: str = "gaussian", solver: str = "dopri5", batch_size: int = 128,
-                 n_batches: int | None = None, seed: int = 0, split: str = "test", use_ema: bool = True,
-                 t_draws: int = 16, root: str | None = None, device: str | None = None) -> dict:
-    """``lsgm evaluate nll``: the metrics record (see the module docstring)."""
+def evaluate_nll(model: str, *, prior: str, iw_samples: int, inner: int, tolerance: float, t_eps: float | None,
+                 probe: str, solver: str, batch_size: int, n_batches: int | None, seed: int, split: str,
+                 use_ema: bool, t_draws: int, root: str | None, device: str | None) -> dict:
+    """``lsgm evaluate nll``: the metrics record (see the module docstring). ``t_eps`` None: the training t_eps
+    (DSM prior)."""
     started = time.perf_counter()
     dev = resolve_device(device)
     run = load_run(model, use_ema=use_ema, device=dev)
@@ -161,8 +163,8 @@ def evaluate_nll(model: str, *, prior: str = "ode", iw_samples: int = 1, inner: 
     if iw_samples < 1 or inner < 1:
         raise EvalError("--iw-samples and --inner must be >= 1")
     kind = "normal" if run.kind == "vae" else prior
-    if t_eps is None:
-        t_eps = run.cfg.sde.t_eps if kind == "dsm" else 1e-5
+    if t_eps is None and kind == "dsm":
+        t_eps = run.cfg.sde.t_eps
     ps = PriorSettings(kind, t_eps=t_eps, tolerance=tolerance, solver=solver, probe=probe, inner=inner,
                        t_draws=t_draws)
     data = run.data
