@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -32,15 +32,44 @@ LOG_2PI = math.log(2 * math.pi)
 
 @dataclass(frozen=True)
 class NELBOTerms:
-    """The NELBO split of eq. (6), per sample [B], in nats."""
+    """The NELBO of eq. (6), per sample [B], in nats: reconstruction + negative encoder entropy + cross entropy,
+    the cross entropy split into the top latent's prior term and the lower scales' Normal term."""
 
-    reconstruction: torch.Tensor  # -log p(x | z_0)
-    neg_entropy: torch.Tensor  # log q(z_0 | x)
-    cross_entropy: torch.Tensor  # -log p(z_0) (estimated)
+    reconstruction: torch.Tensor  # -log p(x | z)
+    neg_entropy: torch.Tensor  # log q(z_0 | x) + log q(z_lower | x)
+    prior_cross_entropy: torch.Tensor  # -log p(z_0): the score prior's estimate, or the Normal prior's
+    lower_cross_entropy: torch.Tensor  # -log N(z_lower; 0, I) (0 without lower scales)
+
+    @property
+    def cross_entropy(self) -> torch.Tensor:
+        return self.prior_cross_entropy + self.lower_cross_entropy
+
+    @property
+    def kl(self) -> torch.Tensor:
+        """neg_entropy + cross entropy: the KL term that ``kl_coeff`` anneals."""
+        return self.neg_entropy + self.prior_cross_entropy + self.lower_cross_entropy
 
     @property
     def nelbo(self) -> torch.Tensor:
-        return self.reconstruction + self.neg_entropy + self.cross_entropy
+        return self.reconstruction + self.neg_entropy + self.prior_cross_entropy + self.lower_cross_entropy
+
+    def objective(self, kl_coeff: float) -> torch.Tensor:
+        """reconstruction + kl_coeff * KL (= the NELBO at kl_coeff = 1; the encoder's annealed objective)."""
+        return self.reconstruction + kl_coeff * self.kl
+
+
+def nelbo_terms(out: Any, prior_cross_entropy: torch.Tensor, dtype: torch.dtype | None = None) -> NELBOTerms:
+    """The NELBO terms of one VAE pass ``out`` (:class:`lsgm.nets.nvae.VAEOutput`) with the prior's cross entropy
+    of its top latent, ``prior_cross_entropy`` [B] (score prior, or :func:`normal_cross_entropy` for the VAE).
+    ``dtype``: cast every term first (fp32 for training under autocast); ``None`` keeps them as they are."""
+
+    def cast(v: torch.Tensor) -> torch.Tensor:
+        return v if dtype is None else v.to(dtype)
+
+    return NELBOTerms(reconstruction=cast(out.reconstruction),
+                      neg_entropy=cast(out.log_q_z0) + cast(out.lower_log_q),
+                      prior_cross_entropy=cast(prior_cross_entropy),
+                      lower_cross_entropy=cast(out.lower_cross_entropy))
 
 
 @dataclass(frozen=True)

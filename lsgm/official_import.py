@@ -493,7 +493,7 @@ def import_checkpoint(path: str | Path, vae_checkpoint: str | Path | None = None
     """Convert an official checkpoint into this harness's model-file dict (see the module docstring)."""
     from lsgm.config import ConfigError, RunConfig, from_dict, to_dict
     from lsgm.data import dataset_info
-    from lsgm.eval.common import build_score
+    from lsgm.score import build_score
     from lsgm.nets.nvae import NVAE
     from lsgm.sde import make_sde
     from lsgm.io import provenance

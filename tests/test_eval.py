@@ -22,10 +22,11 @@ from lsgm.eval import cli as eval_cli
 from lsgm.eval import features as features_mod
 from lsgm.eval import fid as fid_mod
 from lsgm.eval.generate import Sampling, sample_batch
-from lsgm.eval.common import EvalError, LoadedRun, build_score, load_run, per_sample_normal, sample_generators
+from lsgm.eval.common import EvalError, LoadedRun, load_run, per_sample_normal, sample_generators
 from lsgm.eval.nll import PriorSettings, batch_terms, iw_nll
 from lsgm.nets.classifier import FeatureClassifier
 from lsgm.nets.nvae import NVAE
+from lsgm.score import build_score
 from lsgm.sde import make_sde
 from lsgm.utils import atomic_torch_save
 

@@ -96,19 +96,6 @@ def _pick(states: dict, names: tuple[str, ...], path: Path) -> dict:
     raise EvalError(f"{path}: no {'/'.join(names)} entry in model.pt['state'] (has {sorted(states)})")
 
 
-def build_score(cfg: RunConfig, shape: tuple[int, ...], sde) -> nn.Module:
-    """The eps-prediction module of a run, as its trainer builds it: LSGM ``MixedScore(NCSNpp)`` on the
-    latent shape (lsgm.train.lsgm), pixel SGM a plain ``NCSNpp`` on ``2 x - 1`` (lsgm.train.sgm)."""
-    from lsgm.nets.ncsnpp import NCSNpp
-    from lsgm.score import MixedScore
-
-    backbone = NCSNpp(cfg.score, shape[0], shape[1])
-    if cfg.kind == "sgm":
-        return backbone
-    return MixedScore(backbone, sde, tuple(shape), mixing_logit_init=cfg.objective.mixing_logit_init,
-                      mixed=cfg.objective.mixed_score)
-
-
 def load_run(path: str | Path, use_ema: bool = True, device: torch.device | str = "cpu") -> LoadedRun:
     """Rebuild a trained run (config, VAE, score with EMA weights applied, SDE) from its ``model.pt``.
 
@@ -145,6 +132,7 @@ def _run_json_reason(model_path: Path) -> str | None:
 
 def _build_modules(run: LoadedRun, blob: dict, use_ema: bool, device: torch.device) -> None:
     from lsgm.nets.nvae import NVAE
+    from lsgm.score import build_score
     from lsgm.sde import make_sde
 
     cfg, states, path = run.cfg, blob["state"], run.path

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from lsgm.eval.common import EvalError, LoadedRun, load_run, metrics_record, resolve_device, sample_seed
 from lsgm.likelihood import iw_nll, nats_to_bpd, ode_log_likelihood
-from lsgm.objectives import normal_cross_entropy, prior_cross_entropy
+from lsgm.objectives import nelbo_terms, normal_cross_entropy, prior_cross_entropy
 from lsgm.time_sampling import make_time_sampler
 
 
@@ -98,10 +98,9 @@ def batch_terms(run: LoadedRun, x: torch.Tensor, ps: PriorSettings, iw_samples: 
         with torch.no_grad():
             out = run.vae(x, generator=gen)
         prior = prior_term(run, out.z0, ps, gen)
-        neg_ent = out.log_q_z0 + out.lower_log_q
-        nelbo = out.reconstruction + neg_ent + prior.cross_entropy + out.lower_cross_entropy
-        values = {"nelbo": nelbo, "recon": out.reconstruction, "neg_ent": neg_ent, "prior": prior.cross_entropy,
-                  "lower": out.lower_cross_entropy, "sem": prior.inner_sem}
+        parts = nelbo_terms(out, prior.cross_entropy)
+        values = {"nelbo": parts.nelbo, "recon": parts.reconstruction, "neg_ent": parts.neg_entropy,
+                  "prior": parts.prior_cross_entropy, "lower": parts.lower_cross_entropy, "sem": prior.inner_sem}
         for name, value in values.items():
             terms[name].append(value)
         nfe += prior.nfe

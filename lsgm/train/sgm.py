@@ -36,7 +36,7 @@ def to_model_space(x: torch.Tensor) -> torch.Tensor:
 
 class SGMTask:
     def __init__(self, run: Run):
-        from lsgm.nets.ncsnpp import NCSNpp
+        from lsgm.score import build_score
 
         cfg = run.cfg
         self.run, self.cfg = run, cfg
@@ -46,7 +46,8 @@ class SGMTask:
             self.sampler = make_time_sampler(cfg.objective.weighting, cfg.objective.sampling, self.sde, cfg.sde.t_eps)
         except ValueError as err:
             raise ConfigError(f"objective: {err}") from err
-        self.net = run.wrap(NCSNpp(cfg.score, self.info.channels, self.info.image_size))
+        image_shape = (self.info.channels, self.info.image_size, self.info.image_size)
+        self.net = run.wrap(build_score(cfg, image_shape, self.sde))
         self.opt = make_optimizer(trainable(unwrap(self.net)), cfg.train.score_optim)
         self.ema = EMA(unwrap(self.net), cfg.train.ema_decay)
         self.loader = run.make_loader(get_dataset(cfg.data.name, "train", root=cfg.data.root,

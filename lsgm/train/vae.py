@@ -19,7 +19,7 @@ import torch
 
 from lsgm.data import dataset_info, get_dataset
 from lsgm.likelihood import iw_nll, nats_to_bpd
-from lsgm.objectives import balanced_kl, kl_balance_alphas
+from lsgm.objectives import balanced_kl, kl_balance_alphas, nelbo_terms, normal_cross_entropy
 from lsgm.train.cli import cli_main
 from lsgm.train.distributed import unwrap
 from lsgm.train.loop import mean_stats
@@ -75,7 +75,7 @@ class VAETask:
             loss = weight * (recon + kl).mean() + (cfg.train.sr_lambda_vae * reg if reg is not None else 0.0)
             loss = run.force_nan(loss, step)
             kl_groups = torch.stack(out.kl_groups, 1).float()  # (B, G)
-            nelbo = (recon + kl_groups.sum(1)).mean()
+            nelbo = nelbo_terms(out, normal_cross_entropy(out.z0), dtype=torch.float32).nelbo.mean()
             run.check_finite(step, loss=loss)
             run.backward(loss, params)
             stats.append({"loss": (recon + kl).mean().item(), "nelbo": nelbo.item(), "recon": recon.mean().item(),
@@ -95,7 +95,7 @@ class VAETask:
                 draws = []
                 for _ in range(samples):
                     out = vae(x)
-                    draws.append(out.reconstruction + torch.stack(out.kl_groups, 1).sum(1))
+                    draws.append(nelbo_terms(out, normal_cross_entropy(out.z0)).nelbo)
                 per_batch.append(torch.stack(draws))
         return torch.cat(per_batch, dim=1).double()
 
