@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from lsgm.config import KLConfig, OptimConfig, RunConfig, from_dict
+from lsgm.config import KLConfig, OptimConfig
 from lsgm.objectives import balanced_kl, kl_balance_alphas
 from lsgm.train.loader import InfiniteLoader
 from lsgm.train.loop import EXIT_PREEMPTED

@@ -21,7 +21,7 @@ from lsgm.io import atomic_write_text
 from lsgm.utils import atomic_torch_save
 
 if TYPE_CHECKING:
-    from lsgm.train.loop import Task
+    from lsgm.train.task import Task
     from lsgm.train.run import Run
 
 CKPT_NAME = "ckpt.pt"
@@ -85,6 +85,12 @@ def resume(run: Run, task: Task) -> int:
     if run.is_main:
         _truncate_stats(run.out / "stats.jsonl", int(ck["step"]))
     return int(ck["step"])
+
+
+def remove_checkpoint(run: Run) -> None:
+    """Drop the resume checkpoint once the run's model.pt exists, so a forced rerun trains afresh."""
+    if run.is_main:
+        (run.ckpt_dir / CKPT_NAME).unlink(missing_ok=True)
 
 
 def _truncate_stats(path: Path, step: int) -> None:

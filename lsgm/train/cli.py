@@ -15,8 +15,9 @@ import yaml
 
 from lsgm.config import ConfigError, RunConfig, apply_overrides, load_run_config, to_dict
 from lsgm.data import DatasetError
-from lsgm.train.loop import Task, train
+from lsgm.train.loop import train
 from lsgm.train.run import Run
+from lsgm.train.task import Task
 
 EXIT_CONFIG = 2  # unusable config / arguments
 

@@ -1,42 +1,21 @@
-"""The training loop, and the task contract every trainer fulfils.
+"""The training loop: resume, step, log, checkpoint, finish.
 
 A trainer is a "task" object with ``modules`` / ``optimizers`` / ``emas`` dicts, ``train_step(x, step)``,
-``validate()``, ``model_state()`` and ``meta`` (see :class:`Task`); :func:`train` drives it through a
-:class:`lsgm.train.run.Run`: resume, step, log, checkpoint, finish. Divergence and preemption are outcomes.
+``validate()``, ``model_state()`` and ``meta`` (see :class:`lsgm.train.task.Task`); :func:`train` drives it
+through a :class:`lsgm.train.run.Run`: resume, step, log, checkpoint, finish. Divergence and preemption are
+outcomes.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Protocol
 
-import torch
-from torch import nn
-
-from lsgm.train.checkpoint import resume, save_checkpoint
-from lsgm.train.ema import EMA
-from lsgm.train.loader import InfiniteLoader
+from lsgm.train.checkpoint import remove_checkpoint, resume, save_checkpoint
 from lsgm.train.run import Diverged, Run
+from lsgm.train.task import Task
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; rerun to resume
-
-
-class Task(Protocol):
-    loader: InfiniteLoader
-    modules: dict[str, nn.Module]  # unwrapped modules whose state_dicts are checkpointed
-    optimizers: dict[str, torch.optim.Optimizer]
-    emas: dict[str, EMA]
-    meta: dict  # recorded in run.json / model.pt (deviations, optimizer semantics, ...)
-
-    def train_step(self, batches: list, step: int) -> dict[str, float]: ...  # grad_accum micro-batches, one step
-    def validate(self) -> dict: ...
-    def model_state(self) -> dict: ...  # {"state": {...}, "ema": {...} | None}
-    # checkpoint selection (train.select_every_steps > 0; stage 1 only): the score to minimise, its name, and
-    # how to put a kept model_state() back
-    def selection_score(self) -> float: ...
-    def selection_criterion(self) -> str: ...
-    def load_model_state(self, state: dict) -> None: ...
 
 
 def train(run: Run, task: Task) -> int:
@@ -80,9 +59,11 @@ def train(run: Run, task: Task) -> int:
         bar.close()
         print(f"diverged: {err.reason}", file=sys.stderr)
         run.finish(task, "diverged", err.step, err.reason)
+        remove_checkpoint(run)
         return 0
     bar.close()
     run.finish(task, "completed", total, None)
+    remove_checkpoint(run)
     return 0
 
 

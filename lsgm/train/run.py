@@ -24,7 +24,6 @@ from torch.utils.data import Dataset
 from lsgm.config import RunConfig, save_run_config, to_dict
 from lsgm.methods import split_batch
 from lsgm.nets.sync_bn import convert_sync_batchnorm
-from lsgm.train.checkpoint import CKPT_NAME
 from lsgm.train.distributed import setup_distributed
 from lsgm.train.loader import InfiniteLoader
 from lsgm.train.rng import seed_everything
@@ -33,7 +32,7 @@ from lsgm.io import atomic_write_json, provenance
 from lsgm.utils import atomic_torch_save
 
 if TYPE_CHECKING:
-    from lsgm.train.loop import Task
+    from lsgm.train.task import Task
 
 
 class Diverged(Exception):
@@ -238,8 +237,8 @@ class Run:
 
     def finish(self, task: Task, status: str, step: int, reason: str | None) -> None:
         """Write run.json, then model.pt (last, atomic). A diverged run writes both (status ``diverged``).
-        The resume checkpoint is removed once model.pt exists, so a forced rerun trains afresh. With checkpoint
-        selection, a completed run's model.pt (and its final validation) holds the selected weights."""
+        The loop then removes the resume checkpoint (:func:`lsgm.train.checkpoint.remove_checkpoint`). With
+        checkpoint selection, a completed run's model.pt (and its final validation) holds the selected weights."""
         selected = status == "completed" and self.selection.best_state is not None
         if selected:
             task.load_model_state(self.selection.best_state)
@@ -255,4 +254,3 @@ class Run:
             "validation": validation, **meta, "provenance": prov})
         atomic_torch_save({"config": to_dict(self.cfg), "status": status, "step": step, **task.model_state(),
                            "meta": meta, "provenance": prov}, self.out / "model.pt")
-        (self.ckpt_dir / CKPT_NAME).unlink(missing_ok=True)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from lsgm.train.loop import Task
+    from lsgm.train.task import Task
 
 
 def _cpu_copy(obj):
