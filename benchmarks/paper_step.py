@@ -5,7 +5,7 @@ Parts, per recipe (the six official recipes; the Table 6 cells share cifar10_fid
   stage1  one optimizer step of the NVAE (``VAETask.train_step``: forward, KL, SR, backward, Adamax)
   stage2  one optimizer step of the LSGM (``LSGMTask.train_step``: VAE + score network, SR, EMA)
   nll     one ODE NLL batch (``lsgm.eval.nll.batch_terms``, prior ``ode``, the official NLL t_eps/tolerance)
-  sample  one ODE sampling batch (``lsgm.eval.fid.sample_batch``, the official FID t_eps/tolerance)
+  sample  one ODE sampling batch (``lsgm.eval.generate.sample_batch``, the official FID t_eps/tolerance)
 
 On a CPU the batch is 1-2 per process (``--batch``, default 1): this catches shape, dtype and memory bugs at
 real sizes, and the seconds are CPU seconds. On a GPU the default is the official per-GPU batch with bf16
@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 import yaml
+
+from lsgm.utils import synchronize
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("stage1", "stage2", "nll", "sample")
@@ -86,19 +88,14 @@ def _patch_data(n: int) -> None:
     vae_task.get_dataset = lsgm_task.get_dataset = fake
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _timed_steps(task, run, warmup: int, timed: int) -> list[float]:
     times = []
     for step in range(warmup + timed):
         batches = [next(task.loader).to(run.device) for _ in range(run.grad_accum)]
-        _sync(run.device)
+        synchronize(run.device)
         t0 = time.perf_counter()
         task.train_step(batches, step)
-        _sync(run.device)
+        synchronize(run.device)
         if step >= warmup:
             times.append(time.perf_counter() - t0)
     return times
@@ -111,7 +108,8 @@ def _count(module) -> int:
 def run_part(recipe: str, part: str, batch: int, warmup: int, timed: int, work: Path) -> dict:
     """One part of one recipe in this process; returns its record."""
     from lsgm.config import RunConfig, from_dict
-    from lsgm.train.common import Run, unwrap
+    from lsgm.train.distributed import unwrap
+    from lsgm.train.run import Run
     from lsgm.utils import atomic_torch_save
 
     cuda = torch.cuda.is_available()
@@ -156,25 +154,30 @@ def run_part(recipe: str, part: str, batch: int, warmup: int, timed: int, work: 
         loaded = load_run(lsgm_file, device=device)
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
         if part == "nll":
+            from lsgm.eval.cli import ODE_SOLVER, ODE_T_EPS, ODE_TOLERANCE, PROBE
             from lsgm.eval.nll import PriorSettings, batch_terms
 
             s = evals.get("nll", {})
-            ps = PriorSettings("ode", t_eps=s.get("t_eps", 1e-5), tolerance=s.get("tolerance", 1e-5))
+            ps = PriorSettings("ode", t_eps=s.get("t_eps", ODE_T_EPS), tolerance=s.get("tolerance", ODE_TOLERANCE),
+                               solver=ODE_SOLVER, probe=PROBE, inner=1, t_draws=0)
             x = torch.stack([RandomImages(loaded.data, batch, seed=2)[i][0] for i in range(batch)]).to(device)
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             with ctx:
                 terms = batch_terms(loaded, x, ps, iw_samples=1, seed=0, batch_index=0)
-            _sync(device)
+            synchronize(device)
             record.update(seconds_per_batch=time.perf_counter() - t0, nfe=terms.nfe, t_eps=ps.t_eps,
                           tolerance=ps.tolerance, nll_nats_untrained=float(terms.nll.mean()))
         else:
-            from lsgm.eval.fid import sample_batch
+            from lsgm.eval.cli import ODE_SOLVER, ODE_T_EPS, ODE_TOLERANCE
+            from lsgm.eval.generate import Sampling, sample_batch
 
             s = evals.get("fid", {})
-            t_eps, tol = s.get("t_eps", 1e-5), s.get("tolerance", 1e-5)
+            t_eps, tol = s.get("t_eps", ODE_T_EPS), s.get("tolerance", ODE_TOLERANCE)
+            sampling = Sampling(sampler="ode", tolerance=tol, solver=ODE_SOLVER, t_eps=t_eps, temperature=1.0,
+                                vae_temperature=1.0, pc_steps=None, snr=None)
             with ctx:
-                res = sample_batch(loaded, 0, batch, seed=0, tolerance=tol, t_eps=t_eps, device=device)
+                res = sample_batch(loaded, 0, batch, seed=0, sampling=sampling, device=device)
             record.update(seconds_per_batch=res.seconds, solve_seconds=res.sampler_seconds, nfe=res.nfe,
                           t_eps=t_eps, tolerance=tol)
     if cuda:
@@ -275,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write(out: Path, name: str, tag: str, results: dict, steps: dict, args: argparse.Namespace,
           started: float) -> None:
-    from lsgm.utils import atomic_write_json, provenance
+    from lsgm.io import atomic_write_json, provenance
 
     doc = {
         "benchmark": "paper_step", "device": name, "results": results, "steps": steps,

@@ -25,8 +25,9 @@ import numpy as np
 
 from lsgm.config import RunConfig, apply_overrides, save_run_config
 from lsgm.eval.common import load_run, resolve_device
-from lsgm.eval.fid import sample_batch
-from lsgm.utils import atomic_write_json, provenance
+from lsgm.eval.cli import ODE_SOLVER, ODE_T_EPS, ODE_TOLERANCE, PC_SNR
+from lsgm.eval.generate import Sampling, sample_batch
+from lsgm.io import atomic_write_json, provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LSGM = "results/quick/runs/digits/lsgm/celeba-s0/model.pt"
@@ -70,12 +71,12 @@ def _summary(batches: list) -> dict:
             "n_batches": len(batches)}
 
 
-def measure(runs: dict, *, sampler: dict, batch_size: int, n_batches: int, seed: int, device) -> dict:
+def measure(runs: dict, *, sampling: Sampling, batch_size: int, n_batches: int, seed: int, device) -> dict:
     """Alternate one batch of each run (warm-up batch first, excluded): {name: summary}."""
     records = {name: [] for name in runs}
     for b in range(n_batches + 1):
         for name, run in runs.items():
-            batch = sample_batch(run, b * batch_size, batch_size, seed=seed, device=device, **sampler[name])
+            batch = sample_batch(run, b * batch_size, batch_size, seed=seed, sampling=sampling, device=device)
             if b > 0:
                 records[name].append(batch)
     return {name: _summary(batches) for name, batches in records.items()}
@@ -85,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lsgm", default=DEFAULT_LSGM)
     p.add_argument("--sgm", default=DEFAULT_SGM)
-    p.add_argument("--tolerances", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3, 1e-2])
+    p.add_argument("--tolerances", type=float, nargs="+", default=[ODE_TOLERANCE, 1e-4, 1e-3, 1e-2])
     p.add_argument("--pc-steps", type=int, nargs="*", default=[100, 1000])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-batches", type=int, default=5)
-    p.add_argument("--t-eps", type=float, default=1e-5)
-    p.add_argument("--solver", default="dopri5")
+    p.add_argument("--t-eps", type=float, default=ODE_T_EPS)
+    p.add_argument("--solver", default=ODE_SOLVER)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--train-missing", metavar="DIR", help="train stand-in models here if a model file is absent")
@@ -115,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sampling_cost: diverged model(s): {'; '.join(diverged)}", file=sys.stderr)
         return 0
     common = dict(batch_size=args.batch_size, n_batches=args.n_batches, seed=args.seed, device=device)
-    ode = dict(sampler="ode", solver=args.solver, t_eps=args.t_eps)
     rows = []
     for tol in args.tolerances:
-        res = measure(runs, sampler={k: dict(ode, tolerance=tol) for k in runs}, **common)
+        ode = Sampling(sampler="ode", tolerance=tol, solver=args.solver, t_eps=args.t_eps, temperature=1.0,
+                       vae_temperature=1.0, pc_steps=None, snr=None)
+        res = measure(runs, sampling=ode, **common)
         rows.append({"tolerance": tol, "lsgm_ode": res["lsgm"], "sgm_ode": res["sgm"],
                      "nfe_ratio_sgm_over_lsgm": res["sgm"]["nfe_mean"] / res["lsgm"]["nfe_mean"],
                      "time_ratio_sgm_over_lsgm": res["sgm"]["seconds_per_batch"] / res["lsgm"]["seconds_per_batch"]})
@@ -126,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
               f"SGM NFE {res['sgm']['nfe_mean']:.1f} {res['sgm']['seconds_per_batch']:.3f}s", flush=True)
     pc_rows = []
     for steps in args.pc_steps:
-        res = measure({"sgm": runs["sgm"]}, sampler={"sgm": dict(sampler="pc", pc_steps=steps, t_eps=args.t_eps)},
-                      **common)["sgm"]
+        pc = Sampling(sampler="pc", tolerance=None, solver=args.solver, t_eps=args.t_eps, temperature=1.0,
+                      vae_temperature=1.0, pc_steps=steps, snr=PC_SNR)
+        res = measure({"sgm": runs["sgm"]}, sampling=pc, **common)["sgm"]
         pc_rows.append({"n_steps": steps, "sgm_pc": res,
                         "vs_lsgm_ode": {r["tolerance"]: {"nfe_ratio": res["nfe_mean"] / r["lsgm_ode"]["nfe_mean"],
                                                          "time_ratio": res["seconds_per_batch"]

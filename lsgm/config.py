@@ -31,6 +31,8 @@ from typing import Any, Literal
 
 import yaml
 
+from lsgm.io import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the offending key and the fix."""
@@ -367,8 +369,6 @@ def load_run_config(path: str | Path) -> RunConfig:
 
 
 def save_run_config(cfg: RunConfig, path: str | Path) -> None:
-    from lsgm.utils import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 

@@ -46,6 +46,13 @@ DATASETS: dict[str, DatasetInfo] = {
     "celeba256": DatasetInfo("celeba256", channels=3, image_size=256, levels=32, unit="bpd"),
 }
 
+
+def offline_standin(name: str) -> str:
+    """The offline dataset that stands in for ``name`` below the paper scale: the binarized digits for binary data
+    (MNIST, OMNIGLOT), the grey-level digits otherwise (CIFAR-10, CelebA-HQ-256)."""
+    return "digits_binary" if DATASETS[name].binary else "digits"
+
+
 # Number of images per split; a loaded split of another size is an error (partial/truncated data).
 EXPECTED_COUNTS: dict[str, dict[str, int]] = {
     "mnist": {"train": 60_000, "test": 10_000},

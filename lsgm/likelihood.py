@@ -18,9 +18,9 @@ from torch import nn
 from torchdiffeq import odeint
 
 from lsgm.objectives import EpsFn
-from lsgm.sampling import _sync, solver_options
+from lsgm.sampling import solver_options
 from lsgm.sde import SDE
-from lsgm.utils import sum_except_batch
+from lsgm.utils import sum_except_batch, synchronize
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,11 @@ def ode_log_likelihood(z0: torch.Tensor, eps_fn: EpsFn, sde: SDE, t_eps: float, 
     func = AugmentedFlow(eps_fn, sde, hutchinson_probe(z0, probe, generator), (t_eps, 1.0))
     state0 = (z0.detach(), torch.zeros(z0.shape[0], device=z0.device, dtype=z0.dtype))
     times = torch.tensor([t_eps, 1.0], device=z0.device, dtype=torch.float64)
-    _sync(z0.device)
+    synchronize(z0.device)
     start = time.perf_counter()
     with torch.no_grad():
         z_path, div_path = odeint(func, state0, times, rtol=rtol, atol=atol, method=method,
                                   options=solver_options(method, max_num_steps, 1.0))
-    _sync(z0.device)
+    synchronize(z0.device)
     logp = sde.prior_log_prob(z_path[-1]) + div_path[-1]
     return LikelihoodResult(logp=logp, nfe=func.nfe, seconds=time.perf_counter() - start)

@@ -15,6 +15,14 @@ SDES = ("vpsde", "geometric")
 WEIGHTINGS = ("ll", "un", "re")
 SAMPLINGS = ("uniform", "is")
 Q_OBJECTIVES = ("rew", "ll_is", "ll_uniform")
+# The paper's Table 6 columns in its order: the cell as config.yaml's table6.grid writes it -> the printed header.
+TABLE6_COLUMNS = {
+    "ll-uniform-rew": "w_ll U rew.", "ll-is-rew": "w_ll r_ll rew.",
+    "un-uniform-rew": "w_un U rew.", "un-uniform-ll_is": "w_un U r_ll",
+    "un-is-rew": "w_un r_un rew.", "un-is-ll_is": "w_un r_un r_ll",
+    "re-uniform-rew": "w_re U rew.", "re-uniform-ll_is": "w_re U r_ll",
+    "re-is-rew": "w_re r_re rew.", "re-is-ll_is": "w_re r_re r_ll",
+}
 
 
 def _error(message: str) -> Exception:
@@ -25,7 +33,7 @@ def _error(message: str) -> Exception:
 
 def undefined_reason(sde: str, weighting: str, sampling: str) -> str | None:
     """Why an (SDE, weighting, t-sampling) combination does not exist, or ``None`` if it does."""
-    if sde in ("geometric", "vesde") and weighting == "un" and sampling == "is":
+    if weighting == "un" and sampling == "is" and sde != "vpsde":
         return ("r_un(t) importance sampling (official drop_all_iw) exists only for the VPSDE "
                 "(paper Table 6: n/a for the geometric VPSDE)")
     return None
@@ -39,11 +47,6 @@ def redundant_reason(sde: str, weighting: str, sampling: str) -> str | None:
     return None
 
 
-def table6_na(sde: str, weighting: str, sampling: str) -> bool:
-    """Whether the paper prints this Table 6 cell as n/a (undefined or redundant)."""
-    return bool(undefined_reason(sde, weighting, sampling) or redundant_reason(sde, weighting, sampling))
-
-
 def check_objective(weighting: str, sampling: str, q_objective: str, mode: str, train_vae: bool,
                     update_q_ema: bool) -> None:
     """Training-mode rules the official code asserts; raises ConfigError with the fix."""
@@ -55,6 +58,12 @@ def check_objective(weighting: str, sampling: str, q_objective: str, mode: str, 
         raise _error("update_q_ema applies only to mode 'disjoint'")
 
 
+def q_trains_score(weighting: str, q_objective: str) -> bool:
+    """Whether the encoder's objective and the score prior's coincide (w_ll with q "rew"; the official
+    ``different_p_q_objectives`` is False), so the q loss trains the score network too."""
+    return weighting == "ll" and q_objective == "rew"
+
+
 def check_sde_objective(sde: str, weighting: str, sampling: str) -> None:
     reason = undefined_reason(sde, weighting, sampling)
     if reason:
@@ -63,7 +72,9 @@ def check_sde_objective(sde: str, weighting: str, sampling: str) -> None:
 
 @dataclass(frozen=True)
 class Cell:
-    """One Table 6 cell, parsed once from its config string ``"<weighting>-<sampling>-<q_objective>"``."""
+    """One Table 6 cell: an SDE and the column ``"<weighting>-<sampling>-<q_objective>"``, parsed once from
+    config.yaml's ``table6.grid`` and passed on as this record (its fields travel in the run config's ``sde.type``
+    and ``objective``, and come back from a metrics file's ``run`` section)."""
 
     sde: str
     weighting: str
@@ -72,25 +83,46 @@ class Cell:
 
     @classmethod
     def parse(cls, sde: str, text: str) -> "Cell":
-        parts = text.split("-")
-        if len(parts) != 3 or sde not in SDES or parts[0] not in WEIGHTINGS or parts[1] not in SAMPLINGS \
-                or parts[2] not in Q_OBJECTIVES:
-            raise _error(f"Table 6 cell '{text}' of SDE '{sde}' is not <weighting>-<sampling>-<q_objective> with "
-                         f"sde in {SDES}, weighting in {WEIGHTINGS}, sampling in {SAMPLINGS}, q in {Q_OBJECTIVES}")
+        """``Cell.parse("vpsde", "ll-is-rew")``; a ConfigError of one line naming the part that is wrong and
+        what it may be."""
+        parts = text.split("-") if isinstance(text, str) else []
+        if len(parts) != 3:
+            raise _error(f"Table 6 cell {text!r} of SDE '{sde}' is not <weighting>-<sampling>-<q_objective> "
+                         "(e.g. 'll-is-rew')")
+        for part, value, allowed in zip(("sde", "weighting", "sampling", "q_objective"), (sde, *parts),
+                                        (SDES, WEIGHTINGS, SAMPLINGS, Q_OBJECTIVES)):
+            if value not in allowed:
+                raise _error(f"Table 6 cell '{text}' of SDE '{sde}': {part} '{value}' is not one of "
+                             f"{', '.join(allowed)}")
         return cls(sde, *parts)
+
+    @property
+    def text(self) -> str:
+        """``ll-is-rew``: the column, as config.yaml's grid and :data:`TABLE6_COLUMNS` write it."""
+        return f"{self.weighting}-{self.sampling}-{self.q_objective}"
 
     @property
     def run_name(self) -> str:
         """``vpsde-w_un-is-q_rew``: the run's name (and target path component)."""
         return f"{self.sde}-w_{self.weighting}-{self.sampling}-q_{self.q_objective}"
 
-    def check_table6(self, where: str) -> None:
-        """Refuse the cells the paper marks n/a, naming the reason."""
-        reason = undefined_reason(self.sde, self.weighting, self.sampling) or \
+    @property
+    def objective(self) -> dict:
+        """The run config's ``objective`` fields this cell sets."""
+        return {"weighting": self.weighting, "sampling": self.sampling, "q_objective": self.q_objective}
+
+    @property
+    def na_reason(self) -> str | None:
+        """Why the paper prints this cell as n/a (undefined or redundant), or ``None``."""
+        return undefined_reason(self.sde, self.weighting, self.sampling) or \
             redundant_reason(self.sde, self.weighting, self.sampling)
-        if reason:
-            cell = f"{self.weighting}-{self.sampling}-{self.q_objective}"
-            raise _error(f"{where}: Table 6 cell '{cell}' with the {self.sde} SDE: {reason}. Remove it.")
+
+    def check_table6(self, where: str) -> None:
+        """Refuse a cell that is no Table 6 column, or one the paper marks n/a, naming the reason."""
+        if self.text not in TABLE6_COLUMNS:
+            raise _error(f"{where}: '{self.text}' is not a Table 6 column; the columns: {', '.join(TABLE6_COLUMNS)}")
+        if self.na_reason:
+            raise _error(f"{where}: Table 6 cell '{self.text}' with the {self.sde} SDE: {self.na_reason}. Remove it.")
 
 
 def split_batch(global_batch: int, world_size: int, max_per_process: int = 0) -> tuple[int, int]:

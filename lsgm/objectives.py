@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -32,15 +32,44 @@ LOG_2PI = math.log(2 * math.pi)
 
 @dataclass(frozen=True)
 class NELBOTerms:
-    """The NELBO split of eq. (6), per sample [B], in nats."""
+    """The NELBO of eq. (6), per sample [B], in nats: reconstruction + negative encoder entropy + cross entropy,
+    the cross entropy split into the top latent's prior term and the lower scales' Normal term."""
 
-    reconstruction: torch.Tensor  # -log p(x | z_0)
-    neg_entropy: torch.Tensor  # log q(z_0 | x)
-    cross_entropy: torch.Tensor  # -log p(z_0) (estimated)
+    reconstruction: torch.Tensor  # -log p(x | z)
+    neg_entropy: torch.Tensor  # log q(z_0 | x) + log q(z_lower | x)
+    prior_cross_entropy: torch.Tensor  # -log p(z_0): the score prior's estimate, or the Normal prior's
+    lower_cross_entropy: torch.Tensor  # -log N(z_lower; 0, I) (0 without lower scales)
+
+    @property
+    def cross_entropy(self) -> torch.Tensor:
+        return self.prior_cross_entropy + self.lower_cross_entropy
+
+    @property
+    def kl(self) -> torch.Tensor:
+        """neg_entropy + cross entropy: the KL term that ``kl_coeff`` anneals."""
+        return self.neg_entropy + self.prior_cross_entropy + self.lower_cross_entropy
 
     @property
     def nelbo(self) -> torch.Tensor:
-        return self.reconstruction + self.neg_entropy + self.cross_entropy
+        return self.reconstruction + self.neg_entropy + self.prior_cross_entropy + self.lower_cross_entropy
+
+    def objective(self, kl_coeff: float) -> torch.Tensor:
+        """reconstruction + kl_coeff * KL (= the NELBO at kl_coeff = 1; the encoder's annealed objective)."""
+        return self.reconstruction + kl_coeff * self.kl
+
+
+def nelbo_terms(out: Any, prior_cross_entropy: torch.Tensor, dtype: torch.dtype | None = None) -> NELBOTerms:
+    """The NELBO terms of one VAE pass ``out`` (:class:`lsgm.nets.nvae.VAEOutput`) with the prior's cross entropy
+    of its top latent, ``prior_cross_entropy`` [B] (score prior, or :func:`normal_cross_entropy` for the VAE).
+    ``dtype``: cast every term first (fp32 for training under autocast); ``None`` keeps them as they are."""
+
+    def cast(v: torch.Tensor) -> torch.Tensor:
+        return v if dtype is None else v.to(dtype)
+
+    return NELBOTerms(reconstruction=cast(out.reconstruction),
+                      neg_entropy=cast(out.log_q_z0) + cast(out.lower_log_q),
+                      prior_cross_entropy=cast(prior_cross_entropy),
+                      lower_cross_entropy=cast(out.lower_cross_entropy))
 
 
 @dataclass(frozen=True)
@@ -109,3 +138,23 @@ def sgm_loss(z0: torch.Tensor, eps_fn: EpsFn, sde: SDE, sampler: TimeSampler,
     """Score prior objective (9): weight_p(t) ||eps - eps_theta(z_t, t)||^2 with t ~ r(t); -> [B]."""
     ts = sampler.sample(z0.shape[0], generator=generator, device=z0.device, dtype=z0.dtype)
     return diffusion_terms(z0, eps_fn, sde, ts, generator=generator).sgm_loss
+
+
+# KL balancing of the stage-1 NVAE (reference 4.1)
+def kl_balance_alphas(num_scales: int, groups_per_scale: int) -> torch.Tensor:
+    """NVAE's "square" scheme: group g of scale s (s = 0 the top) gets 4^s / groups_per_scale, min-normalised.
+    Ordered like ``VAEOutput.kl_groups`` (top first); shape [G]."""
+    alpha = torch.tensor([4.0**s / groups_per_scale for s in range(num_scales) for _ in range(groups_per_scale)])
+    return alpha / alpha.min()
+
+
+def balanced_kl(kl_groups: list[torch.Tensor], kl_coeff: float, alphas: torch.Tensor, balance: bool) -> torch.Tensor:
+    """kl_coeff * sum_g c_g KL_g per sample [B]. With ``balance`` and kl_coeff < 1: c_g proportional to
+    (mean_B |KL_g| + 0.01) / alpha_g, normalised to mean 1 and detached (reference 4.1); else c_g = 1."""
+    kl = torch.stack(kl_groups, dim=1)  # (B, G)
+    if balance and kl_coeff < 1.0:
+        coeff = kl.abs().mean(dim=0) + 0.01  # (G,)
+        coeff = coeff / alphas.to(kl) * coeff.sum()
+        coeff = (coeff / coeff.mean()).detach()
+        return kl_coeff * (kl * coeff).sum(dim=1)
+    return kl_coeff * kl.sum(dim=1)

@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lsgm.utils import UnsafeFileError, file_sha256, load_data_file
+from lsgm.io import file_sha256
+from lsgm.utils import UnsafeFileError, load_data_file
 
 MAPPING_VERSION = 1
 # utils.override_architecture_fields: the NVAE fields train_vada.py copies from the VAE checkpoint's args
@@ -492,10 +493,10 @@ def import_checkpoint(path: str | Path, vae_checkpoint: str | Path | None = None
     """Convert an official checkpoint into this harness's model-file dict (see the module docstring)."""
     from lsgm.config import ConfigError, RunConfig, from_dict, to_dict
     from lsgm.data import dataset_info
-    from lsgm.eval.common import build_score
+    from lsgm.score import build_score
     from lsgm.nets.nvae import NVAE
     from lsgm.sde import make_sde
-    from lsgm.utils import provenance
+    from lsgm.io import provenance
 
     path = Path(path)
     blob = load_official(path)

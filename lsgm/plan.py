@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from lsgm import recipes
 from lsgm.config import ConfigError, RunConfig, from_dict, to_dict
-from lsgm.datasets_info import EXPECTED_COUNTS
+from lsgm.datasets_info import DATASETS, EXPECTED_COUNTS
 from lsgm.methods import Cell, split_batch
 
 SCALES = ("smoke", "quick", "paper")
@@ -45,6 +45,11 @@ EVAL_RANGES = {"tolerance": (0.0, 1.0, True), "t_eps": (0.0, 1.0, True), "iw_sam
                "vae_temperature": (0.0, math.inf, True),
                "fd_samples": (0, math.inf, False), "pc_steps": (1, math.inf, False),
                "tolerances": (0.0, 1.0, True)}
+
+
+# The slurm executor-plugin resources a job declares (workflow/rules/common.smk asks the plan for each one).
+TRAIN_RESOURCE_KEYS = ("gpu", "nodes", "tasks_per_node", "gres", "mpi", "cpus_per_task", "mem_mb", "runtime")
+EVAL_RESOURCE_KEYS = ("gpu", "cpus_per_task", "mem_mb", "runtime")
 
 
 class PlanError(ValueError):
@@ -98,6 +103,7 @@ class Run:
     official: str | None = None  # the official recipe it follows (recipes/official.yaml)
     epochs: int | None = None
     backbone: "Run | None" = None
+    per_gpu: dict = field(default_factory=dict)  # scales.S.resources.train: threads and mem_mb per GPU
 
     @property
     def gpus(self) -> int:
@@ -153,12 +159,12 @@ class Run:
                 f"torchrun --nnodes={self.nodes} --nproc_per_node={self.gpus_per_node} --rdzv_backend=c10d "
                 f"--rdzv_id=$SLURM_JOB_ID --rdzv_endpoint={head}:{port} -m lsgm")
 
-    def resources(self, per_gpu: dict) -> dict:
+    def resources(self) -> dict:
         """Slurm executor-plugin resources of the training job from the scale's per-GPU ``threads`` / ``mem_mb``.
         One node: ``gpu`` (-> --gpus=N), the node's CPUs and memory. Several nodes: ``nodes``, one task per GPU
         (``tasks_per_node``, ``cpus_per_task`` per GPU), ``gres=gpu:N`` per node and ``mpi`` so the job runs the
         launcher's own srun (one torchrun per node); ``mem_mb`` is per node."""
-        g = max(1, self.gpus_per_node)
+        per_gpu, g = self.per_gpu, max(1, self.gpus_per_node)
         res = {"mem_mb": per_gpu["mem_mb"] * g, "runtime": self.runtime}
         if self.nodes > 1:
             if self.gpus_per_node < 2:
@@ -170,9 +176,9 @@ class Run:
             res.update(cpus_per_task=per_gpu["threads"] * g, gpu=self.gpus or None)
         return res
 
-    def threads(self, per_gpu: dict) -> int:
+    def threads(self) -> int:
         """CPU threads of the job on one node (Snakemake's local scheduling unit)."""
-        return per_gpu["threads"] * max(1, self.gpus_per_node)
+        return self.per_gpu["threads"] * max(1, self.gpus_per_node)
 
     def job(self, with_config: bool = False) -> dict:
         """The job as ``lsgm plan --json`` prints it (names kept stable: external checks read them)."""
@@ -197,10 +203,24 @@ class Plan:
         self.config, self.scale = config, scale
         self.sc = config["scales"][scale]
         self.runs: dict[tuple, Run] = {}
+        self._check_datasets()
+        self.cells = self._parse_cells()
         self._build()
         self._check_references()
 
     # ---------------------------------------------------------------- building
+    def _check_datasets(self) -> None:
+        """Every dataset this scale names is one of lsgm/datasets_info.py; FD features only for its datasets."""
+        where = f"scales.{self.scale}"
+        for paper, dataset in self.sc["datasets"].items():
+            for key, name in ((f"{where}.datasets", paper), (f"{where}.datasets.{paper}", dataset)):
+                if name not in DATASETS:
+                    raise PlanError(f"{key}: {name!r} is not a dataset of lsgm/datasets_info.py "
+                                    f"({', '.join(DATASETS)})")
+        for dataset in self.sc["fd"]["features"]:
+            if dataset not in self.sc["datasets"].values():
+                raise PlanError(f"{where}.fd.features: {dataset!r} is not a dataset of this scale ({where}.datasets)")
+
     def _dataset(self, paper_dataset: str, where: str) -> str:
         mapping = self.sc["datasets"]
         if paper_dataset not in mapping:
@@ -284,7 +304,8 @@ class Plan:
         nodes, per_node = self._geometry(off, spec, kind)
         runtime = int(spec.get("runtime", self.sc["defaults"].get(kind, {}).get("runtime", 60)))
         run = Run(self.scale, kind, dataset, name, seed, resolved, nodes, per_node, runtime, tuple(evals),
-                  self._eval_settings(kind, spec, official, where), official, epochs)
+                  self._eval_settings(kind, spec, official, where), official, epochs,
+                  per_gpu=dict(self.sc["resources"]["train"]))
         try:
             run.batch_split
         except ConfigError as err:
@@ -304,22 +325,23 @@ class Plan:
         return self._make(kind, name, dataset, seed, rec, spec, rec.get("evals", []), where)
 
     def _cell_run(self, cell: Cell, seed: int) -> Run:
-        t6, where = self.config["table6"], f"table6.grid.{cell.sde}[{cell.weighting}-{cell.sampling}-{cell.q_objective}]"
+        t6, where = self.config["table6"], f"table6.grid.{cell.sde}[{cell.text}]"
         try:
             cell.check_table6(where)
         except ConfigError as err:
             raise PlanError(str(err)) from err
+        if cell.sde not in t6["sde_official"]:
+            raise PlanError(f"table6.sde_official: no official recipe for the {cell.sde} SDE of table6.grid")
         sde_recipe = t6["sde_official"][cell.sde]
         sde = self._official("lsgm", sde_recipe)[1]["sde"]
-        extra = {"sde": sde, "objective": {"weighting": cell.weighting, "sampling": cell.sampling,
-                                           "q_objective": cell.q_objective}}
+        extra = {"sde": sde, "objective": cell.objective}
         dataset = self._dataset(t6["dataset"], where)
         rec = {"official": t6["official"]}
         return self._make("lsgm", cell.run_name, dataset, seed, rec, self.sc.get("table6", {}), t6["evals"], where,
                           extra, official=t6["official"])
 
-    def cells(self) -> list[Cell]:
-        """The Table 6 grid, each cell parsed once."""
+    def _parse_cells(self) -> tuple[Cell, ...]:
+        """The Table 6 grid, each cell parsed once (``self.cells``)."""
         out = []
         for sde, texts in self.config["table6"]["grid"].items():
             for text in texts:
@@ -327,7 +349,7 @@ class Plan:
                     out.append(Cell.parse(sde, text))
                 except ConfigError as err:
                     raise PlanError(f"table6.grid.{sde}: {err}") from err
-        return out
+        return tuple(out)
 
     def _build(self) -> None:
         recipes_cfg, t6 = self.config["recipes"], self.config["table6"]
@@ -337,7 +359,7 @@ class Plan:
                 run = self._recipe_run("lsgm", name, rec, seed)
                 backbone = self.sc["runs"].get("lsgm", {}).get(name, {}).get("backbone", rec["backbone"])
                 self._attach(run, backbones, backbone, f"recipes.lsgm.{name}")
-            for cell in self.cells():
+            for cell in self.cells:
                 self._attach(self._cell_run(cell, seed), backbones, t6["backbone"], "table6.backbone")
             for name, rec in recipes_cfg["sgm"].items():
                 self._recipe_run("sgm", name, rec, seed)
@@ -349,8 +371,6 @@ class Plan:
 
     def _make_classifier(self, dataset: str, spec: dict) -> Run:
         where = f"scales.{self.scale}.fd.features.{dataset}"
-        if dataset not in self.sc["datasets"].values():
-            raise PlanError(f"{where}: {dataset!r} is not a dataset of this scale (scales.{self.scale}.datasets)")
         recipe = self.config["recipes"]["classifier"]["fd"]
         return self._make("classifier", "fd", dataset, 0, recipe, spec, [], where)
 
@@ -400,6 +420,15 @@ class Plan:
             raise PlanError(f"{where}: FD/FID on dataset {dataset!r} needs scales.{self.scale}.fd.features.{dataset}")
         return f"results/{self.scale}/fid_stats/{dataset}-{features}-{fd['version']}.pt"
 
+    def eval_resources(self) -> dict:
+        """Slurm resources of an evaluation job (also reference statistics and the FD classifier): the scale's
+        ``resources.eval`` (``threads`` and ``mem_mb`` per GPU) times its GPUs; ``cpus_per_task`` is also the job's
+        threads."""
+        ev = self.sc["resources"]["eval"]
+        gpus = ev.get("gpus", 0)
+        return {"gpu": gpus, "cpus_per_task": ev["threads"] * max(1, gpus), "mem_mb": ev["mem_mb"] * max(1, gpus),
+                "runtime": ev.get("runtime", 60)}
+
     def features(self, dataset: str) -> str:
         return self.sc["fd"]["features"][dataset]
 
@@ -407,7 +436,7 @@ class Plan:
         return [r for r in self.runs.values() if r.kind == kind and r.name in names]
 
     def table6_runs(self) -> list[Run]:
-        names = {cell.run_name for cell in self.cells()}
+        names = {cell.run_name for cell in self.cells}
         dataset = self._dataset(self.config["table6"]["dataset"], "table6.dataset")
         return [r for r in self.runs.values() if r.kind == "lsgm" and r.name in names and r.dataset == dataset]
 

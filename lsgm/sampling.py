@@ -17,7 +17,7 @@ from torchdiffeq import odeint
 
 from lsgm.objectives import EpsFn
 from lsgm.sde import SDE
-from lsgm.utils import append_dims
+from lsgm.utils import append_dims, synchronize
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
@@ -45,11 +45,6 @@ class ProbabilityFlow(nn.Module):
         return self.sde.ode_drift(z, t_batch, self.eps_fn(z, t_batch))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def solver_options(method: str, max_num_steps: int, t_end: float) -> dict:
     """Adaptive solvers: a step budget, and a last step that lands exactly on ``t_end`` (never past it)."""
     if method in ADAPTIVE_METHODS:
@@ -73,11 +68,11 @@ def ode_sample(eps_fn: EpsFn, sde: SDE, shape: tuple[int, ...], t_eps: float, rt
         z1 = sde.prior_sample(shape, generator=generator, device=device) * temperature
     func = ProbabilityFlow(eps_fn, sde, (t_eps, 1.0))
     times = torch.tensor([1.0, t_eps], device=z1.device, dtype=torch.float64)
-    _sync(z1.device)
+    synchronize(z1.device)
     start = time.perf_counter()
     z0 = odeint(func, z1, times, rtol=rtol, atol=atol, method=method,
                 options=solver_options(method, max_num_steps, t_eps))[-1]
-    _sync(z1.device)
+    synchronize(z1.device)
     return SampleResult(z0=z0, nfe=func.nfe, seconds=time.perf_counter() - start)
 
 
@@ -121,7 +116,7 @@ def pc_sample(eps_fn: EpsFn, sde: SDE, shape: tuple[int, ...], n_steps: int, t_e
     times64 = torch.linspace(1.0, t_eps, n_steps, dtype=torch.float64)
     a, b2 = reverse_diffusion_coefficients(sde, times64)
     times = times64.to(device=z.device, dtype=z.dtype)
-    _sync(z.device)
+    synchronize(z.device)
     start, nfe = time.perf_counter(), 0
     for i in range(n_steps):
         t = times[i].expand(z.shape[0])  # [B]
@@ -136,5 +131,5 @@ def pc_sample(eps_fn: EpsFn, sde: SDE, shape: tuple[int, ...], n_steps: int, t_e
         else:
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
             z = z_mean + math.sqrt(b2_i) * noise
-    _sync(z.device)
+    synchronize(z.device)
     return SampleResult(z0=z, nfe=nfe, seconds=time.perf_counter() - start)

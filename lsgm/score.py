@@ -4,7 +4,8 @@
 
 with one learnable logit per latent channel. sigma_t z_t is the exact eps-prediction for N(0, I) data, so
 at alpha = 0 the prior is the VAE's Normal prior and the network models only the mismatch. The backbone
-``eps'_theta(z_t, t)`` never sees SDE quantities.
+``eps'_theta(z_t, t)`` never sees SDE quantities. :func:`build_score` assembles a run's eps-prediction module,
+the one builder training and evaluation share.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lsgm.config import RunConfig
+from lsgm.nets.ncsnpp import NCSNpp
 from lsgm.sde import SDE
 
 
@@ -94,3 +97,12 @@ def to_model_space(x: torch.Tensor, centered: bool) -> torch.Tensor:
 def to_unit(x: torch.Tensor, centered: bool) -> torch.Tensor:
     """The pixel SGM's state -> images in [0, 1] (clamped)."""
     return ((x + 1.0) / 2.0 if centered else x).clamp(0.0, 1.0)
+def build_score(cfg: RunConfig, shape: tuple[int, ...], sde: SDE) -> nn.Module:
+    """The eps-prediction module of a run, as training and evaluation build it: LSGM ``MixedScore(NCSNpp)`` on the
+    latent shape ``(C, H, W)``; the pixel SGM (``cfg.kind == "sgm"``) ``NCSNpp`` on the image shape, conditioned on t
+    or on log sigma_t (``cfg.score.condition``)."""
+    backbone = NCSNpp(cfg.score, shape[0], shape[1])
+    if cfg.kind == "sgm":
+        return condition(backbone, sde, cfg.score.condition)
+    return MixedScore(backbone, sde, tuple(shape), mixing_logit_init=cfg.objective.mixing_logit_init,
+                      mixed=cfg.objective.mixed_score)

@@ -28,6 +28,7 @@ from lsgm.utils import append_dims, sum_except_batch
 class SDE(ABC):
     """A linear SDE; the defaults are the variance-preserving type's (prior N(0, I) at t = 1)."""
 
+    type: str  # the run config's sde.type (lsgm.methods' rules are written in these names)
     sigma2_0: float
     prior_var: float = 1.0  # the prior at t = 1 is N(0, prior_var I)
 
@@ -92,7 +93,9 @@ class SDE(ABC):
 class VPSDE(SDE):
     """Variance-preserving SDE with linear beta(t) = beta_min + (beta_max - beta_min) t."""
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, sigma2_0: float = 0.0):
+    type = "vpsde"
+
+    def __init__(self, beta_min: float, beta_max: float, sigma2_0: float):
         if not 0.0 <= sigma2_0 < 1.0:
             raise ValueError(f"sigma2_0 must be in [0, 1), got {sigma2_0}")
         self.beta_min, self.beta_max, self.sigma2_0 = float(beta_min), float(beta_max), float(sigma2_0)
@@ -126,7 +129,9 @@ class GeometricVPSDE(SDE):
     constant: the likelihood-weighted objective has low variance under uniform t (paper section 3.3).
     """
 
-    def __init__(self, sigma2_min: float = 3e-5, sigma2_max: float = 0.999, sigma2_0: float = 3e-5):
+    type = "geometric"
+
+    def __init__(self, sigma2_min: float, sigma2_max: float, sigma2_0: float):
         if not 0.0 < sigma2_min < sigma2_max < 1.0:
             raise ValueError(f"need 0 < sigma2_min < sigma2_max < 1, got {sigma2_min}, {sigma2_max}")
         self.sigma2_min, self.sigma2_max, self.sigma2_0 = float(sigma2_min), float(sigma2_max), float(sigma2_0)
@@ -155,7 +160,9 @@ class VESDE(SDE):
     largest pairwise Euclidean distance between training images (:func:`max_pairwise_distance`).
     """
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 348.0):
+    type = "vesde"
+
+    def __init__(self, sigma_min: float, sigma_max: float):
         if not 0.0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)

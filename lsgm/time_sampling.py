@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lsgm.methods import undefined_reason
 from lsgm.sde import SDE, VPSDE
 
 WEIGHTINGS = ("ll", "un", "re")
@@ -153,16 +154,15 @@ class VarianceSampler(TimeSampler):
 
 
 class UnweightedVPSampler(TimeSampler):
-    """r_un(t) = (1 - sigma_t^2) / Z for the VPSDE (a truncated Gaussian in t, sampled through erf)."""
+    """r_un(t) = (1 - sigma_t^2) / Z for the VPSDE (a truncated Gaussian in t, sampled through erf). Which SDEs
+    have r_un is a rule of :mod:`lsgm.methods`, applied by :func:`make_time_sampler`."""
 
     name = "r_un"
 
-    def __init__(self, weighting: str, sde: SDE, t_eps: float):
-        if not isinstance(sde, VPSDE) or sde.beta_max <= sde.beta_min:
-            raise ValueError(
-                "r_un(t) importance sampling is defined only for the VPSDE with beta_max > beta_min "
-                "(Table 6 marks it n/a for the geometric VPSDE); use sampling='uniform'"
-            )
+    def __init__(self, weighting: str, sde: VPSDE, t_eps: float):
+        if sde.beta_max <= sde.beta_min:
+            raise ValueError("r_un(t) needs beta_max > beta_min (its erf form divides by the difference); "
+                             "use sampling='uniform'")
         super().__init__(weighting, sde, t_eps)
         self._delta = 0.5 * (sde.beta_max - sde.beta_min)
         self._b = sde.beta_min / (sde.beta_max - sde.beta_min)
@@ -197,7 +197,11 @@ _IS_FOR_WEIGHTING = {"ll": LogVarianceSampler, "un": UnweightedVPSampler, "re": 
 
 def make_time_sampler(weighting: str, sampling: str, sde: SDE, t_eps: float) -> TimeSampler:
     """The sampler of one Table 6 column: ``sampling='uniform'`` (U[t_eps, 1]) or ``'is'`` (r_ll, r_un or r_re,
-    matched to ``weighting``). Raises ``ValueError`` for an undefined combination (r_un with the geometric SDE)."""
+    matched to ``weighting``). Raises ``ValueError`` for a combination :mod:`lsgm.methods` calls undefined (r_un
+    with an SDE other than the VPSDE)."""
+    reason = undefined_reason(sde.type, weighting, sampling)
+    if reason:
+        raise ValueError(f"weighting '{weighting}' with sampling '{sampling}': {reason}; use sampling='uniform'")
     if sampling == "uniform":
         return UniformSampler(weighting, sde, t_eps)
     if sampling == "is":

@@ -1,4 +1,4 @@
-"""One optimizer step of the pixel score network through ``lsgm.train.common.Run`` (micro-batches, backward with
+"""One optimizer step of the pixel score network through ``lsgm.train.run.Run`` (micro-batches, backward with
 gradient routing, DDP all-reduce, clipping, step) on this process's share of a fixed batch of 8 samples.
 
 Run plainly (one process) or under torchrun (any nodes x processes); ``max_batch_per_process`` > 0 forces gradient
@@ -21,12 +21,14 @@ def score_step(out: str, cap: int) -> None:
     from lsgm.objectives import diffusion_terms
     from lsgm.sde import make_sde
     from lsgm.time_sampling import make_time_sampler
-    from lsgm.train import common
+    from lsgm.train.distributed import unwrap
+    from lsgm.train.optim import trainable
+    from lsgm.train.run import Run
 
     torch.set_num_threads(1)
     cfg = from_dict(RunConfig, {"kind": "sgm", "score": {"nf": 16}, "vae": {"num_channels": 8},
                                 "train": {"grad_clip": 0.5, "global_batch": 8, "max_batch_per_process": cap}})
-    run = common.Run(cfg, Path(out) / f"run-{run_tag(cap)}")
+    run = Run(cfg, Path(out) / f"run-{run_tag(cap)}")
     rank, world = run.dist.rank, run.dist.world_size
     torch.manual_seed(0)
     net = run.wrap(NCSNpp(cfg.score, 1, 8))  # DDP broadcasts rank 0's weights
@@ -37,7 +39,7 @@ def score_step(out: str, cap: int) -> None:
     share = torch.arange(8)[rank * 8 // world:(rank + 1) * 8 // world]
     chunks = list(share.split(run.per_process_batch))
     assert len(chunks) == run.grad_accum
-    params = common.trainable(net)
+    params = trainable(net)
     opt = torch.optim.SGD(params, lr=0.1)  # SGD: the update is proportional to the averaged gradient
     for idx, weight in run.micro_batches(chunks, net):
         part = type(ts)(ts.t[idx], ts.weight_p[idx], ts.weight_q[idx], ts.t_eps)
@@ -46,7 +48,7 @@ def score_step(out: str, cap: int) -> None:
     norms = run.step(0, {"score": (opt, params)})
     vae = vae_forward(run, cfg, chunks)
     if rank == 0:
-        torch.save({"params": common.unwrap(net).state_dict(), "norms": norms, "world": world,
+        torch.save({"params": unwrap(net).state_dict(), "norms": norms, "world": world,
                     "accum": run.grad_accum, "meta": run.training_meta(), **vae},
                    Path(out) / f"world{world}-cap{cap}.pt")
     run.close()
@@ -59,7 +61,7 @@ def vae_forward(run, cfg, chunks: list[torch.Tensor]) -> dict:
     ``enc_down``: they see x only, not the sampled latents, so they are independent of each process's noise)."""
     from lsgm.data import dataset_info
     from lsgm.nets.nvae import NVAE
-    from lsgm.train import common
+    from lsgm.train.distributed import unwrap
 
     info = dataset_info(cfg.data.name)
     torch.manual_seed(0)
@@ -68,7 +70,7 @@ def vae_forward(run, cfg, chunks: list[torch.Tensor]) -> dict:
     with torch.no_grad():
         for idx in chunks:
             vae(x[idx], generator=torch.Generator().manual_seed(3))
-    bare = common.unwrap(vae)
+    bare = unwrap(vae)
     encoder = ("pre.", "enc_groups.", "enc_down.")
     return {"vae_bn_types": sorted({type(m).__name__ for m in bare.modules() if "BatchNorm" in type(m).__name__}),
             "vae_keys": list(bare.state_dict()),

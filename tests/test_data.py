@@ -2,8 +2,9 @@
 
 The paper-scale tests write tiny files in the official formats (IDX, CIFAR pickles and archive, a
 chardata.mat, a CelebA image folder) and load them through ``get_dataset``, the code path used on the
-real data. The official checksums and image counts are constant tables in ``lsgm.data``; a test replaces
-them (``monkeypatch``) by the values of its own small files, so the real verification code runs.
+real data. The official checksums (in the dataset modules of ``lsgm.data``) and image counts
+(``lsgm.datasets_info``) are constant tables; a test replaces them (``monkeypatch``) by the values of its own
+small files, so the real verification code runs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from PIL import Image
 from torchvision.datasets import CIFAR10, MNIST
 
 from lsgm import data
-from lsgm.data import DatasetError, dataset_info, get_dataset, md5sum
+from lsgm.data import DatasetError, celeba, cifar10, dataset_info, digits, get_dataset, md5sum, mnist, omniglot
 
 # --------------------------------------------------------------------------------------------------
 # dataset_info and checksum tables
@@ -40,10 +41,14 @@ def test_dataset_info_table():
         dataset_info("imagenet")
 
 
+def test_every_dataset_has_exactly_one_loader():
+    assert set(data.LOADERS) == set(data.DATASETS)
+
+
 def test_checksums_equal_torchvision_official_values():
-    assert data.MNIST_MD5 == dict(MNIST.resources)
-    assert data.CIFAR10_MD5 == dict(CIFAR10.train_list + CIFAR10.test_list)
-    assert data.CIFAR10_ARCHIVE_MD5 == CIFAR10.tgz_md5 and data.CIFAR10_URL == CIFAR10.url
+    assert mnist.MNIST_MD5 == dict(MNIST.resources)
+    assert cifar10.CIFAR10_MD5 == dict(CIFAR10.train_list + CIFAR10.test_list)
+    assert cifar10.CIFAR10_ARCHIVE_MD5 == CIFAR10.tgz_md5 and cifar10.CIFAR10_URL == CIFAR10.url
 
 
 def test_paper_dataset_needs_root():
@@ -77,9 +82,9 @@ def test_digits_split_fixed_disjoint_and_stratified():
     from sklearn.datasets import load_digits
 
     targets = load_digits().target
-    train = data.digits_split_indices(targets, "train")
-    test = data.digits_split_indices(targets, "test")
-    assert np.array_equal(test, data.digits_split_indices(targets, "test"))
+    train = digits.digits_split_indices(targets, "train")
+    test = digits.digits_split_indices(targets, "test")
+    assert np.array_equal(test, digits.digits_split_indices(targets, "test"))
     assert not set(train) & set(test) and len(train) + len(test) == 1797
     assert np.bincount(targets[test]).tolist() == [30] * 10
     x1, y1 = _stack(get_dataset("digits", "test"))
@@ -139,7 +144,7 @@ def _write_mnist(root, counts, monkeypatch, gz=False):
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     arrays = {}
-    for seed, (split, (images_name, labels_name)) in enumerate(data.MNIST_FILES.items()):
+    for seed, (split, (images_name, labels_name)) in enumerate(mnist.MNIST_FILES.items()):
         images, labels = _mnist_arrays(counts[split], seed)
         arrays[split] = (images, labels)
         for name, array in ((images_name, images), (labels_name, labels)):
@@ -147,7 +152,7 @@ def _write_mnist(root, counts, monkeypatch, gz=False):
             path = raw / (f"{name}.gz" if gz else name)
             path.write_bytes(gzip.compress(content) if gz else content)
             if gz:
-                monkeypatch.setitem(data.MNIST_MD5, path.name, md5sum(path))
+                monkeypatch.setitem(mnist.MNIST_MD5, path.name, md5sum(path))
     monkeypatch.setitem(data.EXPECTED_COUNTS, "mnist", counts)
     return arrays
 
@@ -188,7 +193,7 @@ def test_mnist_download_failure_is_dataset_error(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried mirror, got: no network")
 
-    monkeypatch.setattr(data, "MNIST", offline)
+    monkeypatch.setattr(mnist, "MNIST", offline)
     with pytest.raises(DatasetError, match="download failed.*no network") as err:
         get_dataset("mnist", "train", root=tmp_path, download=True)
     assert str(tmp_path / "MNIST" / "raw") in str(err.value) and "\n" not in str(err.value)
@@ -224,7 +229,7 @@ def test_mnist_wrong_count_rejected(tmp_path, monkeypatch):
 
 def _cifar_batches(counts) -> dict[str, dict]:
     rng = np.random.default_rng(1)
-    names = data.CIFAR10_FILES["train"] + data.CIFAR10_FILES["test"]
+    names = cifar10.CIFAR10_FILES["train"] + cifar10.CIFAR10_FILES["test"]
     sizes = [counts["train"] // 5] * 5 + [counts["test"]]
     return {name: {"batch_label": name, "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
                    "labels": rng.integers(0, 10, n).tolist()} for name, n in zip(names, sizes)}
@@ -233,13 +238,13 @@ def _cifar_batches(counts) -> dict[str, dict]:
 def _write_cifar(root, monkeypatch, counts=None, register=True):
     """Write cifar-10-batches-py (5 train batches, test batch, meta); register md5s and counts."""
     counts = counts or {"train": 10, "test": 3}
-    folder = root / data.CIFAR10_FOLDER
+    folder = root / cifar10.CIFAR10_FOLDER
     folder.mkdir(parents=True)
     batches = _cifar_batches(counts)
     for name, entry in batches.items():
         (folder / name).write_bytes(pickle.dumps(entry))
         if register:
-            monkeypatch.setitem(data.CIFAR10_MD5, name, md5sum(folder / name))
+            monkeypatch.setitem(cifar10.CIFAR10_MD5, name, md5sum(folder / name))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
     monkeypatch.setitem(data.EXPECTED_COUNTS, "cifar10", counts)
     return batches
@@ -267,17 +272,17 @@ def test_cifar10_from_verified_archive(tmp_path, monkeypatch):
     batches = _write_cifar(source, monkeypatch)
     root = tmp_path / "root"
     root.mkdir()
-    archive = root / data.CIFAR10_ARCHIVE
+    archive = root / cifar10.CIFAR10_ARCHIVE
     with tarfile.open(archive, "w:gz") as tar:
-        tar.add(source / data.CIFAR10_FOLDER, arcname=data.CIFAR10_FOLDER)
-    monkeypatch.setattr(data, "CIFAR10_ARCHIVE_MD5", md5sum(archive))
+        tar.add(source / cifar10.CIFAR10_FOLDER, arcname=cifar10.CIFAR10_FOLDER)
+    monkeypatch.setattr(cifar10, "CIFAR10_ARCHIVE_MD5", md5sum(archive))
     x, y = _stack(get_dataset("cifar10", "test", root=root))
     assert y.tolist() == batches["test_batch"]["labels"] and x.shape == (3, 3, 32, 32)
 
 
 def test_cifar10_archive_checksum_mismatch(tmp_path):
-    (tmp_path / data.CIFAR10_ARCHIVE).write_bytes(b"not an archive")
-    official = data.CIFAR10_ARCHIVE_MD5
+    (tmp_path / cifar10.CIFAR10_ARCHIVE).write_bytes(b"not an archive")
+    official = cifar10.CIFAR10_ARCHIVE_MD5
     with pytest.raises(DatasetError, match=f"corrupt file .*cifar-10-python.tar.gz.*{official}"):
         get_dataset("cifar10", "train", root=tmp_path)
 
@@ -298,11 +303,11 @@ def test_cifar10_unofficial_batch_fails_checksum(tmp_path, monkeypatch):
 
 def test_cifar10_truncated_pickle(tmp_path, monkeypatch):
     _write_cifar(tmp_path, monkeypatch)
-    path = tmp_path / data.CIFAR10_FOLDER / "test_batch"
+    path = tmp_path / cifar10.CIFAR10_FOLDER / "test_batch"
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(DatasetError, match="corrupt file .*test_batch.*md5"):
         get_dataset("cifar10", "test", root=tmp_path)
-    monkeypatch.setitem(data.CIFAR10_MD5, "test_batch", md5sum(path))  # matching checksum: parse must fail
+    monkeypatch.setitem(cifar10.CIFAR10_MD5, "test_batch", md5sum(path))  # matching checksum: parse must fail
     with pytest.raises(DatasetError, match="corrupt file .*test_batch.*delete it"):
         get_dataset("cifar10", "test", root=tmp_path)
 
@@ -368,9 +373,9 @@ def test_omniglot_fetch_verified(tmp_path, monkeypatch):
     monkeypatch.setitem(data.EXPECTED_COUNTS, "omniglot", counts)
     buffer = io.BytesIO()
     scipy.io.savemat(buffer, _chardata(counts))
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(buffer.getvalue()))
+    monkeypatch.setattr(omniglot.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(buffer.getvalue()))
     assert len(get_dataset("omniglot", "train", root=tmp_path / "ok", download=True)) == 3
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"<html>rate limited"))
+    monkeypatch.setattr(omniglot.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"<html>rate limited"))
     with pytest.raises(DatasetError, match="corrupt file"):
         get_dataset("omniglot", "train", root=tmp_path / "bad", download=True)
     assert not list((tmp_path / "bad" / "omniglot").iterdir())  # nothing unverified is kept
@@ -378,7 +383,7 @@ def test_omniglot_fetch_verified(tmp_path, monkeypatch):
     def offline(url, timeout):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(omniglot.urllib.request, "urlopen", offline)
     with pytest.raises(DatasetError, match="download failed.*no network"):
         get_dataset("omniglot", "test", root=tmp_path / "offline", download=True)
 
@@ -392,7 +397,7 @@ def _write_celeba(root, monkeypatch, counts=None) -> dict[str, list[np.ndarray]]
     counts = counts or {"train": 3, "test": 2}
     rng = np.random.default_rng(3)
     images = {}
-    for split, folder in data.CELEBA_FOLDERS.items():
+    for split, folder in celeba.CELEBA_FOLDERS.items():
         (root / "celeba256" / folder).mkdir(parents=True)
         images[split] = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(counts[split])]
         for i, image in enumerate(images[split]):

@@ -6,6 +6,7 @@ Everything runs on CPU with tiny models; the end-to-end test smoke-trains throug
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import json
 import math
@@ -18,11 +19,14 @@ import torch
 from lsgm.config import RunConfig, apply_overrides, save_run_config, to_dict
 from lsgm.data import dataset_info
 from lsgm.eval import cli as eval_cli
+from lsgm.eval import features as features_mod
 from lsgm.eval import fid as fid_mod
-from lsgm.eval.common import EvalError, LoadedRun, build_score, load_run, per_sample_normal, sample_generators
+from lsgm.eval.generate import Sampling, sample_batch
+from lsgm.eval.common import EvalError, LoadedRun, load_run, per_sample_normal, sample_generators
 from lsgm.eval.nll import PriorSettings, batch_terms, iw_nll
 from lsgm.nets.classifier import FeatureClassifier
 from lsgm.nets.nvae import NVAE
+from lsgm.score import build_score
 from lsgm.sde import make_sde
 from lsgm.utils import atomic_torch_save
 
@@ -70,7 +74,8 @@ def test_iw_with_one_sample_equals_nelbo():
 def test_iw_k1_equals_nelbo_through_the_evaluation(tmp_path, prior):
     run = load_run(_lsgm_run(tmp_path))
     x = torch.rand(4, 1, 8, 8).mul(16).round().div(16)
-    ps = PriorSettings(prior, t_eps=1e-2 if prior == "dsm" else 1e-5, tolerance=1e-3, inner=2, t_draws=2)
+    ps = PriorSettings(prior, t_eps=1e-2 if prior == "dsm" else 1e-5, tolerance=1e-3, solver="dopri5",
+                       probe="gaussian", inner=2, t_draws=2)
     terms = batch_terms(run, x, ps, iw_samples=1, seed=0, batch_index=0)
     assert torch.allclose(terms.nll, terms.nelbo)
     total = terms.reconstruction + terms.neg_entropy + terms.prior_ce + terms.lower_ce
@@ -90,8 +95,12 @@ def test_frechet_distance_zero_for_identical_sets_and_grows_with_shift():
 
 
 # ------------------------------------------------------------------------------------------------ seeding
-def _samples(run: LoadedRun, n: int, batch_size: int, **kw) -> torch.Tensor:
-    return torch.cat([fid_mod.sample_batch(run, s, min(batch_size, n - s), seed=7, **kw).images
+ODE = Sampling(sampler="ode", tolerance=1e-5, solver="dopri5", t_eps=1e-5, temperature=1.0, vae_temperature=1.0,
+               pc_steps=None, snr=None)
+
+
+def _samples(run: LoadedRun, n: int, batch_size: int, sampling: Sampling = ODE) -> torch.Tensor:
+    return torch.cat([sample_batch(run, s, min(batch_size, n - s), seed=7, sampling=sampling, device="cpu").images
                       for s in range(0, n, batch_size)])
 
 
@@ -118,8 +127,8 @@ def test_temperature_scales_the_top_latent_and_vae_temperature_the_lower_groups(
     vae = NVAE(cfg.vae, dataset_info("digits"))
     run = load_run(_save_model(tmp_path / "vae.pt", cfg, {"vae": vae.state_dict()}))
 
-    def two(**kw):  # samples 0 and 1: different per-sample noise
-        return fid_mod.sample_batch(run, 0, 2, seed=7, **kw).images
+    def two(**temperatures):  # samples 0 and 1: different per-sample noise
+        return sample_batch(run, 0, 2, seed=7, sampling=dataclasses.replace(ODE, **temperatures), device="cpu").images
 
     no_lower = two(temperature=1.0, vae_temperature=0.0)
     z0 = per_sample_normal(tuple(run.vae.latent_shape), sample_generators(7, 0, 2))
@@ -134,7 +143,8 @@ def test_temperature_scales_the_top_latent_and_vae_temperature_the_lower_groups(
 
 def test_lsgm_samples_agree_across_batch_sizes(tmp_path):
     run = load_run(_lsgm_run(tmp_path))
-    x3, x5 = _samples(run, 10, 3, tolerance=1e-6), _samples(run, 10, 5, tolerance=1e-6)
+    tight = dataclasses.replace(ODE, tolerance=1e-6)
+    x3, x5 = _samples(run, 10, 3, tight), _samples(run, 10, 5, tight)
     # same noise per sample; the batch is one adaptive ODE system, so the images agree to solver accuracy
     assert torch.allclose(x3, x5, atol=1e-3)
 
@@ -145,29 +155,29 @@ def test_classifier_extractor_registers_with_torch_fidelity(tmp_path):
     from torch_fidelity.utils import create_feature_extractor
 
     path = _classifier_file(tmp_path / "clf.pt")
-    name = fid_mod.register_classifier_extractor()
-    assert fid_mod.register_classifier_extractor() == name  # idempotent
-    assert FEATURE_EXTRACTORS_REGISTRY[name] is fid_mod.ClassifierFeatureExtractor
+    name = features_mod.register_classifier_extractor()
+    assert features_mod.register_classifier_extractor() == name  # idempotent
+    assert FEATURE_EXTRACTORS_REGISTRY[name] is features_mod.ClassifierFeatureExtractor
     fe = create_feature_extractor(name, ["features"], cuda=False, verbose=False,
                                   feature_extractor_weights_path=str(path))
     images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
     (feats,) = fe(images)
     assert feats.shape == (5, fe.feature_dim) and torch.isfinite(feats).all()
-    ext = fid_mod.make_extractor("classifier", path)
+    ext = features_mod.make_extractor("classifier", path)
     assert ext.metric_name == "fd_digits" and ext.metric_name != "fid"
     assert ext(images).shape == (5, ext.dim)
 
 
 def test_missing_inception_weights_offline_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setenv(fid_mod.OFFLINE_ENV, "1")
-    monkeypatch.delenv(fid_mod.INCEPTION_ENV, raising=False)
-    with pytest.raises(EvalError, match=fid_mod.INCEPTION_FILE):
-        fid_mod.make_extractor("inception")
+    monkeypatch.setenv(features_mod.OFFLINE_ENV, "1")
+    monkeypatch.delenv(features_mod.INCEPTION_ENV, raising=False)
+    with pytest.raises(EvalError, match=features_mod.INCEPTION_FILE):
+        features_mod.make_extractor("inception")
     out = tmp_path / "stats.pt"
     assert fid_mod.main(["--dataset", "digits", "--features", "inception", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and fid_mod.INCEPTION_FILE in err and "--inception-weights" in err
+    assert len(err.splitlines()) == 1 and features_mod.INCEPTION_FILE in err and "--inception-weights" in err
     assert not out.exists()
     assert fid_mod.main(["--dataset", "digits", "--features", "inception", "--inception-weights",
                          str(tmp_path / "nope.pth"), "--out", str(out)]) == 2
@@ -299,7 +309,8 @@ class _Payload:
 def test_a_model_file_with_a_code_payload_is_refused_and_nothing_runs(tmp_path, loader):
     """Checkpoints are data, not code: every user-given torch file loads with weights_only=True."""
     from lsgm.eval.common import EvalError, read_model_file
-    from lsgm.eval.fid import load_classifier, load_stats
+    from lsgm.eval.features import load_classifier
+    from lsgm.eval.fid import load_stats
 
     marker = tmp_path / "pwned"
     bad = tmp_path / "model.pt"

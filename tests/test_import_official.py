@@ -442,7 +442,7 @@ def test_attention_mapping_reproduces_the_official_nin_attention(stage2):
     _, blob, _, dae_lay, _, model = stage2
     run_cfg = model["config"]
     from lsgm.config import RunConfig, from_dict
-    from lsgm.eval.common import build_score
+    from lsgm.score import build_score
     from lsgm.sde import make_sde
 
     cfg = from_dict(RunConfig, run_cfg)

@@ -2,13 +2,14 @@
 p(z_t) = N(0, I) at every t), the cross-entropy estimator equals the analytic CE of q(z_{t_eps}) vs N(0, I)."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from lsgm.objectives import (
-    NELBOTerms, cross_entropy_const, diffusion_terms, gaussian_log_prob, normal_cross_entropy,
+    NELBOTerms, cross_entropy_const, diffusion_terms, gaussian_log_prob, nelbo_terms, normal_cross_entropy,
     prior_cross_entropy, sgm_loss,
 )
 from lsgm.score import MixedScore
@@ -117,8 +118,28 @@ def test_gaussian_terms_and_nelbo():
     ref = torch.distributions.Normal(mu, log_sigma.exp()).log_prob(z).sum((1, 2, 3))
     torch.testing.assert_close(gaussian_log_prob(z, mu, log_sigma), ref)
     torch.testing.assert_close(normal_cross_entropy(z), -torch.distributions.Normal(0.0, 1.0).log_prob(z).sum((1, 2, 3)))
-    terms = NELBOTerms(torch.ones(4), torch.full((4,), -2.0), torch.full((4,), 5.0))
-    torch.testing.assert_close(terms.nelbo, torch.full((4,), 4.0))
+    terms = NELBOTerms(torch.ones(4), torch.full((4,), -2.0), torch.full((4,), 5.0), torch.full((4,), 0.5))
+    torch.testing.assert_close(terms.nelbo, torch.full((4,), 4.5))
+    torch.testing.assert_close(terms.cross_entropy, torch.full((4,), 5.5))
+    torch.testing.assert_close(terms.kl, torch.full((4,), 3.5))
+    torch.testing.assert_close(terms.objective(0.5), torch.full((4,), 2.75))
+    torch.testing.assert_close(terms.objective(1.0), terms.nelbo)
+
+
+def test_nelbo_terms_of_a_vae_pass_sum_in_one_fixed_order():
+    """Training, validation and evaluation share these sums, so their float32 rounding is the same everywhere:
+    NELBO = ((recon + (log q(z0) + log q(z_lower))) + CE(z0)) + CE_lower; KL = (neg entropy + CE(z0)) + CE_lower."""
+    g = torch.Generator().manual_seed(0)
+    out = SimpleNamespace(**{k: 100 * torch.randn(64, generator=g) for k in
+                             ("reconstruction", "log_q_z0", "lower_log_q", "lower_cross_entropy")})
+    ce = 100 * torch.randn(64, generator=g)
+    terms = nelbo_terms(out, ce)
+    neg_entropy = out.log_q_z0 + out.lower_log_q
+    assert torch.equal(terms.nelbo, out.reconstruction + neg_entropy + ce + out.lower_cross_entropy)
+    assert torch.equal(terms.kl, neg_entropy + ce + out.lower_cross_entropy)
+    assert torch.equal(terms.objective(0.7), out.reconstruction + 0.7 * terms.kl)
+    half = nelbo_terms(SimpleNamespace(**{k: v.half() for k, v in vars(out).items()}), ce.half(), dtype=torch.float32)
+    assert half.nelbo.dtype == torch.float32
 
 
 def gaussian_ce(mean: float, var: float, prior_var: float) -> float:

@@ -16,9 +16,9 @@ import yaml
 
 from lsgm.config import RunConfig, from_dict
 from lsgm.data import DATASETS
-from lsgm.eval.common import build_score
 from lsgm.nets.nvae import NVAE
 from lsgm.plan import Plan
+from lsgm.score import build_score
 from lsgm.sde import make_sde
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,11 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lsgm.methods import TABLE6_COLUMNS
 from lsgm.report import cli
 from lsgm.report.figure import CSV_COLUMNS, MATCH_COLUMNS, figure4
-from lsgm.report.tables import (
-    NA, TABLE6_COLUMNS, build_tables, load_published, published_rows, render, write_tables,
-)
+from lsgm.report.tables import NA, build_tables, load_published, published_rows, render, write_tables
 
 # the seed documents live in shared/ beside the checkout (where CI puts them too)
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "001_75e494dcbc515994.txt"
@@ -147,7 +146,7 @@ def test_published_spot_checks_and_families():
 
 def test_published_table6_cells():
     cells = {(r["sde"], r["column"]): r for r in published_rows(load_published(), "table6")}
-    assert [c[0] for c in TABLE6_COLUMNS] == [r["column"] for r in cells.values()][:10]
+    assert list(TABLE6_COLUMNS.values()) == [r["column"] for r in cells.values()][:10]
     assert (cells[("vpsde", "w_un r_un rew.")]["fid"], cells[("vpsde", "w_un r_un rew.")]["nelbo"]) == (5.39, 2.98)
     assert (cells[("geometric", "w_ll U rew.")]["fid"], cells[("geometric", "w_ll U rew.")]["nelbo"]) == (10.18, 2.96)
     assert math.isnan(cells[("geometric", "w_un U rew.")]["fid"])
@@ -155,8 +154,7 @@ def test_published_table6_cells():
     assert cells[("vpsde", "w_re U r_ll")]["fid"] == 4.99 and math.isnan(cells[("vpsde", "w_re U rew.")]["nelbo"])
     assert cells[("vpsde", "w_re r_re rew.")]["fid"] == 15.12 and cells[("geometric", "w_re U rew.")]["nelbo"] == 3.04
     for r in cells.values():  # the cell keys are our config's names
-        assert (r["weighting"], r["sampling"], r["q_objective"]) == \
-            next(c[1:] for c in TABLE6_COLUMNS if c[0] == r["column"])
+        assert TABLE6_COLUMNS[f"{r['weighting']}-{r['sampling']}-{r['q_objective']}"] == r["column"]
 
 
 # ----------------------------------------------------------------------------- Tables 2-5
@@ -237,7 +235,7 @@ def test_unit_mismatch_is_an_error():
 # ----------------------------------------------------------------------------- Table 6
 def test_table6_cells(tables):
     df = tables["table6"]
-    assert list(df.columns[2:-1]) == [c[0] for c in TABLE6_COLUMNS]
+    assert list(df.columns[2:-1]) == list(TABLE6_COLUMNS.values())
     printed = text(df)
     ours = printed[printed["source"] == "ours"].set_index(["SDE", "Metric"])
     assert ours.loc[("VPSDE", "fd_digits"), "w_ll U rew."] == "12.35"
@@ -320,6 +318,46 @@ def test_cli_tables_and_figure4(metrics, cost_metrics, tmp_path, capsys):
     costs = [write_json(tmp_path / f"c{i}.json", d) for i, d in enumerate(cost_metrics)]
     assert cli.main(["figure4", "--metrics", *costs, "--scale", "smoke", "--out-dir", str(tmp_path / "fig")]) == 0
     assert (tmp_path / "fig" / "figure4.png").stat().st_size > 0 and (tmp_path / "fig" / "figure4.csv").exists()
+
+
+def test_cli_writes_one_table_exactly_as_in_the_full_set(metrics, tmp_path, capsys):
+    """``--table T --md F --csv F``: the workflow's one command per table; the same bytes as T in the full set,
+    and no other file."""
+    files = [write_json(tmp_path / f"m{i}.json", d) for i, d in enumerate(metrics)]
+    common = ["tables", "--metrics", *files, "--scale", "quick", "--commit", "abc123"]
+    assert cli.main([*common, "--out-dir", str(tmp_path / "all")]) == 0
+    for table in ("table2", "table4", "table6"):
+        one = tmp_path / table
+        one.mkdir()
+        assert cli.main([*common, "--table", table, "--md", str(one / "t.md"), "--csv", str(one / "t.csv")]) == 0
+        assert sorted(p.name for p in one.iterdir()) == ["t.csv", "t.md"]
+        for suffix in ("md", "csv"):
+            assert (one / f"t.{suffix}").read_bytes() == (tmp_path / "all" / f"{table}.{suffix}").read_bytes()
+    capsys.readouterr()
+    nowhere = ["--md", str(tmp_path / "x.md"), "--csv", str(tmp_path / "x.csv")]
+    assert cli.main([*common, "--table", "table9", *nowhere]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no table table9" in err
+    for bad in (["--table", "table2", "--md", "x.md"], ["--table", "table2", "--md", "x.md", "--csv", "x.csv",
+                                                         "--out-dir", "d"], ["--md", "x.md", "--out-dir", "d"], []):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*common, *bad])
+        assert exit_.value.code == 2
+
+
+def test_default_dataset_map_is_the_workflows():
+    """Without --dataset-map a table takes the dataset config.yaml maps its paper dataset to at that scale."""
+    import yaml
+
+    from lsgm.report.tables import default_dataset_map
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    published = load_published()
+    for scale in ("smoke", "quick", "paper"):
+        expected = {t: config["scales"][scale]["datasets"][meta["dataset"]] for t, meta in published["tables"].items()}
+        assert default_dataset_map(scale, published) == expected
+    assert default_dataset_map("quick", published) == {"table2": "digits", "table3": "digits", "table6": "digits",
+                                                       "table4": "digits_binary", "table5": "digits_binary"}
 
 
 def test_cli_refuses_a_metrics_file_without_a_key(metrics, tmp_path, capsys):

@@ -3,8 +3,9 @@
 import torch
 from torch import nn
 
+from lsgm.config import SDEConfig
 from lsgm.score import MixedScore
-from lsgm.sde import VPSDE
+from lsgm.sde import make_sde
 
 
 class Recorder(nn.Module):
@@ -18,7 +19,7 @@ class Recorder(nn.Module):
 
 
 def test_mixture_formula_per_channel():
-    sde = VPSDE()
+    sde = make_sde(SDEConfig())
     net = Recorder()
     model = MixedScore(net, sde, (3, 2, 2), mixing_logit_init=-3.0)
     with torch.no_grad():
@@ -31,7 +32,7 @@ def test_mixture_formula_per_channel():
 
 
 def test_inactive_channels_are_normal_and_hidden_from_the_backbone():
-    sde = VPSDE()
+    sde = make_sde(SDEConfig())
     net = Recorder()
     model = MixedScore(net, sde, (3, 2, 2), mixing_logit_init=5.0)
     model.set_active(torch.tensor([True, False, True]))
@@ -44,13 +45,13 @@ def test_inactive_channels_are_normal_and_hidden_from_the_backbone():
 
 
 def test_unmixed_ablation_returns_the_network_output():
-    model = MixedScore(Recorder(), VPSDE(), (3, 2, 2), mixed=False)
+    model = MixedScore(Recorder(), make_sde(SDEConfig()), (3, 2, 2), mixed=False)
     out = model(torch.randn(2, 3, 2, 2), torch.rand(2))
     torch.testing.assert_close(out, torch.full((2, 3, 2, 2), 2.0))
 
 
 def test_works_for_latents_of_any_rank():
-    model = MixedScore(Recorder(), VPSDE(), (4,))
+    model = MixedScore(Recorder(), make_sde(SDEConfig()), (4,))
     assert model(torch.randn(3, 4), torch.rand(3)).shape == (3, 4)
 
 
@@ -63,7 +64,7 @@ def test_mixed_score_and_loss_stay_fp32_under_bf16_autocast():
     from lsgm.sde import VPSDE
 
     torch.manual_seed(0)
-    sde = VPSDE()
+    sde = make_sde(SDEConfig())
     score = MixedScore(NCSNpp(ScoreNetConfig(nf=8, ch_mult=[1]), 4, 4), sde, (4, 4, 4), mixing_logit_init=0.0)
     z, t = torch.randn(3, 4, 4, 4), torch.rand(3) * 0.9 + 0.05
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -113,14 +113,25 @@ def test_make_sde_from_config():
     geo = make_sde(SDEConfig(type="geometric", sigma2_min=1e-4, sigma2_max=0.99, sigma2_0_geometric=1e-4))
     assert isinstance(geo, GeometricVPSDE) and geo.sigma2_max == 0.99
     with pytest.raises(ValueError):
-        GeometricVPSDE(0.5, 0.1)
+        GeometricVPSDE(0.5, 0.1, 0.5)
+
+
+def test_sde_names_are_the_config_types():
+    """The typed config is the one home of the SDE defaults; each SDE carries the config's type name, in which
+    lsgm.methods writes its rules."""
+    import typing
+
+    for name in typing.get_args(typing.get_type_hints(SDEConfig)["type"]):
+        assert make_sde(SDEConfig(type=name)).type == name
+    default = make_sde(SDEConfig())
+    assert (default.beta_min, default.beta_max, default.sigma2_0) == (0.1, 20.0, 0.0)
 
 
 @pytest.mark.parametrize("t", [1e-7, 1e-6, 1e-5, 1e-3])
 def test_small_t_variance_is_exact_in_float32(t):
     """Item 5: sigma_t^2 = -expm1(-int beta) in float32 matches float64 to 1e-6 relative; 1 - exp(-x) was 19 % off
     at t = 1e-6 and exactly 0 below ~3e-7."""
-    for sde in (VPSDE(), GeometricVPSDE(sigma2_0=0.0)):
+    for sde in (make_sde(SDEConfig()), make_sde(SDEConfig(type="geometric", sigma2_0_geometric=0.0))):
         exact = sde.var(torch.tensor(t, dtype=torch.float64))
         got = sde.var(torch.tensor(t, dtype=torch.float32)).double()
         assert got > 0 and abs(got / exact - 1) < 1e-6, (type(sde).__name__, t, float(got), float(exact))

@@ -20,9 +20,11 @@ import pytest
 import torch
 import yaml
 
-from lsgm.config import KLConfig, OptimConfig, RunConfig, from_dict
-from lsgm.train import common
-from lsgm.train.common import InfiniteLoader, balanced_kl, kl_balance_alphas, kl_coeff_at, lr_at
+from lsgm.config import KLConfig, OptimConfig
+from lsgm.objectives import balanced_kl, kl_balance_alphas
+from lsgm.train.loader import InfiniteLoader
+from lsgm.train.loop import EXIT_PREEMPTED
+from lsgm.train.schedules import kl_coeff_at, lr_at, stage1_kl_coeff, stage2_kl_coeff
 from lsgm.train.ema import EMA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +125,7 @@ def test_smoke_sgm_vesde_trains_and_samples_with_pc_and_ode(tmp_path):
     """score_sde's family: VESDE, unweighted DSM, log sigma_t conditioning, data in [0, 1]; both samplers start from
     N(0, sigma_max^2 I) and return images in [0, 1]."""
     from lsgm.eval.common import load_run
-    from lsgm.eval.fid import sample_batch
+    from lsgm.eval.generate import Sampling, sample_batch
 
     cfg = write_config(tmp_path / "sgm.yaml", "sgm", train={"steps": 4}, **VE_PIXEL)
     assert run_cli("train-sgm", "--config", str(cfg), "--out", str(tmp_path / "run")) == 0
@@ -131,8 +133,10 @@ def test_smoke_sgm_vesde_trains_and_samples_with_pc_and_ode(tmp_path):
     assert info["data_space"] == "x in [0, 1]" and info["sampler"] == "uniform"
     run = load_run(tmp_path / "run" / "model.pt")
     assert type(run.score).__name__ == "NoiseConditioned" and run.sde.prior_std == pytest.approx(8.0)
-    for sampler, extra in (("pc", {"pc_steps": 3, "snr": 0.075}), ("ode", {"tolerance": 1e-2})):
-        batch = sample_batch(run, 0, 3, seed=0, sampler=sampler, **extra)
+    common = {"solver": "dopri5", "t_eps": 1e-5, "temperature": 1.0, "vae_temperature": 1.0}
+    for sampler, extra in (("pc", {"pc_steps": 3, "snr": 0.075, "tolerance": None}),
+                           ("ode", {"tolerance": 1e-2, "pc_steps": None, "snr": None})):
+        batch = sample_batch(run, 0, 3, seed=0, sampling=Sampling(sampler=sampler, **common, **extra), device="cpu")
         assert batch.images.shape == (3, 1, 8, 8) and torch.isfinite(batch.images).all()
         assert 0.0 <= float(batch.images.min()) and float(batch.images.max()) <= 1.0
         assert batch.nfe == (6 if sampler == "pc" else batch.nfe) and batch.nfe > 0
@@ -208,7 +212,7 @@ def test_sigterm_checkpoints_and_exits_for_retry(tmp_path):
     while (not stats.exists() or not stats.read_text()) and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == common.EXIT_PREEMPTED
+    assert proc.wait(timeout=60) == EXIT_PREEMPTED
     step = torch.load(tmp_path / "run" / ".ckpt" / "ckpt.pt", weights_only=True)["step"]
     assert 0 < step < 400 and not (tmp_path / "run" / "run.json").exists()
 
@@ -316,12 +320,12 @@ def test_dry_run_prints_config_and_trains_nothing(tmp_path, capsys):
 def test_kl_coeff_schedule_matches_reference_formula():
     total = 1000
     cfg = KLConfig(anneal_portion=0.3, const_portion=0.01, const_coeff=1e-4, max_coeff=0.7)
-    assert common.stage1_kl_coeff(0, total, cfg) == pytest.approx(1e-4)
-    assert common.stage1_kl_coeff(10 + 150, total, cfg) == pytest.approx(1e-4 + (0.7 - 1e-4) * 0.5)
-    assert common.stage1_kl_coeff(total, total, cfg) == pytest.approx(0.7)
+    assert stage1_kl_coeff(0, total, cfg) == pytest.approx(1e-4)
+    assert stage1_kl_coeff(10 + 150, total, cfg) == pytest.approx(1e-4 + (0.7 - 1e-4) * 0.5)
+    assert stage1_kl_coeff(total, total, cfg) == pytest.approx(0.7)
     cont = KLConfig(continue_anneal=True)
-    assert [common.stage2_kl_coeff(s, 100, cont) for s in (0, 5, 10, 50)] == pytest.approx([0.7, 0.85, 1.0, 1.0])
-    assert common.stage2_kl_coeff(0, 100, KLConfig()) == 1.0
+    assert [stage2_kl_coeff(s, 100, cont) for s in (0, 5, 10, 50)] == pytest.approx([0.7, 0.85, 1.0, 1.0])
+    assert stage2_kl_coeff(0, 100, KLConfig()) == 1.0
     assert kl_coeff_at(5, 100, 0.0, 0.0, 0.1, 0.9) == 0.9
 
 
@@ -407,7 +411,7 @@ def test_stage1_keeps_the_best_validation_weights_and_stage2_starts_from_them(va
     train_vae.py keeps the checkpoint with the best validation bound), run.json records the history and the
     chosen step, and stage 2 loads exactly those weights and records the step."""
     from lsgm.train import vae as vae_task
-    from lsgm.train.common import unwrap
+    from lsgm.train.distributed import unwrap
 
     scripted, seen = iter([5.0, 1.0, 3.0, 2.0]), {}  # evaluations at steps 2, 4, 6, 8
 

@@ -8,7 +8,8 @@ import stat
 import pytest
 import torch
 
-from lsgm.utils import append_dims, atomic_torch_save, atomic_write_json, provenance, sum_except_batch
+from lsgm.io import atomic_write_json, provenance
+from lsgm.utils import append_dims, atomic_torch_save, sum_except_batch
 
 
 def test_atomic_json_allows_nan_and_leaves_no_temp_files(tmp_path):

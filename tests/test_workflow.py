@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,12 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def trained(text: str) -> Counter:
+    """Training jobs of a dry run by kind (vae, lsgm, sgm): the one `train` rule's output path names it."""
+    outputs = re.findall(r"^rule train:\n    input: .*\n    output: results/\w+/runs/\w+/(\w+)/", text, flags=re.M)
+    return Counter(outputs)
+
+
 def dry_run(*args: str) -> tuple[dict[str, int], str]:
     """Plan as on a fresh checkout: --forceall, so outputs already on disk (results/quick is committed)
     do not change what is counted."""
@@ -55,9 +62,9 @@ def dry_run(*args: str) -> tuple[dict[str, int], str]:
 def test_offline_scales_plan_the_whole_dag(scale):
     counts, text = dry_run("--config", f"scale={scale}")
     seeds = len(yaml.safe_load((ROOT / "config.yaml").read_text())["scales"][scale]["seeds"])
-    assert counts["train_lsgm"] == (MAIN_LSGMS + TABLE6_CELLS) * seeds
-    assert counts["train_vae"] == BACKBONES[scale] * seeds
-    assert counts["train_sgm"] == seeds
+    kinds = trained(text)
+    assert kinds == {"lsgm": (MAIN_LSGMS + TABLE6_CELLS) * seeds, "vae": BACKBONES[scale] * seeds, "sgm": seeds}
+    assert counts["train"] == sum(kinds.values())
     assert counts["train_classifier"] == 1 and counts["fid_stats"] == 1
     assert counts["tables"] == 5 and counts["figure4"] == 1
     assert {"eval_nll", "eval_fid", "eval_cost", "run_config"} <= set(counts)
@@ -75,14 +82,14 @@ def test_default_scale_is_quick():
 def test_slurm_profile_resolves_and_requests_gpus():
     assert (ROOT / "slurm" / "config.yaml").is_file(), "`--profile slurm` needs ./slurm/config.yaml"
     counts, text = dry_run("--profile", "slurm")
-    assert counts["train_lsgm"] == MAIN_LSGMS + TABLE6_CELLS
+    assert trained(text)["lsgm"] == MAIN_LSGMS + TABLE6_CELLS
     assert counts["fid_stats"] == 2 and "train_classifier" not in counts  # Inception at paper scale
     assert "results/paper/fid_stats/cifar10-inception-v1.pt" in text
     jobs = re.findall(r"rule (\w+):\n(.*?)(?=\n\[|\Z)", text, flags=re.S)
-    trained = 0
+    n_trained = 0
     for rule, body in jobs:
         res = re.search(r"resources: (.*)", body)
-        if rule.startswith("train_") or rule.startswith("eval_") or rule == "fid_stats":
+        if rule.startswith("train") or rule.startswith("eval_") or rule == "fid_stats":
             assert res, f"{rule} has no resources line"
             fields = dict(kv.split("=", 1) for kv in res.group(1).split(", "))
             gpus = int(fields["gpu"]) if "gpu" in fields else int(fields["nodes"]) * int(fields["gres"].split(":")[-1])
@@ -90,30 +97,33 @@ def test_slurm_profile_resolves_and_requests_gpus():
             assert int(fields["runtime"]) > 0 and int(fields["cpus_per_task"]) >= 1
             assert fields["slurm_partition"] and fields["slurm_account"]
             assert "tasks" not in fields  # would start one copy of the command per GPU
-            trained += rule.startswith("train_")
+            if rule == "train":  # the profile's set-resources reach every training job
+                assert fields["slurm_extra"] == "--signal=USR1@300", fields
+            n_trained += rule.startswith("train")
         if rule in ("tables", "figure4", "run_config"):
             assert res is None or "gpu=" not in res.group(1)
-    assert trained == MAIN_LSGMS + TABLE6_CELLS + BACKBONES["paper"] + 1
+    assert n_trained == MAIN_LSGMS + TABLE6_CELLS + BACKBONES["paper"] + 1
     # several GPUs -> torchrun DDP on one node; the 16-GPU recipes on 2 nodes x 8 GPUs, one torchrun per node
     assert "torchrun --standalone --nnodes=1 --nproc_per_node=8 -m lsgm train-vae" in text
-    two_node = re.findall(r"wildcards: scale=paper, dataset=(\w+), run=(\w+), seed=0\n    resources: [^\n]*nodes=2, "
-                          r"tasks_per_node=8, gres=gpu:8, mpi=srun", text)
-    assert {(d, r) for d, r in two_node} == {("cifar10", "fid"), ("cifar10", "nll"), ("cifar10", "balanced"),
-                                             ("celeba256", "celeba")}, two_node
+    two_node = re.findall(r"wildcards: scale=paper, dataset=(\w+), kind=(\w+), run=(\w+), seed=0\n    resources: "
+                          r"[^\n]*nodes=2, tasks_per_node=8, gres=gpu:8, mpi=srun", text)
+    assert sorted(two_node) == [("celeba256", "lsgm", "celeba"), ("celeba256", "vae", "celeba"),
+                                ("cifar10", "lsgm", "balanced"), ("cifar10", "lsgm", "fid"), ("cifar10", "lsgm", "nll")]
     assert "srun --nodes=2 --ntasks-per-node=1 --gres=gpu:8" in text and "--rdzv_backend=c10d" in text
 
 
 def test_one_table6_cell_plans_only_its_chain():
     target = "results/quick/metrics/digits/lsgm/vpsde-w_un-is-q_rew-s0/nll.json"
     counts, text = dry_run(target)
-    assert counts == {"run_config": 2, "train_vae": 1, "train_lsgm": 1, "eval_nll": 1, "total": 5}
+    assert counts == {"run_config": 2, "train": 2, "eval_nll": 1, "total": 5}
+    assert trained(text) == {"vae": 1, "lsgm": 1}
     assert "results/quick/runs/digits/vae/table6-s0/model.pt" in text
 
 
 def test_one_table_plans_only_its_runs():
-    counts, _ = dry_run("results/quick/tables/table5.md")  # MNIST: LSGM + its backbone
-    assert counts["train_lsgm"] == 1 and counts["train_vae"] == 1 and counts["tables"] == 1
-    assert "train_sgm" not in counts and "fid_stats" not in counts
+    counts, text = dry_run("results/quick/tables/table5.md")  # MNIST: LSGM + its backbone
+    assert trained(text) == {"lsgm": 1, "vae": 1} and counts["tables"] == 1
+    assert "fid_stats" not in counts
 
 
 def test_unknown_target_fails_clearly():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,9 +19,8 @@ from torch import nn
 
 from lsgm.config import ConfigError, RunConfig, from_dict
 from lsgm.data import DatasetInfo, dataset_info
-from lsgm.utils import UnsafeFileError, atomic_write_json, load_data_file, provenance
-
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from lsgm.io import atomic_write_json, provenance
+from lsgm.utils import UnsafeFileError, load_data_file
 
 
 class EvalError(RuntimeError):
@@ -97,19 +96,6 @@ def _pick(states: dict, names: tuple[str, ...], path: Path) -> dict:
     raise EvalError(f"{path}: no {'/'.join(names)} entry in model.pt['state'] (has {sorted(states)})")
 
 
-def build_score(cfg: RunConfig, shape: tuple[int, ...], sde) -> nn.Module:
-    """The eps-prediction module of a run, as its trainer builds it: LSGM ``MixedScore(NCSNpp)`` on the
-    latent shape (lsgm.train.lsgm), pixel SGM ``NCSNpp`` conditioned on t or log sigma_t (lsgm.train.sgm)."""
-    from lsgm.nets.ncsnpp import NCSNpp
-    from lsgm.score import MixedScore, condition
-
-    backbone = NCSNpp(cfg.score, shape[0], shape[1])
-    if cfg.kind == "sgm":
-        return condition(backbone, sde, cfg.score.condition)
-    return MixedScore(backbone, sde, tuple(shape), mixing_logit_init=cfg.objective.mixing_logit_init,
-                      mixed=cfg.objective.mixed_score)
-
-
 def load_run(path: str | Path, use_ema: bool = True, device: torch.device | str = "cpu") -> LoadedRun:
     """Rebuild a trained run (config, VAE, score with EMA weights applied, SDE) from its ``model.pt``.
 
@@ -146,6 +132,7 @@ def _run_json_reason(model_path: Path) -> str | None:
 
 def _build_modules(run: LoadedRun, blob: dict, use_ema: bool, device: torch.device) -> None:
     from lsgm.nets.nvae import NVAE
+    from lsgm.score import build_score
     from lsgm.sde import make_sde
 
     cfg, states, path = run.cfg, blob["state"], run.path

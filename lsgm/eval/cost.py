@@ -17,27 +17,27 @@ import numpy as np
 import torch
 
 from lsgm.eval.common import LoadedRun, load_run, metrics_record, resolve_device, set_bn_mode
+from lsgm.eval.features import Extractor
 from lsgm.eval.fid import (
-    Extractor,
     check_stats,
     extractor_for_stats,
     feature_statistics,
     frechet_distance,
     load_stats,
-    sample_batch,
     sample_features,
 )
+from lsgm.eval.generate import Sampling, sample_batch
 
 ROW_KEYS = ("sampler", "tolerance", "n_steps", "nfe_mean", "nfe_std", "seconds_per_batch", "seconds_std",
             "solve_seconds_per_batch", "batch_size", "n_batches", "fd_name", "fd", "fd_n_samples")
 
 
-def time_sampler(run: LoadedRun, *, sampler: str, batch_size: int, n_batches: int, seed: int,
-                 device: torch.device, **kwargs) -> dict:
+def time_sampler(run: LoadedRun, *, sampling: Sampling, batch_size: int, n_batches: int, seed: int,
+                 device: torch.device) -> dict:
     """NFE and seconds of ``n_batches`` batches after one warm-up batch (excluded); samples 0.. of ``seed``."""
     batches = []
     for b in range(n_batches + 1):
-        batch = sample_batch(run, b * batch_size, batch_size, seed=seed, sampler=sampler, device=device, **kwargs)
+        batch = sample_batch(run, b * batch_size, batch_size, seed=seed, sampling=sampling, device=device)
         if b > 0:
             batches.append(batch)
     nfe = np.array([b.nfe for b in batches], dtype=float)
@@ -48,19 +48,18 @@ def time_sampler(run: LoadedRun, *, sampler: str, batch_size: int, n_batches: in
             "batch_size": batch_size, "n_batches": n_batches}
 
 
-def cost_row(run: LoadedRun, extractor: Extractor | None, ref: dict | None, *, sampler: str, tolerance: float | None,
-             n_steps: int | None, batch_size: int, n_batches: int, fd_samples: int, fd_batch_size: int, seed: int,
-             device: torch.device, **kwargs) -> dict:
-    """One row of the cost table (NaN-filled where sampling fails)."""
-    opts = dict(kwargs, tolerance=tolerance if tolerance is not None else 1e-5, pc_steps=n_steps or 0)
-    row = {"sampler": sampler, "tolerance": tolerance, "n_steps": n_steps,
+def cost_row(run: LoadedRun, extractor: Extractor | None, ref: dict | None, *, sampling: Sampling, batch_size: int,
+             n_batches: int, fd_samples: int, fd_batch_size: int, seed: int, device: torch.device) -> dict:
+    """One row of the cost table: the setting ``sampling`` (an ODE tolerance or a PC step count), NaN-filled
+    where sampling fails."""
+    row = {"sampler": sampling.sampler, "tolerance": sampling.tolerance, "n_steps": sampling.pc_steps,
            "fd_name": extractor.metric_name if extractor else None, "fd_n_samples": fd_samples}
     try:
-        row.update(time_sampler(run, sampler=sampler, batch_size=batch_size, n_batches=n_batches, seed=seed,
-                                device=device, **opts))
+        row.update(time_sampler(run, sampling=sampling, batch_size=batch_size, n_batches=n_batches, seed=seed,
+                                device=device))
         if extractor is not None and fd_samples > 1:
-            feats, _ = sample_features(run, extractor, fd_samples, fd_batch_size, seed=seed, sampler=sampler,
-                                       device=device, **opts)
+            feats, _ = sample_features(run, extractor, fd_samples, fd_batch_size, seed=seed, sampling=sampling,
+                                       device=device)
             row["fd"] = frechet_distance(feature_statistics(feats), ref)
         else:
             row["fd"] = None
@@ -72,14 +71,13 @@ def cost_row(run: LoadedRun, extractor: Extractor | None, ref: dict | None, *, s
     return {k: row.get(k) for k in ROW_KEYS} | ({"error": row["error"]} if "error" in row else {})
 
 
-def evaluate_cost(model: str, stats_path: str | None, *, tolerances: list[float], batch_size: int = 16,
-                  n_batches: int = 20, fd_samples: int = 1000, fd_batch_size: int = 100,
-                  pc_steps: list[int] | None = None, samplers: list[str] | None = None, solver: str = "dopri5",
-                  t_eps: float = 1e-5, temperature: float = 1.0, vae_temperature: float = 1.0,
-                  snr: float = 0.16, seed: int = 0,
-                  bn_mode: str = "eval", use_ema: bool = True, classifier: str | None = None,
-                  inception_weights: str | None = None, device: str | None = None) -> dict:
-    """``lsgm evaluate cost``: rows per tolerance (ODE) and per step count (PC, pixel SGM)."""
+def evaluate_cost(model: str, stats_path: str | None, *, tolerances: list[float], batch_size: int, n_batches: int,
+                  fd_samples: int, fd_batch_size: int, pc_steps: list[int] | None, samplers: list[str] | None,
+                  solver: str, t_eps: float, temperature: float, vae_temperature: float, snr: float, seed: int,
+                  bn_mode: str, use_ema: bool, classifier: str | None, inception_weights: str | None,
+                  device: str | None) -> dict:
+    """``lsgm evaluate cost``: rows per tolerance (ODE) and per step count (PC, pixel SGM). ``samplers`` None:
+    ODE and PC for a pixel SGM, the ODE otherwise; ``pc_steps`` None: 1000 where PC runs."""
     started = time.perf_counter()
     dev = resolve_device(device)
     run = load_run(model, use_ema=use_ema, device=dev)
@@ -111,10 +109,10 @@ def evaluate_cost(model: str, stats_path: str | None, *, tolerances: list[float]
                                                 "fd": math.nan, "seconds_per_batch": math.nan} for s, t, n in plan]
         return metrics_record("cost", run, {"rows": rows}, settings, device=dev, started=started)
     set_bn_mode(run.vae, bn_mode)
-    rows = [cost_row(run, extractor, ref, sampler=s, tolerance=t, n_steps=n, batch_size=batch_size,
-                     n_batches=n_batches, fd_samples=fd_samples, fd_batch_size=fd_batch_size, seed=seed,
-                     device=dev, solver=solver, t_eps=t_eps, temperature=temperature,
-                     vae_temperature=vae_temperature, snr=snr)
+    rows = [cost_row(run, extractor, ref, batch_size=batch_size, n_batches=n_batches, fd_samples=fd_samples,
+                     fd_batch_size=fd_batch_size, seed=seed, device=dev,
+                     sampling=Sampling(sampler=s, tolerance=t, solver=solver, t_eps=t_eps, temperature=temperature,
+                                       vae_temperature=vae_temperature, pc_steps=n, snr=snr))
             for s, t, n in plan]
     failed = [r for r in rows if "error" in r]
     status, reason = ("ok", None) if not failed else ("ok", f"{len(failed)} setting(s) failed: {failed[0]['error']}")

@@ -29,19 +29,21 @@ from torch.utils.data import DataLoader
 
 from lsgm.eval.common import EvalError, LoadedRun, load_run, metrics_record, resolve_device, sample_seed
 from lsgm.likelihood import iw_nll, nats_to_bpd, ode_log_likelihood
-from lsgm.objectives import normal_cross_entropy, prior_cross_entropy
+from lsgm.objectives import nelbo_terms, normal_cross_entropy, prior_cross_entropy
 from lsgm.time_sampling import make_time_sampler
 
 
 @dataclass
 class PriorSettings:
+    """How the prior term is estimated (no defaults: ``lsgm evaluate nll``'s options hold them)."""
+
     prior: str  # "ode" | "dsm" | "normal"
-    t_eps: float = 1e-5
-    tolerance: float = 1e-5
-    solver: str = "dopri5"
-    probe: str = "gaussian"
-    inner: int = 1  # M ODE solves per encoder sample
-    t_draws: int = 16  # DSM time draws per encoder sample
+    t_eps: float | None  # ODE end time / DSM lower time (None for the Normal prior)
+    tolerance: float  # ODE rtol = atol
+    solver: str  # torchdiffeq method
+    probe: str  # Hutchinson probe: gaussian | rademacher
+    inner: int  # M ODE solves per encoder sample
+    t_draws: int  # DSM time draws per encoder sample
 
 
 @dataclass
@@ -96,10 +98,9 @@ def batch_terms(run: LoadedRun, x: torch.Tensor, ps: PriorSettings, iw_samples: 
         with torch.no_grad():
             out = run.vae(x, generator=gen)
         prior = prior_term(run, out.z0, ps, gen)
-        neg_ent = out.log_q_z0 + out.lower_log_q
-        nelbo = out.reconstruction + neg_ent + prior.cross_entropy + out.lower_cross_entropy
-        values = {"nelbo": nelbo, "recon": out.reconstruction, "neg_ent": neg_ent, "prior": prior.cross_entropy,
-                  "lower": out.lower_cross_entropy, "sem": prior.inner_sem}
+        parts = nelbo_terms(out, prior.cross_entropy)
+        values = {"nelbo": parts.nelbo, "recon": parts.reconstruction, "neg_ent": parts.neg_entropy,
+                  "prior": parts.prior_cross_entropy, "lower": parts.lower_cross_entropy, "sem": prior.inner_sem}
         for name, value in values.items():
             terms[name].append(value)
         nfe += prior.nfe
@@ -148,11 +149,11 @@ def _test_loader(run: LoadedRun, split: str, batch_size: int, root: str | None) 
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False)
 
 
-def evaluate_nll(model: str, *, prior: str = "ode", iw_samples: int = 1, inner: int = 1, tolerance: float = 1e-5,
-                 t_eps: float | None = None, probe: str = "gaussian", solver: str = "dopri5", batch_size: int = 128,
-                 n_batches: int | None = None, seed: int = 0, split: str = "test", use_ema: bool = True,
-                 t_draws: int = 16, root: str | None = None, device: str | None = None) -> dict:
-    """``lsgm evaluate nll``: the metrics record (see the module docstring)."""
+def evaluate_nll(model: str, *, prior: str, iw_samples: int, inner: int, tolerance: float, t_eps: float | None,
+                 probe: str, solver: str, batch_size: int, n_batches: int | None, seed: int, split: str,
+                 use_ema: bool, t_draws: int, root: str | None, device: str | None) -> dict:
+    """``lsgm evaluate nll``: the metrics record (see the module docstring). ``t_eps`` None: the training t_eps
+    (DSM prior)."""
     started = time.perf_counter()
     dev = resolve_device(device)
     run = load_run(model, use_ema=use_ema, device=dev)
@@ -161,8 +162,8 @@ def evaluate_nll(model: str, *, prior: str = "ode", iw_samples: int = 1, inner: 
     if iw_samples < 1 or inner < 1:
         raise EvalError("--iw-samples and --inner must be >= 1")
     kind = "normal" if run.kind == "vae" else prior
-    if t_eps is None:
-        t_eps = run.cfg.sde.t_eps if kind == "dsm" else 1e-5
+    if t_eps is None and kind == "dsm":
+        t_eps = run.cfg.sde.t_eps
     ps = PriorSettings(kind, t_eps=t_eps, tolerance=tolerance, solver=solver, probe=probe, inner=inner,
                        t_draws=t_draws)
     data = run.data

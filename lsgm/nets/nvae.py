@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lsgm.config import VAEConfig
-from lsgm.data import DatasetInfo
+from lsgm.datasets_info import DatasetInfo
 from lsgm.nets.flows import PairedARFlow, apply_flows
 from lsgm.nets.layers import (
     BNSwishConv,
@@ -286,12 +286,17 @@ class NVAE(nn.Module):
         log N(z; 0, I), both [B]."""
         if g > 0:
             feat = self.enc_combiners[g - 1](feat, s)
-        mu, log_sig = self.posteriors[g](feat).float().chunk(2, dim=1)  # (B, L, h, w) each, fp32 under autocast
-        mu, log_sig = soft_clamp(mu, 5.0), soft_clamp(log_sig, self.cfg.log_sig_q_scale)
+        mu, log_sig = self.posterior_normal(self.posteriors[g](feat))
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + torch.exp(log_sig) * eps
         z, log_q = apply_flows(self.flows[g], z, gaussian_log_prob(z, mu, log_sig))
         return z, log_q, -normal_cross_entropy(z)
+
+    def posterior_normal(self, head_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log sigma) of a group's Normal posterior, each [B, L, h, w] (fp32 under autocast, soft-clamped),
+        from the output [B, 2L, h, w] of its head ``posteriors[g]``."""
+        mu, log_sig = head_out.float().chunk(2, dim=1)
+        return soft_clamp(mu, 5.0), soft_clamp(log_sig, self.cfg.log_sig_q_scale)
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         c = self.data.crop

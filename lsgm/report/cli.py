@@ -2,8 +2,11 @@
 
 ```
 lsgm report tables  --metrics F.json ... --scale S --out-dir DIR [--dataset-map JSON] [--rows JSON] [--commit SHA]
+lsgm report tables  --metrics F.json ... --scale S --table tableN --md F.md --csv F.csv [...]
 lsgm report figure4 --metrics F.json ... --scale S --out-dir DIR [--commit SHA]
 ```
+``--out-dir`` gets every table's ``.md``, ``.csv`` and ``.caption.txt``; ``--table`` with ``--md``/``--csv`` builds one
+table and writes exactly those two files (the workflow's rule, one job per table).
 ``--dataset-map`` / ``--rows`` take inline JSON or a path to a JSON file, e.g.
 ``{"table2": "digits", "table4": "digits_binary"}`` and ``{"table2": ["lsgm_balanced", "vae"]}``.
 A metrics file that is not valid JSON or lacks a required key is refused with one line naming the
@@ -18,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lsgm.utils import git_commit
+from lsgm.io import git_commit
 
 REQUIRED = ("kind", "run", "run.name", "run.model", "run.dataset", "status", "metrics")
 REQUIRED_BY_KIND = {"nll": (), "fid": ("settings",), "cost": ("metrics.rows",)}
@@ -82,21 +85,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("what", choices=sorted(KINDS), help="tables: Tables 2-6; figure4: Figure 4")
     parser.add_argument("--metrics", nargs="+", required=True, help="metrics JSON files")
     parser.add_argument("--scale", required=True, help="smoke | quick | paper (printed in captions)")
-    parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--out-dir", type=Path, help="every table's files (tables), or Figure 4's")
+    parser.add_argument("--table", default=None, help="tables: build only this one (e.g. table2), to --md/--csv")
+    parser.add_argument("--md", type=Path, help="with --table: its markdown file (caption, blank line, table)")
+    parser.add_argument("--csv", type=Path, help="with --table: its CSV file")
     parser.add_argument("--dataset-map", default=None, help="JSON {tableN: run.dataset} (inline or file)")
     parser.add_argument("--rows", default=None, help="JSON {tableN: [run names]} (inline or file)")
     parser.add_argument("--commit", default=None, help="default: the commit of this source tree")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    one = args.what == "tables" and args.table is not None
+    if one and (args.md is None or args.csv is None or args.out_dir is not None):
+        parser.error("--table writes exactly --md FILE and --csv FILE (no --out-dir)")
+    if not one and (args.out_dir is None or args.md is not None or args.csv is not None):
+        parser.error(f"{args.what} needs --out-dir DIR (--md/--csv only with tables --table)")
+    return args
 
 
 def run_tables(args: argparse.Namespace, docs: list[dict], commit: str) -> str:
-    """Build and write Tables 2-6; return the summary line."""
-    from lsgm.report.tables import build_tables, write_tables
+    """Build and write Tables 2-6 (or the one ``--table``); return the summary line."""
+    from lsgm.report.tables import ALL_TABLES, build_tables, write_table, write_tables
 
-    tables = build_tables(docs, args.scale, commit, json_arg(args.dataset_map), json_arg(args.rows))
-    written = write_tables(tables, args.out_dir)
-    return (f"lsgm report tables: {len(tables)} tables ({len(written)} files) from {len(docs)} "
-            f"metrics files -> {args.out_dir}")
+    only = (args.table,) if args.table else ALL_TABLES
+    tables = build_tables(docs, args.scale, commit, json_arg(args.dataset_map), json_arg(args.rows), only=only)
+    if args.table:
+        written = write_table(tables[args.table], args.md, args.csv)
+    else:
+        written = write_tables(tables, args.out_dir)
+    where = args.out_dir or ", ".join(map(str, written))
+    return (f"lsgm report tables: {len(tables)} table{'s' * (len(tables) > 1)} ({len(written)} files) from "
+            f"{len(docs)} metrics files -> {where}")
 
 
 def run_figure4(args: argparse.Namespace, docs: list[dict], commit: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lsgm.utils import atomic_write_bytes, atomic_write_text
+from lsgm.io import atomic_write_bytes, atomic_write_text
 
 CSV_COLUMNS = ["model", "run", "sampler", "tolerance", "n_steps", "nfe_mean", "nfe_std",
                "seconds_per_batch", "seconds_std", "batch_size", "fd_name", "fd", "device"]

@@ -24,7 +24,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from lsgm.utils import atomic_write_text
+from lsgm.datasets_info import offline_standin
+from lsgm.methods import TABLE6_COLUMNS, Cell
+from lsgm.io import atomic_write_text
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
 NA = "n/a"
@@ -32,26 +34,11 @@ TOKENS = {"nan": "NaN", "na": NA, "missing": "—"}
 DECIMALS = 2
 RESULT_TABLES = ("table2", "table3", "table4", "table5")
 ALL_TABLES = (*RESULT_TABLES, "table6")
-PAPER_DATASETS = {"table2": "cifar10", "table3": "celeba256", "table4": "omniglot",
-                  "table5": "mnist", "table6": "cifar10"}
-STANDIN_DATASETS = {"table2": "digits", "table3": "digits", "table4": "digits_binary",
-                    "table5": "digits_binary", "table6": "digits"}
 MODEL_LABELS = {"vae": "VAE Backbone", "sgm": "Pixel SGM"}
 MODEL_SECTIONS = {"lsgm": "Ours", "vae": "Ours", "sgm": "Score"}
 MODEL_ORDER = {"lsgm": 0, "vae": 1, "sgm": 2}
 UNITS = {"bpd": "bits/dim", "nats": "nats"}
-# Table 6 columns in the paper's order: (printed header, weighting, t-sampling, encoder objective).
-TABLE6_COLUMNS = (
-    ("w_ll U rew.", "ll", "uniform", "rew"), ("w_ll r_ll rew.", "ll", "is", "rew"),
-    ("w_un U rew.", "un", "uniform", "rew"), ("w_un U r_ll", "un", "uniform", "ll_is"),
-    ("w_un r_un rew.", "un", "is", "rew"), ("w_un r_un r_ll", "un", "is", "ll_is"),
-    ("w_re U rew.", "re", "uniform", "rew"), ("w_re U r_ll", "re", "uniform", "ll_is"),
-    ("w_re r_re rew.", "re", "is", "rew"), ("w_re r_re r_ll", "re", "is", "ll_is"),
-)
 SDE_LABELS = {"geometric": "Geom. VPSDE", "vpsde": "VPSDE"}
-# (sde, weighting, sampling) combinations the paper prints as n/a: r_un(t) does not exist for the
-# geometric SDE, and r_ll(t) is U[0, 1] for it (so "w_ll r_ll" would repeat "w_ll U").
-UNDEFINED_CELLS = {("geometric", "ll", "is"), ("geometric", "un", "is")}
 
 
 # ----------------------------------------------------------------------------- published numbers
@@ -66,10 +53,11 @@ def published_rows(published: dict[str, Any], table: str) -> list[dict[str, Any]
     return [row for row in published["rows"] if row["table"] == table]
 
 
-def default_dataset_map(scale: str) -> dict[str, str]:
-    """Which dataset each table's measured rows come from: the paper's at ``paper`` scale, else the
-    offline stand-ins (``digits`` for CIFAR-10/CelebA-HQ, ``digits_binary`` for MNIST/OMNIGLOT)."""
-    return dict(PAPER_DATASETS if scale == "paper" else STANDIN_DATASETS)
+def default_dataset_map(scale: str, published: dict[str, Any]) -> dict[str, str]:
+    """Which dataset each table's measured rows come from: the paper's (``published.yaml``) at ``paper`` scale,
+    else its offline stand-in (:func:`lsgm.datasets_info.offline_standin`)."""
+    return {table: meta["dataset"] if scale == "paper" else offline_standin(meta["dataset"])
+            for table, meta in published["tables"].items()}
 
 
 # ----------------------------------------------------------------------------- measured runs
@@ -221,13 +209,18 @@ def combine(values: list) -> float | str | None:
     return math.nan if any(math.isnan(v) for v in numbers) else sum(numbers) / len(numbers)
 
 
-def table6_cells(selected: list[dict]) -> dict[tuple, list[dict]]:
-    """Our LSGM runs grouped by Table 6 cell ``(sde, weighting, sampling, q_objective)``."""
-    cells: dict[tuple, list[dict]] = defaultdict(list)
+def table6_cells(selected: list[dict]) -> dict[Cell, list[dict]]:
+    """Our LSGM runs grouped by Table 6 cell (the ``run`` section's sde, weighting, sampling, q_objective)."""
+    cells: dict[Cell, list[dict]] = defaultdict(list)
     for entry in selected:
         run = entry["run"]
-        cells[(run.get("sde"), run.get("weighting"), run.get("sampling"), run.get("q_objective"))].append(entry)
+        cells[Cell(run.get("sde"), run.get("weighting"), run.get("sampling"), run.get("q_objective"))].append(entry)
     return cells
+
+
+def table6_value(cell: Cell, entries: list[dict], kind: str, key: str) -> float | str | None:
+    """One cell of our Table 6: n/a where the paper prints n/a (even if run), else its seeds combined."""
+    return NA if cell.na_reason else combine([metric_value(e[kind], key) for e in entries])
 
 
 def table6_measured_rows(selected: list[dict]) -> list[dict[str, Any]]:
@@ -237,14 +230,11 @@ def table6_measured_rows(selected: list[dict]) -> list[dict[str, Any]]:
     metrics = [(name, "fid", name) for name in names] + [("NELBO (bpd)", "nll", "nelbo")]
     rows = []
     for sde, sde_label in SDE_LABELS.items():
-        if not any(key[0] == sde for key in cells):
+        if not any(cell.sde == sde for cell in cells):
             continue
+        columns = {header: Cell.parse(sde, text) for text, header in TABLE6_COLUMNS.items()}
         for label, kind, key in metrics:
-            values = {}
-            for header, weighting, sampling, q_obj in TABLE6_COLUMNS:
-                group = cells.get((sde, weighting, sampling, q_obj), [])
-                undefined = (sde, weighting, sampling) in UNDEFINED_CELLS
-                values[header] = NA if undefined else combine([metric_value(e[kind], key) for e in group])
+            values = {header: table6_value(cell, cells.get(cell, []), kind, key) for header, cell in columns.items()}
             rows.append({"SDE": sde_label, "Metric": label, **values, "source": "ours"})
     return rows
 
@@ -256,7 +246,7 @@ def table6_paper_rows(published: dict) -> list[dict[str, Any]]:
     for method in dict.fromkeys(r["method"] for r in cells):
         mine = {r["column"]: r for r in cells if r["method"] == method}
         for label, key in (("FID", "fid"), ("NELBO (bpd)", "nelbo")):
-            values = {header: mine[header][key] for header, *_ in TABLE6_COLUMNS}
+            values = {header: mine[header][key] for header in TABLE6_COLUMNS.values()}
             rows.append({"SDE": method, "Metric": label, **values, "source": "paper"})
     return rows
 
@@ -267,7 +257,7 @@ def build_table6(selected: list[dict], published: dict) -> pd.DataFrame:
         check_unit(entry, "table6", published["tables"]["table6"]["unit"])
     lsgm_runs = [e for e in selected if e["run"]["model"] == "lsgm"]
     rows = table6_measured_rows(lsgm_runs) + table6_paper_rows(published)
-    return pd.DataFrame(rows, columns=["SDE", "Metric", *(c[0] for c in TABLE6_COLUMNS), "source"], dtype=object)
+    return pd.DataFrame(rows, columns=["SDE", "Metric", *TABLE6_COLUMNS.values(), "source"], dtype=object)
 
 
 def build_table(table: str, selected: list[dict], published: dict) -> pd.DataFrame:
@@ -356,20 +346,22 @@ def caption(table: str, published: dict, selected: list[dict], scale: str, commi
 
 # ----------------------------------------------------------------------------- build + write
 def build_tables(metrics: list[dict], scale: str, commit: str, dataset_map: dict | None = None,
-                 rows: dict[str, list[str]] | None = None,
-                 published: dict | None = None) -> dict[str, pd.DataFrame]:
-    """Tables 2-6 as DataFrames keyed ``table2`` .. ``table6`` (caption in ``df.attrs["caption"]``).
+                 rows: dict[str, list[str]] | None = None, published: dict | None = None,
+                 only: tuple[str, ...] = ALL_TABLES) -> dict[str, pd.DataFrame]:
+    """Tables 2-6 (or the tables ``only`` names) as DataFrames keyed ``table2`` .. ``table6`` (caption in
+    ``df.attrs["caption"]``); a table of one is the same as in the full set.
 
     ``dataset_map[table]`` is the ``run.dataset`` whose runs fill that table (default:
     :func:`default_dataset_map`); ``rows[table]`` (optional) lists run names explicitly instead.
-    ``table6`` defaults to ``table2``'s dataset.
     """
+    unknown = [table for table in only if table not in ALL_TABLES]
+    if unknown:
+        raise ValueError(f"no table {', '.join(unknown)}; the tables: {', '.join(ALL_TABLES)}")
     published = published or load_published()
-    dataset_map = {**default_dataset_map(scale), **(dataset_map or {})}
-    dataset_map.setdefault("table6", dataset_map.get("table2"))
+    dataset_map = {**default_dataset_map(scale, published), **(dataset_map or {})}
     runs = collect_runs(metrics)
     tables = {}
-    for table in ALL_TABLES:
+    for table in only:
         selected = select_runs(runs, table, dataset_map, rows)
         df = build_table(table, selected, published)
         df.attrs["caption"] = caption(table, published, selected, scale, commit)
@@ -412,15 +404,26 @@ def to_markdown(df: pd.DataFrame) -> str:
     return f"{df.attrs.get('caption', '')}\n\n{table}\n"
 
 
+def table_texts(df: pd.DataFrame) -> dict[str, str]:
+    """The files of one table by suffix: ``md`` (caption, blank line, table), ``csv``, ``caption.txt``."""
+    return {"md": to_markdown(df), "csv": render(df, None).to_csv(index=False),
+            "caption.txt": df.attrs.get("caption", "") + "\n"}
+
+
 def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
     """Write ``tableN.md``, ``tableN.csv`` and ``tableN.caption.txt`` atomically; return the paths."""
-    out_dir = Path(out_dir)
     written = []
     for key, df in tables.items():
-        files = {out_dir / f"{key}.md": to_markdown(df),
-                 out_dir / f"{key}.csv": render(df, None).to_csv(index=False),
-                 out_dir / f"{key}.caption.txt": df.attrs.get("caption", "") + "\n"}
-        for path, text in files.items():
+        for suffix, text in table_texts(df).items():
+            path = Path(out_dir) / f"{key}.{suffix}"
             atomic_write_text(path, text)
             written.append(path)
     return written
+
+
+def write_table(df: pd.DataFrame, md: Path, csv: Path) -> list[Path]:
+    """Write one table's markdown (its caption inside) and CSV to exactly these paths, atomically."""
+    texts = table_texts(df)
+    for path, suffix in ((md, "md"), (csv, "csv")):
+        atomic_write_text(Path(path), texts[suffix])
+    return [Path(md), Path(csv)]

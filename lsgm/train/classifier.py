@@ -5,7 +5,7 @@ cross-entropy on the dataset's labelled TRAINING split, ``train.steps`` steps of
 optimizer and learning-rate schedule from ``train.score_optim``. Binary datasets are used as grey levels
 (never binarized), exactly what the reference statistics and the decoder-mean samples look like. Writes
 the usual run files (``config.yaml``, ``stats.jsonl``, ``run.json`` with the TEST accuracy under
-``validation``, ``model.pt`` with ``state['classifier']`` and ``arch``) through :mod:`lsgm.train.common`.
+``validation``, ``model.pt`` with ``state['classifier']`` and ``arch``) through :class:`lsgm.train.run.Run`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,14 @@ import torch.nn.functional as F
 from lsgm.config import ConfigError
 from lsgm.data import DatasetInfo, dataset_info, get_dataset
 from lsgm.nets.classifier import FeatureClassifier
-from lsgm.train.common import (InfiniteLoader, Run, cli_main, fixed_rng, lr_at, make_optimizer, mean_stats, set_lr,
-                               unwrap)
+from lsgm.train.cli import cli_main
+from lsgm.train.distributed import unwrap
+from lsgm.train.loader import InfiniteLoader
+from lsgm.train.loop import mean_stats
+from lsgm.train.optim import make_optimizer, set_lr
+from lsgm.train.rng import fixed_rng
+from lsgm.train.run import Run
+from lsgm.train.schedules import lr_at
 
 
 @dataclass

@@ -38,11 +38,17 @@ from torch import nn
 from lsgm.config import ConfigError, RunConfig, to_dict
 from lsgm.data import dataset_info, get_dataset
 from lsgm.likelihood import nats_to_bpd
-from lsgm.objectives import diffusion_terms
+from lsgm.methods import q_trains_score
+from lsgm.objectives import diffusion_terms, nelbo_terms
 from lsgm.sde import make_sde
 from lsgm.time_sampling import TimeSample, make_q_sampler, make_time_sampler
-from lsgm.train.common import (Run, cli_main, fixed_rng, lr_at, make_optimizer, mean_stats, set_lr,
-                               stage2_kl_coeff, trainable, unwrap)
+from lsgm.train.cli import cli_main
+from lsgm.train.distributed import unwrap
+from lsgm.train.loop import mean_stats
+from lsgm.train.optim import make_optimizer, set_lr, trainable
+from lsgm.train.rng import fixed_rng
+from lsgm.train.run import Run
+from lsgm.train.schedules import lr_at, stage2_kl_coeff
 from lsgm.train.ema import EMA
 from lsgm.train.vae import validation_batches
 
@@ -82,15 +88,12 @@ def load_stage1(path: str | Path, cfg: RunConfig) -> dict:
 def infer_active_channels(vae: nn.Module, batches, threshold: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel KL(q(z0_c | x) || N(0, 1)) of the top scale, summed over H, W and averaged over batches;
     returns (mask [C] = KL > threshold, kl [C]). Reads q's mean/log-std from the top-scale posterior heads."""
-    from lsgm.nets.nvae import soft_clamp
-
     groups = vae.cfg.num_groups_per_scale
     captured: dict[int, list[torch.Tensor]] = {g: [] for g in range(groups)}
 
     def hook(g):
         def fn(module, inputs, output):
-            mu, log_sig = output.float().chunk(2, dim=1)  # (B, L, h, w) each
-            mu, log_sig = soft_clamp(mu, 5.0), soft_clamp(log_sig, vae.cfg.log_sig_q_scale)
+            mu, log_sig = vae.posterior_normal(output)  # (B, L, h, w) each
             kl = 0.5 * (mu**2 + torch.exp(2 * log_sig) - 1.0) - log_sig  # (B, L, h, w)
             captured[g].append(kl.sum(dim=(2, 3)))  # (B, L)
         return fn
@@ -108,9 +111,8 @@ def infer_active_channels(vae: nn.Module, batches, threshold: float = 0.1) -> tu
 
 class LSGMTask:
     def __init__(self, run: Run, vae_path: str):
-        from lsgm.nets.ncsnpp import NCSNpp
         from lsgm.nets.nvae import NVAE
-        from lsgm.score import MixedScore
+        from lsgm.score import build_score
 
         cfg, obj = run.cfg, run.cfg.objective
         self.run, self.cfg, self.obj = run, cfg, obj
@@ -124,9 +126,7 @@ class LSGMTask:
             self.q_sampler = make_q_sampler(obj.q_objective, self.p_sampler)
         except ValueError as err:
             raise ConfigError(f"objective: {err}") from err
-        shape = vae.latent_shape
-        score = MixedScore(NCSNpp(cfg.score, shape[0], shape[1]), self.sde, shape,
-                           mixing_logit_init=obj.mixing_logit_init, mixed=obj.mixed_score)
+        score = build_score(cfg, vae.latent_shape, self.sde)
         self.active_kl = None
         if obj.drop_inactive_var:
             vae.to(run.device).eval()
@@ -149,8 +149,7 @@ class LSGMTask:
         self.emas = {"score": self.ema}
         self.loader = run.make_loader(get_dataset(cfg.data.name, "train", root=cfg.data.root,
                                                   download=cfg.data.download))
-        # p and q objectives coincide (official different_p_q_objectives False): the q_loss trains the score too
-        self.score_by_q = self.train_vae and obj.weighting == "ll" and obj.q_objective == "rew"
+        self.score_by_q = self.train_vae and q_trains_score(obj.weighting, obj.q_objective)
         self.meta = self._meta(vae_path, stage1)
 
     def _meta(self, vae_path: str, stage1: dict) -> dict:
@@ -204,10 +203,9 @@ class LSGMTask:
     def _q_loss(self, out, ce: torch.Tensor, kl_coeff: float, weight: float, regularize: bool):
         """(loss to back-propagate, q objective of this micro-batch, its NELBO). ``weight`` = 1 / grad_accum; the
         SR terms (weights only) join once per step (``regularize``), the score's only when q trains the score."""
-        recon = out.reconstruction.float()
-        kl = out.log_q_z0.float() + out.lower_log_q.float() + ce.float() + out.lower_cross_entropy.float()
-        nelbo = (recon + kl).mean()
-        data = (recon + kl_coeff * kl).mean()
+        terms = nelbo_terms(out, ce, dtype=torch.float32)
+        nelbo = terms.nelbo.mean()
+        data = terms.objective(kl_coeff).mean()
         loss = weight * data
         if regularize and self.train_vae:
             loss = loss + self.cfg.train.sr_lambda_vae * unwrap(self.vae).regularization().float()
@@ -296,7 +294,7 @@ class LSGMTask:
                 out = vae(x)
                 ts = sampler.sample(x.shape[0], device=x.device)
                 ce = diffusion_terms(out.z0, net, self.sde, ts).cross_entropy
-                nelbos.append(out.reconstruction + out.log_q_z0 + out.lower_log_q + ce + out.lower_cross_entropy)
+                nelbos.append(nelbo_terms(out, ce).nelbo)
         nelbo = torch.cat(nelbos).double()
         return {"split": "test", "n": nelbo.numel(), "nelbo_nats": nelbo.mean().item(),
                 "nelbo_bpd": float(nats_to_bpd(nelbo.mean(), self.info.eval_dims)), "unit": self.info.unit,

@@ -17,10 +17,16 @@ import torch
 from lsgm.config import ConfigError
 from lsgm.data import dataset_info, get_dataset
 from lsgm.objectives import diffusion_terms
-from lsgm.score import condition, to_model_space
+from lsgm.score import to_model_space
 from lsgm.sde import make_sde
 from lsgm.time_sampling import make_time_sampler
-from lsgm.train.common import Run, cli_main, fixed_rng, lr_at, make_optimizer, mean_stats, set_lr, trainable, unwrap
+from lsgm.train.cli import cli_main
+from lsgm.train.distributed import unwrap
+from lsgm.train.loop import mean_stats
+from lsgm.train.optim import make_optimizer, set_lr, trainable
+from lsgm.train.rng import fixed_rng
+from lsgm.train.run import Run
+from lsgm.train.schedules import lr_at
 from lsgm.train.ema import EMA
 from lsgm.train.lsgm import DEVIATIONS
 from lsgm.train.vae import validation_batches
@@ -28,7 +34,7 @@ from lsgm.train.vae import validation_batches
 
 class SGMTask:
     def __init__(self, run: Run):
-        from lsgm.nets.ncsnpp import NCSNpp
+        from lsgm.score import build_score
 
         cfg = run.cfg
         self.run, self.cfg = run, cfg
@@ -38,8 +44,8 @@ class SGMTask:
             self.sampler = make_time_sampler(cfg.objective.weighting, cfg.objective.sampling, self.sde, cfg.sde.t_eps)
         except ValueError as err:
             raise ConfigError(f"objective: {err}") from err
-        self.net = run.wrap(condition(NCSNpp(cfg.score, self.info.channels, self.info.image_size), self.sde,
-                                      cfg.score.condition))
+        image_shape = (self.info.channels, self.info.image_size, self.info.image_size)
+        self.net = run.wrap(build_score(cfg, image_shape, self.sde))
         self.opt = make_optimizer(trainable(unwrap(self.net)), cfg.train.score_optim)
         self.ema = EMA(unwrap(self.net), cfg.train.ema_decay)
         self.loader = run.make_loader(get_dataset(cfg.data.name, "train", root=cfg.data.root,

@@ -3,7 +3,7 @@
 loss = mean_B[ recon + kl_coeff * sum_g c_g KL_g ] + sr_lambda_vae * vae.regularization()
 
 with the KL warm-up ``kl_coeff(step)`` and KL balancing c_g (only while kl_coeff < 1) of
-:mod:`lsgm.train.common`, Adamax with coupled L2 weight decay (``train.vae_optim``), no EMA. At the end
+:mod:`lsgm.objectives`, Adamax with coupled L2 weight decay (``train.vae_optim``), no EMA. At the end
 the NELBO (kl_coeff = 1) on ``train.val_batches`` test batches is written to run.json; the IW-NLL is the
 evaluation module's job. With ``train.select_every_steps`` (the official recipes: 40 evaluations), the weights
 with the best ``select_iw_samples``-sample validation bound are kept (official ``train_vae.py``: it saves
@@ -19,8 +19,14 @@ import torch
 
 from lsgm.data import dataset_info, get_dataset
 from lsgm.likelihood import iw_nll, nats_to_bpd
-from lsgm.train.common import (Run, balanced_kl, cli_main, fixed_rng, kl_balance_alphas, lr_at, make_optimizer,
-                               mean_stats, set_lr, stage1_kl_coeff, trainable, unwrap)
+from lsgm.objectives import balanced_kl, kl_balance_alphas, nelbo_terms, normal_cross_entropy
+from lsgm.train.cli import cli_main
+from lsgm.train.distributed import unwrap
+from lsgm.train.loop import mean_stats
+from lsgm.train.optim import make_optimizer, set_lr, trainable
+from lsgm.train.rng import fixed_rng
+from lsgm.train.run import Run
+from lsgm.train.schedules import lr_at, stage1_kl_coeff
 
 
 def validation_batches(run: Run, n_batches: int):
@@ -69,7 +75,7 @@ class VAETask:
             loss = weight * (recon + kl).mean() + (cfg.train.sr_lambda_vae * reg if reg is not None else 0.0)
             loss = run.force_nan(loss, step)
             kl_groups = torch.stack(out.kl_groups, 1).float()  # (B, G)
-            nelbo = (recon + kl_groups.sum(1)).mean()
+            nelbo = nelbo_terms(out, normal_cross_entropy(out.z0), dtype=torch.float32).nelbo.mean()
             run.check_finite(step, loss=loss)
             run.backward(loss, params)
             stats.append({"loss": (recon + kl).mean().item(), "nelbo": nelbo.item(), "recon": recon.mean().item(),
@@ -89,7 +95,7 @@ class VAETask:
                 draws = []
                 for _ in range(samples):
                     out = vae(x)
-                    draws.append(out.reconstruction + torch.stack(out.kl_groups, 1).sum(1))
+                    draws.append(nelbo_terms(out, normal_cross_entropy(out.z0)).nelbo)
                 per_batch.append(torch.stack(draws))
         return torch.cat(per_batch, dim=1).double()
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from lsgm.plan import SCALES, Plan, PlanError, eval_args
+from lsgm.plan import EVAL_RESOURCE_KEYS, SCALES, TRAIN_RESOURCE_KEYS, Plan, PlanError, eval_args
 
 
 def _validate(config):
@@ -57,34 +57,29 @@ def the_run(wc, kind=None):
         raise WorkflowError(str(err)) from None
 
 
-def scale_res(wc, group):
-    return PLANS[wc.scale].sc["resources"][group]
+def per_key(resources_of, keys):
+    """Snakemake resources, one function per key, each reading the plan's resources of the job."""
+    return {k: (lambda wc, k=k: resources_of(wc).get(k)) for k in keys}
 
 
-def train_resources(kind):
-    """The plan's slurm resources of a training job (gpu or nodes/gres/tasks, cpus, mem_mb, runtime)."""
-    keys = ("gpu", "nodes", "tasks_per_node", "gres", "mpi", "cpus_per_task", "mem_mb", "runtime")
-    return {k: (lambda wc, k=k: the_run(wc, kind).resources(scale_res(wc, "train")).get(k)) for k in keys}
+# The plan's slurm resources (lsgm/plan.py): a training job's (gpu, or nodes/gres/tasks for several nodes; cpus,
+# mem_mb, runtime) and an evaluation job's; threads are Snakemake's local scheduling unit.
+TRAIN_RESOURCES = per_key(lambda wc: the_run(wc).resources(), TRAIN_RESOURCE_KEYS)
+EVAL_RESOURCES = per_key(lambda wc: PLANS[wc.scale].eval_resources(), EVAL_RESOURCE_KEYS)
 
 
-def train_threads(kind):
-    return lambda wc: the_run(wc, kind).threads(scale_res(wc, "train"))
-
-
-def eval_gpus(wc):
-    return scale_res(wc, "eval").get("gpus", 0)
+def train_threads(wc):
+    return the_run(wc).threads()
 
 
 def eval_threads(wc):
-    return scale_res(wc, "eval")["threads"] * max(1, eval_gpus(wc))
+    return PLANS[wc.scale].eval_resources()["cpus_per_task"]
 
 
-def eval_mem(wc):
-    return scale_res(wc, "eval")["mem_mb"] * max(1, eval_gpus(wc))
-
-
-def eval_runtime(wc):
-    return scale_res(wc, "eval").get("runtime", 60)
+def backbone_model(wc):
+    """An LSGM's stage-1 model.pt (nothing for the other kinds)."""
+    run = the_run(wc)
+    return run.backbone.model_path if run.backbone else []
 
 
 def fid_stats_for(wc):
@@ -99,9 +94,6 @@ def classifier_for_stats(wc):
     if wc.features != "classifier":
         return []
     return plan.run("classifier", wc.dataset, "fd", 0).model_path
-
-
-EVAL_RESOURCES = dict(gpu=eval_gpus, cpus_per_task=eval_threads, mem_mb=eval_mem, runtime=eval_runtime)
 
 
 def eval_flags(metric):

@@ -1,6 +1,5 @@
 # Compiled tables and Figure 4 (local: cheap, and they need every metrics file on the shared FS).
-# `lsgm report tables` writes every table its metrics allow into --out-dir; each table is its own job
-# (so one table's target runs only its chain), compiled in a private folder and copied into place.
+# Each table is its own job (so one table's target runs only its chain): `lsgm report tables --table`.
 
 
 rule tables:
@@ -24,9 +23,8 @@ rule tables:
         "logs/{scale}/tables/{table}.log",
     localrule: True
     shell:
-        "tmp=$(mktemp -d) && trap 'rm -rf $tmp' EXIT &&"
-        " lsgm report tables --metrics {input.metrics} --scale {wildcards.scale} --out-dir $tmp > {log} 2>&1 &&"
-        " cp $tmp/{wildcards.table}.md {output.md} && cp $tmp/{wildcards.table}.csv {output.csv}"
+        "lsgm report tables --table {wildcards.table} --metrics {input.metrics} --scale {wildcards.scale}"
+        " --md {output.md} --csv {output.csv} > {log} 2>&1"
 
 
 rule figure4:

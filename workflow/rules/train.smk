@@ -19,71 +19,32 @@ rule run_config:
         "../scripts/write_run_config.py"
 
 
-rule train_vae:
-    """Stage 1: the NVAE backbone with a N(0, I) prior."""
+rule train:
+    """A trained model of kind vae (stage 1: the NVAE backbone with a N(0, I) prior), lsgm (stage 2: the latent
+    score prior, end to end with its backbone: main configs and Table 6 cells) or sgm (the pixel-space SGM
+    baseline). `lsgm train-<kind>` on the plan's processes; the plan gives the launcher and the resources."""
     input:
-        config="results/{scale}/configs/{dataset}/vae/{run}-s{seed}.yaml",
+        config="results/{scale}/configs/{dataset}/{kind}/{run}-s{seed}.yaml",
+        vae=backbone_model,
     output:
-        model="results/{scale}/runs/{dataset}/vae/{run}-s{seed}/model.pt",
+        model="results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt",
     params:
         out=subpath(output.model, parent=True),
-        ckpt=lambda wc: the_run(wc, "vae").ckpt_dir,
-        lsgm=lambda wc: the_run(wc, "vae").launcher(),
+        vae=lambda wc, input: f" --vae {input.vae}" if input.vae else "",
+        ckpt=lambda wc: the_run(wc).ckpt_dir,
+        lsgm=lambda wc: the_run(wc).launcher(),
     log:
-        "logs/{scale}/train_vae/{dataset}/{run}-s{seed}.log",
+        "logs/{scale}/train_{kind}/{dataset}/{run}-s{seed}.log",
     benchmark:
-        "results/{scale}/benchmarks/train_vae/{dataset}/{run}-s{seed}.tsv"
-    threads: train_threads("vae")
+        "results/{scale}/benchmarks/train_{kind}/{dataset}/{run}-s{seed}.tsv"
+    wildcard_constraints:
+        kind="vae|lsgm|sgm",
+    threads: train_threads
     resources:
-        **train_resources("vae"),
+        **TRAIN_RESOURCES,
     shell:
-        "{params.lsgm} train-vae --config {input.config} --out {params.out} --ckpt-dir {params.ckpt}"
-        " > {log} 2>&1"
-
-
-rule train_lsgm:
-    """Stage 2: the latent score prior (end to end with its backbone): main configs and Table 6 cells."""
-    input:
-        config="results/{scale}/configs/{dataset}/lsgm/{run}-s{seed}.yaml",
-        vae=lambda wc: the_run(wc, "lsgm").backbone.model_path,
-    output:
-        model="results/{scale}/runs/{dataset}/lsgm/{run}-s{seed}/model.pt",
-    params:
-        out=subpath(output.model, parent=True),
-        ckpt=lambda wc: the_run(wc, "lsgm").ckpt_dir,
-        lsgm=lambda wc: the_run(wc, "lsgm").launcher(),
-    log:
-        "logs/{scale}/train_lsgm/{dataset}/{run}-s{seed}.log",
-    benchmark:
-        "results/{scale}/benchmarks/train_lsgm/{dataset}/{run}-s{seed}.tsv"
-    threads: train_threads("lsgm")
-    resources:
-        **train_resources("lsgm"),
-    shell:
-        "{params.lsgm} train-lsgm --config {input.config} --vae {input.vae} --out {params.out}"
+        "{params.lsgm} train-{wildcards.kind} --config {input.config}{params.vae} --out {params.out}"
         " --ckpt-dir {params.ckpt} > {log} 2>&1"
-
-
-rule train_sgm:
-    """The pixel-space SGM baseline (same SDE family, score network on x)."""
-    input:
-        config="results/{scale}/configs/{dataset}/sgm/{run}-s{seed}.yaml",
-    output:
-        model="results/{scale}/runs/{dataset}/sgm/{run}-s{seed}/model.pt",
-    params:
-        out=subpath(output.model, parent=True),
-        ckpt=lambda wc: the_run(wc, "sgm").ckpt_dir,
-        lsgm=lambda wc: the_run(wc, "sgm").launcher(),
-    log:
-        "logs/{scale}/train_sgm/{dataset}/{run}-s{seed}.log",
-    benchmark:
-        "results/{scale}/benchmarks/train_sgm/{dataset}/{run}-s{seed}.tsv"
-    threads: train_threads("sgm")
-    resources:
-        **train_resources("sgm"),
-    shell:
-        "{params.lsgm} train-sgm --config {input.config} --out {params.out} --ckpt-dir {params.ckpt}"
-        " > {log} 2>&1"
 
 
 rule train_classifier:
@@ -98,7 +59,7 @@ rule train_classifier:
         "logs/{scale}/train_classifier/{dataset}.log",
     benchmark:
         "results/{scale}/benchmarks/train_classifier/{dataset}.tsv"
-    threads: lambda wc: eval_threads(wc)
+    threads: eval_threads
     resources:
         **EVAL_RESOURCES,
     shell:

@@ -1,0 +1,102 @@
+"""What every dataset shares: the error type, the per-access image transform, and the file checks.
+
+Files are checksum- or parse-verified; a missing or corrupt file raises :class:`DatasetError` with one line
+naming the file, the folder and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from lsgm.datasets_info import EXPECTED_COUNTS
+from lsgm.io import file_digest
+
+DOWNLOAD_HINT = "or pass download=True (config data.download: true)"
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be used: missing or corrupt files. The one-line message says the fix."""
+
+
+class ImageDataset(Dataset):
+    """``(x, label)`` items from uint8 images ``[C, H, W]``, transformed on every access.
+
+    The transform is: optional bit reduction ``floor(v / 2^(8 - bits))`` (the official
+    ``floor(x * 255 / 2^(8 - bits))`` computed on the integers, so it is exact), scaling to [0, 1] by the
+    maximal raw value, zero padding by ``pad`` pixels, a random horizontal flip when ``flip``, and
+    ``torch.bernoulli`` when ``binarize``. ``images`` is a uint8 tensor ``[N, C, H, W]`` or any indexable
+    object of length N returning such ``[C, H, W]`` tensors (lazy image files).
+    """
+
+    def __init__(self, images, labels: torch.Tensor | None, *, max_value: int = 255, pad: int = 0,
+                 flip: bool = False, bits: int = 8, binarize: bool = False):
+        self.images, self.labels = images, labels
+        self.shift = 8 - bits
+        self.max_value = max_value if bits == 8 else 2**bits - 1
+        self.pad, self.flip, self.binarize = pad, flip, binarize
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        raw = self.images[index]  # uint8 [C, H, W]
+        x = (raw >> self.shift).float() / self.max_value
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4)  # [C, H + 2 pad, W + 2 pad]
+        if self.flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        if self.binarize:
+            x = torch.bernoulli(x)
+        label = -1 if self.labels is None else int(self.labels[index])
+        return x, label
+
+
+def require_root(name: str, root: str | os.PathLike | None) -> Path:
+    if root is None:
+        raise DatasetError(f"{name}: no dataset folder given; pass root=DIR (config data.root)")
+    return Path(root).expanduser()
+
+
+def md5sum(path: Path) -> str:
+    """Hex MD5 of the file at ``path``."""
+    return file_digest(path, "md5")
+
+
+def corrupt(name: str, path: Path, why: str) -> DatasetError:
+    why = " ".join(str(why).split())  # one line
+    return DatasetError(f"{name}: corrupt file {path} ({why}); delete it and re-fetch it")
+
+
+def verify_md5(name: str, path: Path, expected: str) -> None:
+    actual = md5sum(path)
+    if actual != expected:
+        raise corrupt(name, path, f"md5 {actual}, expected {expected}")
+
+
+def missing(name: str, folder: Path, files: dict[str, str], source: str, hint: str = DOWNLOAD_HINT):
+    listed = ", ".join(f"{f} ({check})" for f, check in files.items())
+    return DatasetError(f"{name}: missing {listed}; put them in {folder} (from {source}) {hint}")
+
+
+def check_count(name: str, split: str, n: int, where: Path) -> None:
+    expected = EXPECTED_COUNTS[name][split]
+    if n != expected:
+        raise DatasetError(f"{name}: {split} split in {where} has {n} images, expected {expected}; "
+                           f"the data is incomplete or not the official release: delete it and re-fetch it")
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def parse_file(path: Path, name: str, reader):
+    """``reader(path)``, turning any parse failure of a truncated or garbage file into DatasetError."""
+    try:
+        return reader(str(path))
+    except Exception as err:  # noqa: BLE001 -- any failure to parse means the file is unusable
+        raise corrupt(name, path, one_line(err)) from err

@@ -1,0 +1,71 @@
+"""lsgm.plan without Snakemake: what the schema leaves to Python (dataset names, Table 6 cells) fails at plan
+time with one line naming the key, and the resources the rules ask for are the plan's arithmetic."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lsgm.plan import EVAL_RESOURCE_KEYS, TRAIN_RESOURCE_KEYS, Plan, PlanError
+
+CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+
+
+def plan_error(mutate, scale: str = "quick") -> str:
+    cfg = copy.deepcopy(CONFIG)
+    mutate(cfg)
+    with pytest.raises(PlanError) as err:
+        Plan(cfg, scale)
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["scales"]["quick"]["datasets"].update(cifar10="digitz"),
+     "scales.quick.datasets.cifar10: 'digitz' is not a dataset of lsgm/datasets_info.py"),
+    (lambda c: c["scales"]["quick"]["datasets"].update(cifar100="digits"),
+     "scales.quick.datasets: 'cifar100' is not a dataset of lsgm/datasets_info.py"),
+    (lambda c: c["scales"]["quick"]["fd"]["features"].update(mnist="inception"),
+     "scales.quick.fd.features: 'mnist' is not a dataset of this scale"),
+    (lambda c: c["scales"]["quick"]["datasets"].pop("omniglot"),
+     "dataset 'omniglot' missing from scales.quick.datasets"),
+    (lambda c: c["table6"]["grid"]["vpsde"].append("re-is-rwe"),
+     "table6.grid.vpsde: Table 6 cell 're-is-rwe' of SDE 'vpsde': q_objective 'rwe' is not one of"),
+    (lambda c: c["table6"]["grid"].update(vesde=["ll-uniform-rew"]),
+     "table6.grid.vesde: Table 6 cell 'll-uniform-rew' of SDE 'vesde': sde 'vesde' is not one of vpsde, geometric"),
+    (lambda c: c["table6"]["grid"]["vpsde"].append("ll-uniform-ll_uniform"),
+     "'ll-uniform-ll_uniform' is not a Table 6 column"),
+    (lambda c: c["table6"]["grid"]["geometric"].append("ll-is-rew"),
+     "Table 6 cell 'll-is-rew' with the geometric SDE: identical to 'll-uniform-*'"),
+    (lambda c: c["table6"]["sde_official"].pop("geometric"),
+     "table6.sde_official: no official recipe for the geometric SDE"),
+])
+def test_what_the_schema_leaves_to_python_fails_in_one_line(mutate, message):
+    assert message in plan_error(mutate)
+
+
+def test_eval_resources_are_per_gpu_times_gpus():
+    assert Plan(CONFIG, "smoke").eval_resources() == {"gpu": 0, "cpus_per_task": 1, "mem_mb": 2000, "runtime": 30}
+    assert Plan(CONFIG, "paper").eval_resources() == {"gpu": 1, "cpus_per_task": 8, "mem_mb": 48000, "runtime": 1440}
+    cfg = copy.deepcopy(CONFIG)
+    cfg["scales"]["paper"]["resources"]["eval"].update(gpus=2)
+    assert Plan(cfg, "paper").eval_resources() == {"gpu": 2, "cpus_per_task": 16, "mem_mb": 96000, "runtime": 1440}
+    assert set(Plan(CONFIG, "smoke").eval_resources()) == set(EVAL_RESOURCE_KEYS)
+
+
+def test_train_resources_one_node_several_nodes_and_cpu():
+    paper = Plan(CONFIG, "paper")
+    two_nodes = paper.run("lsgm", "cifar10", "fid", 0)
+    assert two_nodes.resources() == {"mem_mb": 8 * 24000, "runtime": 1440, "nodes": 2, "tasks_per_node": 8,
+                                     "cpus_per_task": 8, "gres": "gpu:8", "mpi": "srun"}
+    assert two_nodes.threads() == 64
+    cell = paper.run("lsgm", "cifar10", "vpsde-w_un-is-q_rew", 0)
+    assert cell.resources() == {"mem_mb": 4 * 24000, "runtime": 1440, "cpus_per_task": 32, "gpu": 4}
+    cpu = Plan(CONFIG, "smoke").run("vae", "digits", "balanced", 0)
+    assert cpu.resources() == {"mem_mb": 2000, "runtime": 60, "cpus_per_task": 1, "gpu": None} and cpu.threads() == 1
+    for run in paper.training_runs():
+        assert set(run.resources()) <= set(TRAIN_RESOURCE_KEYS)
