@@ -32,6 +32,7 @@ from typing import Any, Literal
 import yaml
 
 from lsgm.io import atomic_write_text
+from lsgm.methods import Q_OBJECTIVES, SAMPLINGS, SDES, WEIGHTINGS, objective_error, sde_objective_error
 
 
 class ConfigError(ValueError):
@@ -125,7 +126,7 @@ class ScoreNetConfig:
 
 @dataclass
 class SDEConfig:
-    type: Literal["vpsde", "geometric", "vesde"] = "vpsde"
+    type: Literal[SDES] = "vpsde"
     beta_min: float = rng(0.1, **POSITIVE)
     beta_max: float = rng(20.0, **POSITIVE)
     sigma2_0: float = rng(0.0, 0.0, 1.0, hi_open=True)  # VPSDE; the geometric SDE uses sigma2_0_geometric
@@ -155,9 +156,9 @@ class SDEConfig:
 class ObjectiveConfig:
     """One Table 6 cell: SGM weighting x t-sampling (p) x encoder objective (q)."""
 
-    weighting: Literal["ll", "un", "re"] = "ll"  # w(t) of the score prior's loss (9)
-    sampling: Literal["uniform", "is"] = "uniform"  # t-sampling for the score prior's loss
-    q_objective: Literal["rew", "ll_is", "ll_uniform"] = "rew"  # "rew." or r_ll(t) for the encoder
+    weighting: Literal[WEIGHTINGS] = "ll"  # w(t) of the score prior's loss (9): ll | un | re
+    sampling: Literal[SAMPLINGS] = "uniform"  # t-sampling for the score prior's loss: uniform | is
+    q_objective: Literal[Q_OBJECTIVES] = "rew"  # the encoder's: "rew." | r_ll(t) | U (rew | ll_is | ll_uniform)
     mode: Literal["joint", "disjoint"] = "joint"
     train_vae: bool = True  # False: score prior alone on a frozen VAE
     mixed_score: bool = True
@@ -166,9 +167,9 @@ class ObjectiveConfig:
     update_q_ema: bool = False
 
     def _check(self) -> None:
-        from lsgm.methods import check_objective  # the one home of the method's combination rules
-
-        check_objective(self.weighting, self.sampling, self.q_objective, self.mode, self.train_vae, self.update_q_ema)
+        error = objective_error(self.q_objective, self.mode, self.train_vae, self.update_q_ema)
+        if error:
+            raise ConfigError(error)
 
 
 @dataclass
@@ -245,10 +246,27 @@ class RunConfig:
     deviations: list[str] = field(default_factory=list)
 
     def _check(self) -> None:
-        if self.kind in ("lsgm", "sgm"):
-            from lsgm.methods import check_sde_objective
+        error = sde_objective_error(self.sde.type, self.objective.weighting, self.objective.sampling)
+        if self.kind in ("lsgm", "sgm") and error:
+            raise ConfigError(error)
 
-            check_sde_objective(self.sde.type, self.objective.weighting, self.objective.sampling)
+
+def split_batch(global_batch: int, world_size: int, max_per_process: int = 0) -> tuple[int, int]:
+    """(per-process batch, gradient-accumulation steps) that realise ``global_batch`` on ``world_size``
+    processes with at most ``max_per_process`` samples per forward pass (0: no cap). The smallest number of
+    accumulation steps wins; global_batch = world_size * per_process * accumulation exactly, or ConfigError."""
+    if global_batch < 1 or world_size < 1:
+        raise ConfigError(f"global batch {global_batch} and world size {world_size} must be >= 1")
+    cap = max_per_process or global_batch
+    for accum in range(1, global_batch + 1):
+        per, rest = divmod(global_batch, world_size * accum)
+        if rest == 0 and 1 <= per <= cap:
+            return per, accum
+        if per == 0:
+            break
+    raise ConfigError(f"global batch {global_batch} cannot be split over {world_size} processes with at most "
+                      f"{cap} samples each (need global = processes x per-process x accumulation); change the "
+                      f"number of GPUs or train.max_batch_per_process")
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

@@ -1,6 +1,7 @@
 """The method's combination rules, in one place: which (SDE, weighting, t-sampling, encoder objective,
-training mode) combinations exist. Torch-free; used by the typed config (so every run config is checked
-the same way), the plan, the samplers and the tables.
+training mode) combinations exist, and the Table 6 cells. Torch-free and import-free; each rule answers with a
+reason (or None) and the caller raises its own error: the typed config (so every run config is checked the same
+way), the plan, the time samplers, the trainer and the tables.
 
 Paper notation (Table 6): weighting w_ll | w_un | w_re  ->  ``ll`` | ``un`` | ``re``; t-sampling for the
 score objective U[t_eps, 1] | r(t)  ->  ``uniform`` | ``is``; t-sampling for the encoder objective
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SDES = ("vpsde", "geometric")
+SDES = ("vpsde", "geometric", "vesde")  # the VESDE: the pixel-space original SGM (score_sde), not a Table 6 row
+TABLE6_SDES = ("vpsde", "geometric")
 WEIGHTINGS = ("ll", "un", "re")
 SAMPLINGS = ("uniform", "is")
 Q_OBJECTIVES = ("rew", "ll_is", "ll_uniform")
@@ -23,12 +25,6 @@ TABLE6_COLUMNS = {
     "re-uniform-rew": "w_re U rew.", "re-uniform-ll_is": "w_re U r_ll",
     "re-is-rew": "w_re r_re rew.", "re-is-ll_is": "w_re r_re r_ll",
 }
-
-
-def _error(message: str) -> Exception:
-    from lsgm.config import ConfigError
-
-    return ConfigError(message)
 
 
 def undefined_reason(sde: str, weighting: str, sampling: str) -> str | None:
@@ -47,15 +43,15 @@ def redundant_reason(sde: str, weighting: str, sampling: str) -> str | None:
     return None
 
 
-def check_objective(weighting: str, sampling: str, q_objective: str, mode: str, train_vae: bool,
-                    update_q_ema: bool) -> None:
-    """Training-mode rules the official code asserts; raises ConfigError with the fix."""
+def objective_error(q_objective: str, mode: str, train_vae: bool, update_q_ema: bool) -> str | None:
+    """What breaks the training-mode rules the official code asserts (with the fix), or ``None``."""
     if mode == "disjoint" and q_objective == "rew":
-        raise _error("mode 'disjoint' needs q_objective ll_is or ll_uniform, not rew (the official code asserts it)")
+        return "mode 'disjoint' needs q_objective ll_is or ll_uniform, not rew (the official code asserts it)"
     if mode == "disjoint" and not train_vae:
-        raise _error("mode 'disjoint' needs train_vae: true (the official code asserts it)")
+        return "mode 'disjoint' needs train_vae: true (the official code asserts it)"
     if update_q_ema and mode != "disjoint":
-        raise _error("update_q_ema applies only to mode 'disjoint'")
+        return "update_q_ema applies only to mode 'disjoint'"
+    return None
 
 
 def q_trains_score(weighting: str, q_objective: str) -> bool:
@@ -64,10 +60,10 @@ def q_trains_score(weighting: str, q_objective: str) -> bool:
     return weighting == "ll" and q_objective == "rew"
 
 
-def check_sde_objective(sde: str, weighting: str, sampling: str) -> None:
+def sde_objective_error(sde: str, weighting: str, sampling: str) -> str | None:
+    """Why a run's (SDE, weighting, t-sampling) cannot be trained, as a run config's error, or ``None``."""
     reason = undefined_reason(sde, weighting, sampling)
-    if reason:
-        raise _error(f"weighting '{weighting}' with sampling '{sampling}' and SDE '{sde}': {reason}")
+    return f"weighting '{weighting}' with sampling '{sampling}' and SDE '{sde}': {reason}" if reason else None
 
 
 @dataclass(frozen=True)
@@ -83,17 +79,17 @@ class Cell:
 
     @classmethod
     def parse(cls, sde: str, text: str) -> "Cell":
-        """``Cell.parse("vpsde", "ll-is-rew")``; a ConfigError of one line naming the part that is wrong and
-        what it may be."""
+        """``Cell.parse("vpsde", "ll-is-rew")``; a ValueError of one line naming the part that is wrong and what
+        it may be."""
         parts = text.split("-") if isinstance(text, str) else []
         if len(parts) != 3:
-            raise _error(f"Table 6 cell {text!r} of SDE '{sde}' is not <weighting>-<sampling>-<q_objective> "
-                         "(e.g. 'll-is-rew')")
+            raise ValueError(f"Table 6 cell {text!r} of SDE '{sde}' is not <weighting>-<sampling>-<q_objective> "
+                             "(e.g. 'll-is-rew')")
         for part, value, allowed in zip(("sde", "weighting", "sampling", "q_objective"), (sde, *parts),
-                                        (SDES, WEIGHTINGS, SAMPLINGS, Q_OBJECTIVES)):
+                                        (TABLE6_SDES, WEIGHTINGS, SAMPLINGS, Q_OBJECTIVES)):
             if value not in allowed:
-                raise _error(f"Table 6 cell '{text}' of SDE '{sde}': {part} '{value}' is not one of "
-                             f"{', '.join(allowed)}")
+                raise ValueError(f"Table 6 cell '{text}' of SDE '{sde}': {part} '{value}' is not one of "
+                                 f"{', '.join(allowed)}")
         return cls(sde, *parts)
 
     @property
@@ -117,27 +113,11 @@ class Cell:
         return undefined_reason(self.sde, self.weighting, self.sampling) or \
             redundant_reason(self.sde, self.weighting, self.sampling)
 
-    def check_table6(self, where: str) -> None:
-        """Refuse a cell that is no Table 6 column, or one the paper marks n/a, naming the reason."""
+    @property
+    def table6_error(self) -> str | None:
+        """Why this cell cannot be trained for Table 6 (no such column, or n/a in the paper), or ``None``."""
         if self.text not in TABLE6_COLUMNS:
-            raise _error(f"{where}: '{self.text}' is not a Table 6 column; the columns: {', '.join(TABLE6_COLUMNS)}")
+            return f"'{self.text}' is not a Table 6 column; the columns: {', '.join(TABLE6_COLUMNS)}"
         if self.na_reason:
-            raise _error(f"{where}: Table 6 cell '{self.text}' with the {self.sde} SDE: {self.na_reason}. Remove it.")
-
-
-def split_batch(global_batch: int, world_size: int, max_per_process: int = 0) -> tuple[int, int]:
-    """(per-process batch, gradient-accumulation steps) that realise ``global_batch`` on ``world_size``
-    processes with at most ``max_per_process`` samples per forward pass (0: no cap). The smallest number of
-    accumulation steps wins; global_batch = world_size * per_process * accumulation exactly, or ConfigError."""
-    if global_batch < 1 or world_size < 1:
-        raise _error(f"global batch {global_batch} and world size {world_size} must be >= 1")
-    cap = max_per_process or global_batch
-    for accum in range(1, global_batch + 1):
-        per, rest = divmod(global_batch, world_size * accum)
-        if rest == 0 and 1 <= per <= cap:
-            return per, accum
-        if per == 0:
-            break
-    raise _error(f"global batch {global_batch} cannot be split over {world_size} processes with at most "
-                 f"{cap} samples each (need global = processes x per-process x accumulation); change the number "
-                 f"of GPUs or train.max_batch_per_process")
+            return f"Table 6 cell '{self.text}' with the {self.sde} SDE: {self.na_reason}. Remove it."
+        return None

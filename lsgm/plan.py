@@ -18,7 +18,7 @@ and take the cell's SDE (parameters from ``table6.sde_official``) and objective.
 Batches: a run config holds the GLOBAL batch (``train.global_batch``) and a per-process cap
 (``train.max_batch_per_process``, the official per-GPU batch at the paper scale). The GPUs a job gets (the
 official count, capped by ``max_gpus_per_node`` x ``max_nodes``) decide the per-GPU batch and the gradient
-accumulation (:func:`lsgm.methods.split_batch`); the global batch never changes.
+accumulation (:func:`lsgm.config.split_batch`); the global batch never changes.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import math
 from dataclasses import dataclass, field
 
 from lsgm import recipes
-from lsgm.config import ConfigError, RunConfig, from_dict, to_dict
+from lsgm.config import ConfigError, RunConfig, from_dict, split_batch, to_dict
 from lsgm.datasets_info import DATASETS, EXPECTED_COUNTS
-from lsgm.methods import Cell, split_batch
+from lsgm.methods import Cell
 
 SCALES = ("smoke", "quick", "paper")
 KINDS = ("vae", "lsgm", "sgm", "classifier")
@@ -326,10 +326,8 @@ class Plan:
 
     def _cell_run(self, cell: Cell, seed: int) -> Run:
         t6, where = self.config["table6"], f"table6.grid.{cell.sde}[{cell.text}]"
-        try:
-            cell.check_table6(where)
-        except ConfigError as err:
-            raise PlanError(str(err)) from err
+        if cell.table6_error:
+            raise PlanError(f"{where}: {cell.table6_error}")
         if cell.sde not in t6["sde_official"]:
             raise PlanError(f"table6.sde_official: no official recipe for the {cell.sde} SDE of table6.grid")
         sde_recipe = t6["sde_official"][cell.sde]
@@ -347,7 +345,7 @@ class Plan:
             for text in texts:
                 try:
                     out.append(Cell.parse(sde, text))
-                except ConfigError as err:
+                except ValueError as err:
                     raise PlanError(f"table6.grid.{sde}: {err}") from err
         return tuple(out)
 

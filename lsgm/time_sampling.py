@@ -29,11 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lsgm.methods import undefined_reason
+from lsgm.methods import Q_OBJECTIVES, SAMPLINGS, WEIGHTINGS, undefined_reason
 from lsgm.sde import SDE, VPSDE
-
-WEIGHTINGS = ("ll", "un", "re")
-SAMPLINGS = ("uniform", "is")
 
 
 @dataclass(frozen=True)
@@ -220,4 +217,4 @@ def make_q_sampler(q_objective: str, p_sampler: TimeSampler) -> TimeSampler | No
         return make_time_sampler("ll", "is", p_sampler.sde, p_sampler.t_eps)
     if q_objective == "ll_uniform":
         return make_time_sampler("ll", "uniform", p_sampler.sde, p_sampler.t_eps)
-    raise ValueError(f"unknown encoder objective {q_objective!r}; use 'rew', 'll_is' or 'll_uniform'")
+    raise ValueError(f"unknown encoder objective {q_objective!r}; use one of {Q_OBJECTIVES}")

@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
-from lsgm.config import ConfigError, SDEConfig
+from lsgm.config import ConfigError, RunConfig, SDEConfig, from_dict
 from lsgm.methods import (
-    Q_OBJECTIVES, SAMPLINGS, SDES, TABLE6_COLUMNS, WEIGHTINGS, Cell, check_sde_objective, q_trains_score,
-    undefined_reason,
+    Q_OBJECTIVES, SAMPLINGS, SDES, TABLE6_COLUMNS, TABLE6_SDES, WEIGHTINGS, Cell, objective_error, q_trains_score,
+    sde_objective_error, undefined_reason,
 )
 from lsgm.report.tables import load_published, published_rows
 from lsgm.sde import make_sde
@@ -34,24 +34,23 @@ def test_cell_parses_once_into_a_record():
     ("vpsde", "ll_is_rew", "is not <weighting>-<sampling>-<q_objective>"),
 ])
 def test_a_typo_in_a_cell_is_a_one_line_error(sde, text, message):
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ValueError) as err:
         Cell.parse(sde, text)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_table6_refuses_the_na_cells_and_cells_without_a_column():
     for text in ("ll-is-rew", "un-is-rew", "un-is-ll_is"):
-        with pytest.raises(ConfigError, match="Remove it"):
-            Cell.parse("geometric", text).check_table6("here")
-        Cell.parse("vpsde", text).check_table6("here")
-    with pytest.raises(ConfigError, match="'ll-uniform-ll_uniform' is not a Table 6 column"):
-        Cell.parse("vpsde", "ll-uniform-ll_uniform").check_table6("here")
+        assert Cell.parse("geometric", text).table6_error.endswith("Remove it.")
+        assert Cell.parse("vpsde", text).table6_error is None
+    no_column = Cell.parse("vpsde", "ll-uniform-ll_uniform").table6_error
+    assert "'ll-uniform-ll_uniform' is not a Table 6 column" in no_column
 
 
 def test_na_cells_are_the_papers():
     """The cells the paper prints as n/a (published.yaml) are exactly those lsgm.methods calls n/a."""
     published = {(r["sde"], r["column"]): r for r in published_rows(load_published(), "table6")}
-    for sde, (text, header) in itertools.product(SDES, TABLE6_COLUMNS.items()):
+    for sde, (text, header) in itertools.product(TABLE6_SDES, TABLE6_COLUMNS.items()):
         assert bool(Cell.parse(sde, text).na_reason) == (published[(sde, header)]["fid"] == "n/a"), (sde, text)
 
 
@@ -60,14 +59,40 @@ def test_na_cells_are_the_papers():
 def test_config_and_samplers_apply_the_same_rule(sde_type, weighting, sampling):
     """The typed config's check and the time-sampler factory refuse exactly the undefined combinations."""
     sde = make_sde(SDEConfig(type=sde_type))
+    run = {"kind": "lsgm", "sde": {"type": sde_type}, "objective": {"weighting": weighting, "sampling": sampling}}
     if undefined_reason(sde_type, weighting, sampling):
-        with pytest.raises(ConfigError):
-            check_sde_objective(sde_type, weighting, sampling)
+        assert undefined_reason(sde_type, weighting, sampling) in sde_objective_error(sde_type, weighting, sampling)
+        with pytest.raises(ConfigError, match="exists only for the VPSDE"):
+            from_dict(RunConfig, run)
         with pytest.raises(ValueError, match="exists only for the VPSDE"):
             make_time_sampler(weighting, sampling, sde, 1e-2)
     else:
-        check_sde_objective(sde_type, weighting, sampling)
+        assert sde_objective_error(sde_type, weighting, sampling) is None
+        from_dict(RunConfig, run)
         assert make_time_sampler(weighting, sampling, sde, 1e-2).sample(4).t.shape == (4,)
+
+
+def test_training_mode_rules_reach_the_config():
+    assert objective_error("ll_is", "disjoint", True, True) is None
+    for args, message in ((("rew", "disjoint", True, False), "needs q_objective ll_is or ll_uniform"),
+                          (("ll_is", "disjoint", False, False), "needs train_vae: true"),
+                          (("rew", "joint", True, True), "update_q_ema applies only")):
+        assert message in objective_error(*args)
+        q_objective, mode, train_vae, update_q_ema = args
+        objective = {"q_objective": q_objective, "mode": mode, "train_vae": train_vae, "update_q_ema": update_q_ema}
+        with pytest.raises(ConfigError, match=message):
+            from_dict(RunConfig, {"kind": "lsgm", "objective": objective})
+
+
+def test_the_config_takes_its_choices_from_the_rules():
+    import typing
+
+    from lsgm.config import ObjectiveConfig
+
+    hints = typing.get_type_hints(ObjectiveConfig)
+    assert typing.get_args(typing.get_type_hints(SDEConfig)["type"]) == SDES
+    assert (typing.get_args(hints["weighting"]), typing.get_args(hints["sampling"]),
+            typing.get_args(hints["q_objective"])) == (WEIGHTINGS, SAMPLINGS, Q_OBJECTIVES)
 
 
 def test_q_trains_score_only_when_p_and_q_coincide():

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from lsgm import recipes
-from lsgm.methods import split_batch
+from lsgm.config import split_batch
 from lsgm.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from lsgm.config import RunConfig, save_run_config, to_dict
-from lsgm.methods import split_batch
+from lsgm.config import RunConfig, save_run_config, split_batch, to_dict
 from lsgm.nets.sync_bn import convert_sync_batchnorm
 from lsgm.train.distributed import setup_distributed
 from lsgm.train.loader import InfiniteLoader
