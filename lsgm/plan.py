@@ -44,7 +44,7 @@ EVAL_RANGES = {"tolerance": (0.0, 1.0, True), "t_eps": (0.0, 1.0, True), "iw_sam
                "n_samples": (2, math.inf, False), "temperature": (0.0, math.inf, True),
                "vae_temperature": (0.0, math.inf, True),
                "fd_samples": (0, math.inf, False), "pc_steps": (1, math.inf, False),
-               "tolerances": (0.0, 1.0, True)}
+               "tolerances": (0.0, 1.0, True), "snr": (0.0, math.inf, True)}
 
 
 # The slurm executor-plugin resources a job declares (workflow/rules/common.smk asks the plan for each one).
@@ -228,9 +228,16 @@ class Plan:
         return mapping[paper_dataset]
 
     def _official(self, kind: str, name: str | None) -> tuple[recipes.OfficialRun | None, dict, list[str]]:
-        """(official run, its RunConfig mapping, its deviations) for an official recipe name, else Nones."""
+        """(official run, its RunConfig mapping, its deviations) for an official recipe name, else Nones. A pixel SGM's
+        official recipe is a score_sde config (lsgm/recipes/score_sde.yaml; no launch geometry: official run None)."""
         if name is None:
             return None, {}, []
+        if kind == "sgm":
+            try:
+                cfg, deviations, _ = recipes.score_sde_config(name)
+            except recipes.RecipeError as err:
+                raise PlanError(f"official recipe {name!r} ({kind}): {err}") from err
+            return None, cfg, deviations
         try:
             off = recipes.official_run(name, STAGES[kind])
             cfg, deviations = recipes.run_config(off)
@@ -278,6 +285,10 @@ class Plan:
         layers = [self.sc["eval"], self.sc["defaults"].get(kind, {}).get("eval")]
         if self.scale == "paper" and official is not None and kind == "lsgm":
             layers.append(recipes.eval_settings(official))
+        if official is not None and kind == "sgm":  # score_sde's PC sampler; its step count at the paper scale only
+            pc = recipes.score_sde_config(official)[2]
+            layers.append(pc if self.scale == "paper" else
+                          {m: {k: v for k, v in settings.items() if k != "pc_steps"} for m, settings in pc.items()})
         layers.append(spec.get("eval"))
         base = deep_merge(*layers)
         settings = {m: dict(base.get(m, {})) for m in METRICS}

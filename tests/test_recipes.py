@@ -280,3 +280,40 @@ def test_partial_nested_override_keeps_the_fields_own_defaults():
     assert cfg.train.vae_optim.warmup_steps == 7
     assert (cfg.train.kl.anneal_portion, cfg.train.kl.max_coeff, cfg.train.kl.balance) == (0.3, 0.7, True)
     assert cfg.train.score_optim.eps == 1e-4  # the sibling section keeps its own (non-generic) default
+
+
+def test_pixel_sgm_follows_score_sdes_celebahq_256_config(paper):
+    """The paper-scale pixel SGM against score_sde's CelebA-HQ-256 continuous NCSN++ config (lsgm/recipes/score_sde.yaml,
+    written out from configs/default_lsun_configs.py + configs/ve/celebahq_256_ncsnpp_continuous.py), point by point;
+    what has no counterpart is a named deviation of the run."""
+    c = recipes.score_sde()["configs"]["celebahq_256_ncsnpp_continuous"]
+    tr, sa, da, mo, op, k = c["training"], c["sampling"], c["data"], c["model"], c["optim"], c["constants"]
+    run = paper.run("sgm", "celeba256", "celeba", 0)
+    cfg = run.config
+    assert tr["sde"] == "vesde" and cfg["sde"]["type"] == "vesde"
+    assert (cfg["sde"]["sigma_min"], cfg["sde"]["sigma_max"]) == (mo["sigma_min"], mo["sigma_max"]) == (0.01, 348)
+    assert cfg["sde"]["t_eps"] == k["train_t_eps"] == 1e-5
+    # likelihood_weighting false: unweighted DSM on sigma-scaled noise, t ~ U[t_eps, 1], no mixed score
+    assert not tr["likelihood_weighting"] and (cfg["objective"]["weighting"], cfg["objective"]["sampling"]) == ("un", "uniform")
+    assert cfg["objective"]["mixed_score"] is False
+    assert cfg["data"]["centered"] is da["centered"] is False
+    score = cfg["score"]
+    assert (score["nf"], score["ch_mult"], score["num_res_blocks"], score["attn_resolutions"]) == \
+        (mo["nf"], list(mo["ch_mult"]), mo["num_res_blocks"], list(mo["attn_resolutions"]))
+    assert (score["dropout"], score["embedding_type"], score["embedding_scale"], score["fir"]) == \
+        (mo["dropout"], mo["embedding_type"], mo["fourier_scale"], mo["fir"])
+    assert score["condition"] == "log_sigma"  # Fourier features of log sigma_t; output / sigma = the eps-parameterisation
+    train = cfg["train"]
+    assert (train["steps"], train["global_batch"], train["ema_decay"], train["grad_clip"]) == \
+        (tr["n_iters"], tr["batch_size"], mo["ema_rate"], op["grad_clip"])
+    opt = train["score_optim"]
+    assert (opt["name"], opt["lr"], opt["lr_min"], opt["eps"], opt["weight_decay"], opt["betas"], opt["warmup_steps"]) == \
+        ("adam", op["lr"], op["lr"], op["eps"], op["weight_decay"], [op["beta1"], k["adam_beta2"]], op["warmup"])
+    assert train["amp"] == "off"  # score_sde trains in fp32 (no autocast)
+    cost = run.eval_settings["cost"]
+    assert cost["pc_steps"] == [mo["num_scales"]] and cost["snr"] == sa["snr"] and cost["t_eps"] == k["sampling_t_eps"]
+    assert (sa["predictor"], sa["corrector"], sa["n_steps_each"], sa["noise_removal"]) == \
+        ("reverse_diffusion", "langevin", 1, True)  # what lsgm.sampling.pc_sample implements (one corrector step)
+    named = [d for d in cfg["deviations"] if d.startswith("recipe:")]
+    assert any("model.progressive output_skip" in d for d in named) and any("progressive_input input_skip" in d for d in named)
+    assert not any("ASSUMED pixel" in d for d in named)

@@ -63,7 +63,7 @@ def test_offline_scales_plan_the_whole_dag(scale):
     counts, text = dry_run("--config", f"scale={scale}")
     seeds = len(yaml.safe_load((ROOT / "config.yaml").read_text())["scales"][scale]["seeds"])
     kinds = trained(text)
-    assert kinds == {"lsgm": (MAIN_LSGMS + TABLE6_CELLS) * seeds, "vae": BACKBONES[scale] * seeds, "sgm": seeds}
+    assert kinds == {"lsgm": (MAIN_LSGMS + TABLE6_CELLS) * seeds, "vae": BACKBONES[scale] * seeds, "sgm": 2 * seeds}  # the CelebA-HQ and CIFAR-10 pixel SGMs
     assert counts["train"] == sum(kinds.values())
     assert counts["train_classifier"] == 1 and counts["fid_stats"] == 1
     assert counts["tables"] == 5 and counts["figure4"] == 1
@@ -102,7 +102,7 @@ def test_slurm_profile_resolves_and_requests_gpus():
             n_trained += rule.startswith("train")
         if rule in ("tables", "figure4", "run_config"):
             assert res is None or "gpu=" not in res.group(1)
-    assert n_trained == MAIN_LSGMS + TABLE6_CELLS + BACKBONES["paper"] + 1
+    assert n_trained == MAIN_LSGMS + TABLE6_CELLS + BACKBONES["paper"] + 2  # + the two pixel SGMs
     # several GPUs -> torchrun DDP on one node; the 16-GPU recipes on 2 nodes x 8 GPUs, one torchrun per node
     assert "torchrun --standalone --nnodes=1 --nproc_per_node=8 -m lsgm train-vae" in text
     two_node = re.findall(r"wildcards: scale=paper, dataset=(\w+), kind=(\w+), run=(\w+), seed=0\n    resources: "

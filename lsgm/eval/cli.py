@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--batch-size", type=int, default=64)
     fid.add_argument("--n-samples", type=int, default=50_000)
     fid.add_argument("--tolerance", type=float, default=ODE_TOLERANCE, help="ODE rtol = atol")
+    fid.add_argument("--sampler", default="ode", choices=["ode", "pc"],
+                     help="pixel SGM: 'pc' samples with predictor-corrector (the original SGM's FID protocol)")
+    fid.add_argument("--pc-steps", type=int, default=None, help="PC steps (with --sampler pc)")
+    fid.add_argument("--snr", type=float, default=PC_SNR, help="PC corrector signal-to-noise ratio")
 
     cost = sub.add_parser("cost", help="NFE, seconds per batch and FD per tolerance / PC step count")
     _common(cost)
@@ -107,8 +111,10 @@ def run_fid(args: argparse.Namespace) -> dict:
 
     if not args.stats:
         raise EvalError("--stats FILE.pt is required (lsgm fid-stats --dataset NAME --features ... --out FILE.pt)")
+    if args.sampler == "pc" and not args.pc_steps:
+        raise EvalError("--sampler pc needs --pc-steps N (the original SGM: its num_scales, e.g. 2000)")
     return evaluate_fid(args.model, args.stats, n_samples=args.n_samples, tolerance=args.tolerance,
-                        solver=args.solver, batch_size=args.batch_size, temperature=args.temperature,
+                        sampler=args.sampler, pc_steps=args.pc_steps, snr=args.snr, solver=args.solver, batch_size=args.batch_size, temperature=args.temperature,
                         vae_temperature=args.vae_temperature, seed=args.seed, bn_mode=args.bn_mode,
                         t_eps=args.t_eps, use_ema=args.ema, classifier=args.classifier,
                         inception_weights=args.inception_weights, device=args.device)

@@ -172,10 +172,13 @@ def sample_features(run: LoadedRun, extractor: Extractor, n_samples: int, batch_
 # --------------------------------------------------------------------------------------------------
 
 
-def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: float, solver: str, batch_size: int,
-                 temperature: float, vae_temperature: float, seed: int, bn_mode: str, t_eps: float, use_ema: bool,
+def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: float, sampler: str,
+                 pc_steps: int | None, snr: float, solver: str, batch_size: int, temperature: float,
+                 vae_temperature: float, seed: int, bn_mode: str, t_eps: float, use_ema: bool,
                  classifier: str | None, inception_weights: str | None, device: str | None) -> dict:
-    """FID (Inception) or FD (classifier features) of ``n_samples`` ODE samples against ``stats_path``."""
+    """FID (Inception) or FD (classifier features) of ``n_samples`` samples against ``stats_path``: ODE samples, or
+    for the pixel SGM (``sampler='pc'``) predictor-corrector samples with ``pc_steps`` steps, as the original SGM's
+    published FIDs were measured."""
     from lsgm.eval.common import load_run
 
     started = time.perf_counter()
@@ -184,8 +187,13 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: floa
     stats = load_stats(stats_path)
     extractor = extractor_for_stats(stats, classifier, inception_weights, dev)
     check_stats(stats, extractor, run.cfg.data.name, stats_path)
+    if sampler == "pc" and run.kind != "sgm":
+        raise EvalError(f"--sampler pc is the pixel SGM's sampler; {model} is a {run.kind} run (use --sampler ode)")
+    pc = sampler == "pc"
     settings = {
-        "n_samples": n_samples, "tolerance": tolerance if run.kind != "vae" else None,
+        "sampler": sampler if run.kind != "vae" else None, "pc_steps": pc_steps if pc else None,
+        "snr": snr if pc else None, "n_corrector": 1 if pc else None,
+        "n_samples": n_samples, "tolerance": tolerance if run.kind != "vae" and not pc else None,
         "solver": solver if run.kind != "vae" else None, "t_eps": t_eps if run.kind != "vae" else None,
         "batch_size": batch_size, "temperature": temperature if run.kind != "sgm" else None,
         "vae_temperature": vae_temperature if run.kind != "sgm" else None, "bn_mode": bn_mode, "seed": seed,
@@ -201,8 +209,9 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: floa
         return metrics_record("fid", run, metrics, settings, device=dev, started=started)
     set_bn_mode(run.vae, bn_mode)
     try:
-        sampling = Sampling(sampler="ode", tolerance=tolerance, solver=solver, t_eps=t_eps, temperature=temperature,
-                            vae_temperature=vae_temperature, pc_steps=None, snr=None)
+        sampling = Sampling(sampler=sampler, tolerance=None if pc else tolerance, solver=solver, t_eps=t_eps,
+                            temperature=temperature, vae_temperature=vae_temperature,
+                            pc_steps=pc_steps if pc else None, snr=snr if pc else None)
         feats, batches = sample_features(run, extractor, n_samples, batch_size, seed=seed, sampling=sampling,
                                          device=dev)
     except (FloatingPointError, AssertionError) as err:  # NaN samples / solver underflow: not a crash

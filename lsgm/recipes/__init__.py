@@ -372,5 +372,7 @@ def score_sde_config(name: str) -> tuple[dict, list[str], dict]:
     deviations = _progressive_deviations(mo)
     if not da["random_flip"]:
         deviations.append("recipe: score_sde trains without flips; ours flips CelebA-HQ (data pipeline)")
-    evals = {"cost": {"pc_steps": [int(mo["num_scales"])], "snr": float(sa["snr"]), "t_eps": float(k["sampling_t_eps"])}}
+    pc = {"snr": float(sa["snr"]), "t_eps": float(k["sampling_t_eps"])}
+    evals = {"cost": {**pc, "pc_steps": [int(mo["num_scales"])]},
+             "fid": {**pc, "sampler": "pc", "pc_steps": int(mo["num_scales"])}}  # the published FIDs: PC samples
     return cfg, deviations, evals
