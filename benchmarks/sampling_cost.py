@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from lsgm.config import RunConfig, apply_overrides, save_run_config
-from lsgm.eval.common import load_run, resolve_device
 from lsgm.eval.cli import ODE_SOLVER, ODE_T_EPS, ODE_TOLERANCE, PC_SNR
+from lsgm.eval.common import load_run, resolve_device
 from lsgm.eval.generate import Sampling, sample_batch
 from lsgm.io import atomic_write_json, provenance
 
@@ -41,14 +41,21 @@ STANDIN = {
     "lsgm": [*_SDE, "objective.weighting=re", "objective.sampling=is", "objective.q_objective=ll_is",
              "objective.mode=disjoint", "objective.mixing_logit_init=-6.0", "train.steps=300", "train.global_batch=64",
              "train.log_every=100", "train.val_batches=2", "train.ema_decay=0.99"],
-    "sgm": [*_SDE, "train.steps=600", "train.global_batch=64", "train.log_every=100", "train.val_batches=2",
-            "train.ema_decay=0.99", "train.score_optim.lr=0.0002", "train.score_optim.lr_min=0.0002"],
+    # the original SGM's family (score_sde's VE recipe, lsgm/recipes/score_sde.yaml) at the quick scale's size
+    "sgm": ["sde.type=vesde", "sde.sigma_min=0.01", "sde.sigma_max=4.8", "sde.t_eps=1e-5", "objective.weighting=un",
+            "objective.sampling=uniform", "objective.mixed_score=false", "data.centered=false",
+            "score.condition=log_sigma", "score.embedding_type=fourier", "score.embedding_scale=16.0",
+            "train.steps=600", "train.global_batch=64", "train.log_every=100", "train.val_batches=2",
+            "train.ema_decay=0.99", "train.grad_clip=1.0", "train.score_optim.name=adam", "train.score_optim.lr=0.0002",
+            "train.score_optim.lr_min=0.0002", "train.score_optim.eps=1e-8", "train.score_optim.weight_decay=0.0"],
 }
 
 
 def train_standins(folder: Path) -> tuple[Path, Path]:
     """Train VAE -> LSGM and the pixel SGM on digits with the CLIs (a few minutes on 2 CPU cores)."""
-    from lsgm.train import lsgm as train_lsgm, sgm as train_sgm, vae as train_vae
+    from lsgm.train import lsgm as train_lsgm
+    from lsgm.train import sgm as train_sgm
+    from lsgm.train import vae as train_vae
 
     paths = {k: folder / k / "model.pt" for k in STANDIN}
     for kind, trainer, extra in (("vae", train_vae, []), ("lsgm", train_lsgm, ["--vae", str(paths["vae"])]),
@@ -91,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-batches", type=int, default=5)
     p.add_argument("--t-eps", type=float, default=ODE_T_EPS)
+    p.add_argument("--snr", type=float, default=PC_SNR, help="PC corrector snr (score_sde CelebA-HQ-256: 0.075)")
     p.add_argument("--solver", default=ODE_SOLVER)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     pc_rows = []
     for steps in args.pc_steps:
         pc = Sampling(sampler="pc", tolerance=None, solver=args.solver, t_eps=args.t_eps, temperature=1.0,
-                      vae_temperature=1.0, pc_steps=steps, snr=PC_SNR)
+                      vae_temperature=1.0, pc_steps=steps, snr=args.snr)
         res = measure({"sgm": runs["sgm"]}, sampling=pc, **common)["sgm"]
         pc_rows.append({"n_steps": steps, "sgm_pc": res,
                         "vs_lsgm_ode": {r["tolerance"]: {"nfe_ratio": res["nfe_mean"] / r["lsgm_ode"]["nfe_mean"],
@@ -143,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                           "config": run.config_dict} for name, run in runs.items()},
         "settings": {"tolerances": args.tolerances, "pc_steps": args.pc_steps, "batch_size": args.batch_size,
                      "n_batches": args.n_batches, "warmup_batches": 1, "t_eps": args.t_eps, "solver": args.solver,
-                     "snr": 0.16, "n_corrector": 1, "seed": args.seed,
+                     "snr": args.snr, "n_corrector": 1, "seed": args.seed,
                      "timing": "whole batch (noise, solve, LSGM decode), device synchronised; LSGM and SGM batches "
                                "alternate so load affects both alike"},
         "ode": rows, "pc": pc_rows,

@@ -9,11 +9,17 @@ import torch
 from torch import nn
 
 from lsgm.objectives import (
-    NELBOTerms, cross_entropy_const, diffusion_terms, gaussian_log_prob, nelbo_terms, normal_cross_entropy,
-    prior_cross_entropy, sgm_loss,
+    NELBOTerms,
+    cross_entropy_const,
+    diffusion_terms,
+    gaussian_log_prob,
+    nelbo_terms,
+    normal_cross_entropy,
+    prior_cross_entropy,
+    sgm_loss,
 )
 from lsgm.score import MixedScore
-from lsgm.sde import VESDE, GeometricVPSDE, VPSDE
+from lsgm.sde import VESDE, VPSDE, GeometricVPSDE
 from lsgm.time_sampling import make_time_sampler
 
 VP = VPSDE(0.1, 20.0, 0.0)

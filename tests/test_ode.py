@@ -9,7 +9,7 @@ import torch
 
 from lsgm.likelihood import bpd_to_nats, nats_to_bpd, ode_log_likelihood
 from lsgm.sampling import ode_sample, pc_sample
-from lsgm.sde import VESDE, GeometricVPSDE, VPSDE
+from lsgm.sde import VESDE, VPSDE, GeometricVPSDE
 
 S2 = 0.25
 SDES = {"vp": (VPSDE(0.1, 20.0, 0.0), 1e-3), "geo": (GeometricVPSDE(3e-5, 0.999, 3e-5), 1e-5),

@@ -8,8 +8,13 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from lsgm.sde import VESDE, GeometricVPSDE, VPSDE
-from lsgm.time_sampling import UnweightedVPSampler, make_q_sampler, make_time_sampler, weighting_fn
+from lsgm.sde import VESDE, VPSDE, GeometricVPSDE
+from lsgm.time_sampling import (
+    UnweightedVPSampler,
+    make_q_sampler,
+    make_time_sampler,
+    weighting_fn,
+)
 
 VP = VPSDE(0.1, 20.0, 0.0)
 GEO = GeometricVPSDE(3e-5, 0.999, 3e-5)

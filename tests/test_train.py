@@ -22,10 +22,10 @@ import yaml
 
 from lsgm.config import KLConfig, OptimConfig
 from lsgm.objectives import balanced_kl, kl_balance_alphas
+from lsgm.train.ema import EMA
 from lsgm.train.loader import InfiniteLoader
 from lsgm.train.loop import EXIT_PREEMPTED
 from lsgm.train.schedules import kl_coeff_at, lr_at, stage1_kl_coeff, stage2_kl_coeff
-from lsgm.train.ema import EMA
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"vae": {"num_channels": 8}, "score": {"nf": 16},

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from lsgm.eval.common import LoadedRun, per_sample_normal, sample_generators, sample_seed
+from lsgm.eval.common import (
+    LoadedRun,
+    per_sample_normal,
+    sample_generators,
+    sample_seed,
+)
 from lsgm.utils import synchronize
 
 
