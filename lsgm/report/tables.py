@@ -38,7 +38,7 @@ MODEL_LABELS = {"vae": "VAE Backbone", "sgm": "Pixel SGM"}
 MODEL_SECTIONS = {"lsgm": "Ours", "vae": "Ours", "sgm": "Score"}
 MODEL_ORDER = {"lsgm": 0, "vae": 1, "sgm": 2}
 UNITS = {"bpd": "bits/dim", "nats": "nats"}
-SDE_LABELS = {"geometric": "Geom. VPSDE", "vpsde": "VPSDE"}
+SDE_LABELS = {"geometric": "Geom. VPSDE", "vpsde": "VPSDE", "vesde": "VESDE"}
 
 
 # ----------------------------------------------------------------------------- published numbers
@@ -131,6 +131,8 @@ def run_label(entry: dict, selected: list[dict]) -> str:
         return lsgm_label(run["name"])
     same = sum(1 for e in selected if e["run"]["model"] == run["model"])
     label = MODEL_LABELS[run["model"]]
+    if run["model"] == "sgm" and run.get("sde"):  # the original SGM is a VESDE model (score_sde)
+        label = f"{label} ({SDE_LABELS.get(run['sde'], run['sde'])})"
     return f"{label} ({run['name']})" if same > 1 else label
 
 
