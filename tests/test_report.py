@@ -381,6 +381,6 @@ def test_figure4_marks_the_matched_quality_point_with_its_ratios(cost_metrics, t
     assert row["model"] == "LSGM" and row["tolerance"] == 1e-5 and row["pc_reference_steps"] == 100  # fd 5 vs 4
     assert row["pc_nfe_ratio"] == pytest.approx(200 / 40) and row["pc_time_ratio"] == pytest.approx(3.0 / 0.1)
     assert row["ode_nfe_ratio"] == pytest.approx(120 / 40) and row["ode_time_ratio"] == pytest.approx(1.0 / 0.1)
-    assert row["same_device"]
+    assert row["same_device"] and not row["fd_within_tolerance"]  # fd 5 vs 4: 25 % apart, not the same quality
     csv = pd.read_csv(tmp_path / "f.csv")
     assert csv["matched_quality"].eq("matched").sum() == 1 and csv["pc_nfe_ratio"].notna().sum() == 1
