@@ -92,7 +92,7 @@ def test_figure4_has_lsgm_and_pixel_sgm_costs(smoke_run):
 @pytest.mark.slow
 def test_every_metrics_file_records_its_settings_and_provenance(smoke_run):
     files = list((smoke_run / "results" / "smoke" / "metrics").rglob("*.json"))
-    assert len(files) == 27 + 24 + 5
+    assert len(files) == 27 + 25 + 5  # nll, fid (the CIFAR-10 pixel SGM too), cost
     for path in files:
         doc = json.loads(path.read_text())
         assert doc["status"] in ("ok", "diverged")
