@@ -434,3 +434,12 @@ def test_celeba_missing_and_corrupt(tmp_path, monkeypatch):
     monkeypatch.setitem(data.EXPECTED_COUNTS, "celeba256", {"train": 27_000, "test": 3_000})
     with pytest.raises(DatasetError, match="expected 27000"):
         get_dataset("celeba256", "train", root=tmp_path)
+
+
+def test_digits_reader_equals_sklearn_load_digits():
+    """The sklearn-free reader returns exactly ``sklearn.datasets.load_digits`` (images and targets)."""
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    images, targets = digits.read_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(targets, reference.target)

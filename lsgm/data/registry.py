@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Callable, Literal
 
 from torch.utils.data import Dataset
 
-from lsgm.data import celeba, cifar10, digits, mnist, omniglot
 from lsgm.data.common import DatasetError
 from lsgm.datasets_info import DATASETS, DatasetInfo
 
 # loader(info, split, root, download, flip) -> map-style dataset of (x, label)
 Loader = Callable[[DatasetInfo, str, "str | os.PathLike | None", bool, bool], Dataset]
 
-LOADERS: dict[str, Loader] = {
-    "digits": digits.load,
-    "digits_binary": digits.load,
-    "mnist": mnist.load,
-    "omniglot": omniglot.load,
-    "cifar10": cifar10.load,
-    "celeba256": celeba.load,
+# Dataset name -> the module (under lsgm.data) whose ``load`` reads it. Imported on first use: torchvision and
+# scipy cost seconds per process, and every DAG job is a process (the digits stand-ins need neither).
+LOADERS: dict[str, str] = {
+    "digits": "digits",
+    "digits_binary": "digits",
+    "mnist": "mnist",
+    "omniglot": "omniglot",
+    "cifar10": "cifar10",
+    "celeba256": "celeba",
 }
+
+
+def loader(name: str) -> Loader:
+    """The ``load`` function of dataset ``name``'s module."""
+    return importlib.import_module(f"lsgm.data.{LOADERS[name]}").load
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -60,4 +67,4 @@ def get_dataset(
     info = dataset_info(name)
     if split not in ("train", "test"):
         raise DatasetError(f"split must be 'train' or 'test', got {split!r}")
-    return LOADERS[name](info, split, root, download, augment and split == "train")
+    return loader(name)(info, split, root, download, augment and split == "train")
