@@ -229,6 +229,10 @@ class TrainConfig:
     select_every_steps: int = rng(0, 0)
     select_iw_samples: int = rng(10, 1)
     force_nan_at_step: int = -1  # testing hook: inject a NaN loss at this step (divergence handling)
+    # A stage-1 run that CONTINUES a trained backbone (`lsgm train-vae --vae BACKBONE/model.pt`): the control
+    # "VAE backbone + stage-2 steps" trains the backbone on with its Normal prior for an LSGM's stage-2 steps,
+    # optimizer and KL schedule (stage 2's, train.kl.continue_anneal), to separate a better prior from more training.
+    continue_backbone: bool = False
 
 
 @dataclass

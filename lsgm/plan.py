@@ -363,11 +363,16 @@ class Plan:
     def _build(self) -> None:
         recipes_cfg, t6 = self.config["recipes"], self.config["table6"]
         for seed in self.sc["seeds"]:
-            backbones = {name: self._recipe_run("vae", name, rec, seed) for name, rec in recipes_cfg["vae"].items()}
+            backbones = {name: self._recipe_run("vae", name, rec, seed) for name, rec in recipes_cfg["vae"].items()
+                         if "stage2" not in rec}
+            lsgms = {}
             for name, rec in recipes_cfg["lsgm"].items():
-                run = self._recipe_run("lsgm", name, rec, seed)
+                lsgms[name] = run = self._recipe_run("lsgm", name, rec, seed)
                 backbone = self.sc["runs"].get("lsgm", {}).get(name, {}).get("backbone", rec["backbone"])
                 self._attach(run, backbones, backbone, f"recipes.lsgm.{name}")
+            for name, rec in recipes_cfg["vae"].items():
+                if "stage2" in rec:
+                    self._control_run(name, rec, lsgms, seed)
             for cell in self.cells:
                 self._attach(self._cell_run(cell, seed), backbones, t6["backbone"], "table6.backbone")
             for name, rec in recipes_cfg["sgm"].items():
@@ -377,6 +382,26 @@ class Plan:
             if features == "classifier":
                 spec = self.sc["runs"].get("classifier", {}).get("fd", {})
                 self._make_classifier(dataset, spec)
+
+    def _control_run(self, name: str, rec: dict, lsgms: dict, seed: int) -> Run:
+        """The control "VAE backbone + stage-2 steps" of ``recipes.vae.NAME.stage2: L``: LSGM L's backbone trained on,
+        with its Normal prior, for L's stage-2 steps with L's batch, VAE optimizer and KL schedule (its whole
+        ``train`` section; ``train.continue_backbone``). Sizes are the backbone's; nothing else of the scale applies."""
+        where = f"recipes.vae.{name} (scale {self.scale})"
+        if rec["stage2"] not in lsgms:
+            raise PlanError(f"{where}: stage2 {rec['stage2']!r} is not a recipe under recipes.lsgm ({sorted(lsgms)})")
+        lsgm = lsgms[rec["stage2"]]
+        backbone = lsgm.backbone
+        train = copy.deepcopy(lsgm.config["train"])
+        train["continue_backbone"] = True
+        note = (f"control: the {backbone.name} backbone trained on for LSGM {lsgm.name}'s {train['steps']} stage-2 steps "
+                "with its Normal prior, the stage-2 VAE optimizer and KL schedule (no score model)")
+        extra = {"vae": backbone.config["vae"], "data": backbone.config["data"], "train": train,
+                 "deviations": [*lsgm.config.get("deviations", []), note]}
+        spec = {"gpus": lsgm.gpus, "runtime": lsgm.runtime, **self.sc["runs"].get("vae", {}).get(name, {})}
+        run = self._make("vae", name, backbone.dataset, seed, {}, spec, rec.get("evals", []), where, extra)
+        run.backbone = backbone
+        return run
 
     def _make_classifier(self, dataset: str, spec: dict) -> Run:
         where = f"scales.{self.scale}.fd.features.{dataset}"
@@ -406,11 +431,36 @@ class Plan:
                 for name in spec.get(kind, []):
                     if name not in self.config["recipes"][kind]:
                         raise PlanError(f"tables.{table}.{kind}: {name!r} is not a recipe under recipes.{kind}")
+        for table in self.config["tables"]:
+            self._check_like_for_like(table)
         for kind in ("lsgm", "sgm"):
             for name in self.config["figure4"][kind]:
                 rec = self.config["recipes"][kind].get(name)
                 if rec is None or "cost" not in rec.get("evals", []):
                     raise PlanError(f"figure4.{kind}: {name!r} must be a recipes.{kind} entry with 'cost' in its evals")
+
+    def _check_like_for_like(self, table: str) -> None:
+        """Every NLL of one table uses the same estimator: the same K importance samples and, where the prior is a
+        score model, the same M inner ODE solves, tolerance and end time (issue: a K = 100 VAE bound printed beside
+        K = 1 LSGM estimates)."""
+        seen: dict[tuple, list[str]] = {}
+        for path in self.table_inputs(table):
+            if not path.endswith("/nll.json"):
+                continue
+            run = next(r for r in self.runs.values() if r.metrics_path("nll") == path)
+            nll = run.eval_settings["nll"]
+            key = (("iw_samples", nll.get("iw_samples")),) + (
+                tuple((k, nll.get(k)) for k in ("prior", "inner", "tolerance", "t_eps")) if run.kind == "lsgm" else ())
+            seen.setdefault(key, []).append(f"{run.kind}/{run.name}")
+        keys = list(seen)
+        base = dict(keys[0]) if keys else {}
+        for key in keys[1:]:
+            for k, v in dict(key).items():
+                if k in base and base[k] != v:
+                    first, other = seen[keys[0]][0], seen[key][0]
+                    raise PlanError(f"tables.{table}: NLLs not like for like: {first} has eval.nll.{k} = {base[k]!r}, "
+                                    f"{other} has {v!r}; set one value in scales.{self.scale}.eval.nll (and the "
+                                    "defaults./runs. overrides)")
 
     # ---------------------------------------------------------------- lookups
     def run(self, kind: str, dataset: str, name: str, seed) -> Run:
@@ -453,7 +503,11 @@ class Plan:
         if table not in self.config["tables"]:
             raise PlanError(f"table {table!r} is not under tables in config.yaml ({sorted(self.config['tables'])})")
         spec = self.config["tables"][table]
-        runs = self.table6_runs() if spec.get("table6") else []
+        runs = []
+        if spec.get("table6"):  # the cells and, as the grid's reference row, their backbone (no score prior)
+            t6 = self.config["table6"]
+            dataset = self._dataset(t6["dataset"], "table6.dataset")
+            runs = self.table6_runs() + [r for r in self.runs_of("vae", [t6["backbone"]]) if r.dataset == dataset]
         for kind in ("vae", "lsgm", "sgm"):
             runs += self.runs_of(kind, spec.get(kind, []))
         return sorted({r.metrics_path(m) for r in runs for m in r.evals if m in ("nll", "fid")})

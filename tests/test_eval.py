@@ -81,6 +81,9 @@ def test_iw_k1_equals_nelbo_through_the_evaluation(tmp_path, prior):
     total = terms.reconstruction + terms.neg_entropy + terms.prior_ce + terms.lower_ce
     assert torch.allclose(total, terms.nelbo)
     assert (terms.inner_sem is not None) == (prior == "ode")
+    # nelbo_bound: the same encoder sample with the DSM prior term -- the NELBO itself when the prior term is DSM
+    assert torch.isfinite(terms.nelbo_bound).all()
+    assert torch.equal(terms.nelbo_bound, terms.nelbo) == (prior == "dsm")
 
 
 # ------------------------------------------------------------------------------------------------ FD

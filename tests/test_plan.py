@@ -43,6 +43,13 @@ def plan_error(mutate, scale: str = "quick") -> str:
      "Table 6 cell 'll-is-rew' with the geometric SDE: identical to 'll-uniform-*'"),
     (lambda c: c["table6"]["sde_official"].pop("geometric"),
      "table6.sde_official: no official recipe for the geometric SDE"),
+    # the issue's Table 2: the backbone's NLL with K = 100 beside LSGM NLLs with K = 1
+    (lambda c: c["scales"]["quick"]["defaults"]["vae"]["eval"]["nll"].update(iw_samples=100),
+     "NLLs not like for like"),
+    (lambda c: c["scales"]["quick"]["runs"]["lsgm"]["fid"].update(eval={"nll": {"inner": 4}}),
+     "tables.table2: NLLs not like for like"),
+    (lambda c: c["recipes"]["vae"]["balanced_stage2"].update(stage2="fidd"),
+     "recipes.vae.balanced_stage2 (scale quick): stage2 'fidd' is not a recipe under recipes.lsgm"),
 ])
 def test_what_the_schema_leaves_to_python_fails_in_one_line(mutate, message):
     assert message in plan_error(mutate)
@@ -69,3 +76,23 @@ def test_train_resources_one_node_several_nodes_and_cpu():
     assert cpu.resources() == {"mem_mb": 2000, "runtime": 60, "cpus_per_task": 1, "gpu": None} and cpu.threads() == 1
     for run in paper.training_runs():
         assert set(run.resources()) <= set(TRAIN_RESOURCE_KEYS)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "quick", "paper"])
+def test_control_continues_the_backbone_with_the_lsgm_stage2_training(scale):
+    """"VAE backbone + stage-2 steps": the balanced backbone's architecture and data, the balanced LSGM's whole train
+    section (steps, batch, VAE optimizer, KL schedule), continued from the backbone's weights."""
+    plan = Plan(CONFIG, scale)
+    seed = CONFIG["scales"][scale]["seeds"][0]
+    lsgm = plan.run("lsgm", plan.runs_of("lsgm", ["balanced"])[0].dataset, "balanced", seed)
+    control = plan.run("vae", lsgm.dataset, "balanced_stage2", seed)
+    assert control.backbone is lsgm.backbone and control.config["vae"] == lsgm.backbone.config["vae"]
+    assert control.config["train"] == {**lsgm.config["train"], "continue_backbone": True}
+    assert control.config["data"] == lsgm.backbone.config["data"] and control.gpus == lsgm.gpus
+    assert control.metrics_path("nll") in plan.table_inputs("table2")
+
+
+def test_table6_compiles_its_backbone_as_the_reference_row():
+    plan = Plan(CONFIG, "quick")
+    inputs = plan.table_inputs("table6")
+    assert any("/vae/table6-s0/nll.json" in p for p in inputs) and any("/vae/table6-s0/fid.json" in p for p in inputs)

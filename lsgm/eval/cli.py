@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"default: {ODE_T_EPS:g} (ode), the training t_eps (dsm)")
     nll.add_argument("--probe", default=PROBE, choices=["gaussian", "rademacher"])
     nll.add_argument("--solver", default=ODE_SOLVER)
-    nll.add_argument("--t-draws", type=int, default=16, help="DSM: time draws per encoder sample")
+    nll.add_argument("--t-draws", type=int, default=16,
+                     help="time draws per encoder sample of the DSM prior term (--prior dsm, and nelbo_bound)")
     nll.add_argument("--n-batches", type=_n_batches, default=None, help="N or 'all' (default)")
     nll.add_argument("--split", default="test", choices=["test", "train"])
     nll.add_argument("--root", help="dataset folder (default: the run's data.root)")

@@ -12,6 +12,10 @@ with the prior term CE(z_0) = -log p(z_0) from
   over ``t_draws`` time draws;
 - the stage-1 VAE: its Normal prior, ``normal_cross_entropy``.
 
+``nelbo_bound`` is the NELBO whose prior term is always the ``dsm`` bound (the training t_eps, ``t_draws`` time
+draws): an upper bound on -log p(x) in expectation over the encoder, time and noise draws, unlike the ODE terms
+(ODE error, Hutchinson noise); for a VAE it is its NELBO.
+
 log p(x) ~= logsumexp_k(-NELBO_k) - log K. With K = 1 the NLL equals the NELBO (LSGM#13 is avoided by
 returning named fields). Units: bits/dim over ``DatasetInfo.eval_dims`` for continuous data (CelebA-HQ-256
 is 5-bit data, so its bpd are 5-bit bpd, as in the paper), nats for binary data. BN is in eval mode.
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -78,6 +82,7 @@ class BatchTerms:
 
     nelbo: torch.Tensor
     nll: torch.Tensor
+    nelbo_bound: torch.Tensor
     reconstruction: torch.Tensor
     neg_entropy: torch.Tensor
     prior_ce: torch.Tensor
@@ -90,7 +95,7 @@ def batch_terms(run: LoadedRun, x: torch.Tensor, ps: PriorSettings, iw_samples: 
                 batch_index: int) -> BatchTerms:
     """NELBO terms and the IW NLL of one batch x [B, C, H, W]; encoder noise and probes are seeded by
     (seed, batch_index, k)."""
-    terms = {name: [] for name in ("nelbo", "recon", "neg_ent", "prior", "lower", "sem")}
+    terms = {name: [] for name in ("nelbo", "recon", "neg_ent", "prior", "lower", "sem", "bound")}
     nfe: list[int] = []
     for k in range(iw_samples):
         gen = torch.Generator(device=x.device)
@@ -99,14 +104,20 @@ def batch_terms(run: LoadedRun, x: torch.Tensor, ps: PriorSettings, iw_samples: 
             out = run.vae(x, generator=gen)
         prior = prior_term(run, out.z0, ps, gen)
         parts = nelbo_terms(out, prior.cross_entropy)
+        bound = parts.nelbo
+        if ps.prior == "ode":  # the same encoder sample under the DSM bound (training t_eps)
+            dsm = replace(ps, prior="dsm", t_eps=run.cfg.sde.t_eps)
+            bound = nelbo_terms(out, prior_term(run, out.z0, dsm, gen).cross_entropy).nelbo
         values = {"nelbo": parts.nelbo, "recon": parts.reconstruction, "neg_ent": parts.neg_entropy,
-                  "prior": parts.prior_cross_entropy, "lower": parts.lower_cross_entropy, "sem": prior.inner_sem}
+                  "prior": parts.prior_cross_entropy, "lower": parts.lower_cross_entropy, "sem": prior.inner_sem,
+                  "bound": bound}
         for name, value in values.items():
             terms[name].append(value)
         nfe += prior.nfe
     stack = {k: torch.stack(v).detach().double().cpu() for k, v in terms.items() if v and v[0] is not None}
     sem = stack.get("sem")
-    return BatchTerms(nelbo=stack["nelbo"].mean(0), nll=iw_nll(stack["nelbo"]), reconstruction=stack["recon"].mean(0),
+    return BatchTerms(nelbo=stack["nelbo"].mean(0), nll=iw_nll(stack["nelbo"]), nelbo_bound=stack["bound"].mean(0),
+                      reconstruction=stack["recon"].mean(0),
                       neg_entropy=stack["neg_ent"].mean(0), prior_ce=stack["prior"].mean(0),
                       lower_ce=stack["lower"].mean(0),
                       inner_sem=None if sem is None else sem.pow(2).mean(0).sqrt() / math.sqrt(iw_samples), nfe=nfe)
@@ -121,10 +132,12 @@ def summarize(batches: list[BatchTerms], unit: str, dims: int) -> dict:
     """Dataset means (and standard errors over test examples) in ``unit``."""
     conv = (lambda v: nats_to_bpd(v, dims)) if unit == "bpd" else (lambda v: v)
     cat = {name: conv(torch.cat([getattr(b, name) for b in batches]))
-           for name in ("nelbo", "nll", "reconstruction", "neg_entropy", "prior_ce", "lower_ce")}
+           for name in ("nelbo", "nll", "nelbo_bound", "reconstruction", "neg_entropy", "prior_ce", "lower_ce")}
     nelbo, nelbo_se = _mean_se(cat["nelbo"])
     nll, nll_se = _mean_se(cat["nll"])
+    bound, bound_se = _mean_se(cat["nelbo_bound"])
     out = {"nelbo": nelbo, "nelbo_stderr": nelbo_se, "nll": nll, "nll_stderr": nll_se,
+           "nelbo_bound": bound, "nelbo_bound_stderr": bound_se,
            "reconstruction": float(cat["reconstruction"].mean()), "neg_entropy": float(cat["neg_entropy"].mean()),
            "cross_entropy": float((cat["prior_ce"] + cat["lower_ce"]).mean()),
            "prior_cross_entropy": float(cat["prior_ce"].mean()), "lower_cross_entropy": float(cat["lower_ce"].mean()),
@@ -171,14 +184,17 @@ def evaluate_nll(model: str, *, prior: str, iw_samples: int, inner: int, toleran
         "prior": kind, "iw_samples": iw_samples, "inner": inner if kind == "ode" else None,
         "tolerance": tolerance if kind == "ode" else None, "solver": solver if kind == "ode" else None,
         "probe": probe if kind == "ode" else None, "probe_per": "solve" if kind == "ode" else None,
-        "t_eps": t_eps if kind in ("ode", "dsm") else None, "t_draws": t_draws if kind == "dsm" else None,
-        "dsm_sampler": "ll/is" if kind == "dsm" else None, "batch_size": batch_size,
+        "t_eps": t_eps if kind in ("ode", "dsm") else None, "t_draws": t_draws if kind in ("ode", "dsm") else None,
+        "dsm_sampler": "ll/is" if kind in ("ode", "dsm") else None, "batch_size": batch_size,
+        "nelbo_bound": {"normal": "the NELBO (exact Normal prior)", "dsm": "the NELBO (DSM prior term)",
+                        "ode": f"the NELBO with the DSM prior term (r_ll importance-sampled t in [training t_eps "
+                               f"{run.cfg.sde.t_eps:g}, 1], {t_draws} draws per encoder sample)"}[kind],
         "ode_system": "one ODE per batch (NFE depends on the batch size)" if kind == "ode" else None,
         "n_batches": n_batches, "split": split, "seed": seed, "bn_mode": "eval", "temperature": 1.0,
         "unit": data.unit, "eval_dims": data.eval_dims,
         "unit_note": _unit_note(data), "dynamic_binarization": data.binary,
     }
-    metrics = {"nelbo": math.nan, "nll": math.nan, "nll_stderr": math.nan, "reconstruction": math.nan,
+    metrics = {"nelbo": math.nan, "nll": math.nan, "nll_stderr": math.nan, "nelbo_bound": math.nan, "reconstruction": math.nan,
                "neg_entropy": math.nan, "cross_entropy": math.nan, "unit": data.unit, "prior": kind}
     if kind == "ode":
         metrics["nfe_mean"] = math.nan

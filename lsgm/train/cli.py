@@ -22,12 +22,15 @@ from lsgm.train.task import Task
 EXIT_CONFIG = 2  # unusable config / arguments
 
 
-def parse_args(argv: list[str], kind: str, needs_vae: bool = False) -> argparse.Namespace:
+def parse_args(argv: list[str], kind: str, needs_vae: bool = False, accepts_vae: bool = False) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=f"lsgm train-{kind}", description=f"train a {kind} run (see docs/ARCHITECTURE.md)")
     p.add_argument("--config", required=True, help="run config YAML (lsgm.config.RunConfig)")
     p.add_argument("--out", required=True, help="run directory: config.yaml, stats.jsonl, run.json, model.pt")
     if needs_vae:
         p.add_argument("--vae", help="stage-1 VAE_DIR/model.pt (required unless --dry-run)")
+    elif accepts_vae:
+        p.add_argument("--vae", help="the trained backbone VAE_DIR/model.pt a run with train.continue_backbone "
+                                     "continues (required for those runs unless --dry-run)")
     p.add_argument("--ckpt-dir", default=None, help="resume checkpoints (default OUT/.ckpt)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -48,11 +51,11 @@ def resolve_config(args: argparse.Namespace, kind: str) -> RunConfig:
 
 
 def cli_main(argv: list[str] | None, kind: str, build_task: Callable[[Run, argparse.Namespace], Task],
-             needs_vae: bool = False) -> int:
+             needs_vae: bool = False, accepts_vae: bool = False) -> int:
     """Shared ``main``: parse, resolve, dry-run or train. Bad configs exit with code 2 and a clear message."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parse_args(argv, kind, needs_vae)
+        args = parse_args(argv, kind, needs_vae, accepts_vae)
     except SystemExit as err:  # argparse: --help (0) or usage error (2)
         return int(err.code or 0)
     try:

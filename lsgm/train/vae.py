@@ -17,6 +17,7 @@ import argparse
 
 import torch
 
+from lsgm.config import ConfigError
 from lsgm.data import dataset_info, get_dataset
 from lsgm.likelihood import iw_nll, nats_to_bpd
 from lsgm.objectives import balanced_kl, kl_balance_alphas, nelbo_terms, normal_cross_entropy
@@ -26,7 +27,7 @@ from lsgm.train.loop import mean_stats
 from lsgm.train.optim import make_optimizer, set_lr, trainable
 from lsgm.train.rng import fixed_rng
 from lsgm.train.run import Run
-from lsgm.train.schedules import lr_at, stage1_kl_coeff
+from lsgm.train.schedules import lr_at, stage1_kl_coeff, stage2_kl_coeff
 
 
 def validation_batches(run: Run, n_batches: int):
@@ -40,13 +41,15 @@ def validation_batches(run: Run, n_batches: int):
 
 
 class VAETask:
-    def __init__(self, run: Run):
+    def __init__(self, run: Run, backbone: str | None = None):
         from lsgm.nets.nvae import NVAE
 
         cfg = run.cfg
         self.run, self.cfg = run, cfg
         self.info = dataset_info(cfg.data.name)
-        self.vae = run.wrap(NVAE(cfg.vae, self.info))
+        vae = NVAE(cfg.vae, self.info)
+        stage1 = self._continued(vae, backbone)
+        self.vae = run.wrap(vae)
         self.opt = make_optimizer(trainable(unwrap(self.vae)), cfg.train.vae_optim)
         self.loader = run.make_loader(get_dataset(cfg.data.name, "train", root=cfg.data.root,
                                                   download=cfg.data.download))
@@ -57,12 +60,35 @@ class VAETask:
                      "deviations": ["lr cosine stepped per step, not per epoch"]}
         if not cfg.train.select_every_steps:
             self.meta["deviations"].append("no checkpoint selection by validation NLL: the last weights are saved")
+        if stage1 is not None:
+            self.meta["continues"] = {"path": str(backbone), "step": stage1["step"],
+                                      "kl_schedule": "stage 2 (train.kl.continue_anneal)"}
+
+    def _continued(self, vae, backbone: str | None) -> dict | None:
+        """The control "backbone + stage-2 steps": load the backbone's weights (``train.continue_backbone``)."""
+        if not self.cfg.train.continue_backbone:
+            if backbone:
+                raise ConfigError("--vae is for runs with train.continue_backbone: true (this run trains from scratch)")
+            return None
+        if not backbone:
+            raise ConfigError("train.continue_backbone: true needs --vae BACKBONE/model.pt (the run it continues)")
+        from lsgm.train.lsgm import load_stage1
+
+        stage1 = load_stage1(backbone, self.cfg)
+        vae.load_state_dict(stage1["state"]["vae"])
+        return stage1
+
+    def kl_coeff(self, step: int) -> float:
+        """Stage 1's KL warm-up; a continued backbone follows stage 2's schedule, as the LSGM it is compared with."""
+        if self.cfg.train.continue_backbone:
+            return stage2_kl_coeff(step, self.run.total_steps, self.cfg.train.kl)
+        return stage1_kl_coeff(step, self.run.total_steps, self.cfg.train.kl)
 
     def train_step(self, batches: list[torch.Tensor], step: int) -> dict[str, float]:
         run, cfg = self.run, self.cfg
         lr = lr_at(step, run.total_steps, cfg.train.vae_optim)
         set_lr(self.opt, lr)
-        kl_coeff = stage1_kl_coeff(step, run.total_steps, cfg.train.kl)
+        kl_coeff = self.kl_coeff(step)
         self.vae.train()
         params, stats = trainable(self.vae), []
         for i, (x, weight) in enumerate(run.micro_batches(batches, self.vae)):
@@ -120,8 +146,8 @@ class VAETask:
 
 
 def build(run: Run, args: argparse.Namespace) -> VAETask:
-    return VAETask(run)
+    return VAETask(run, getattr(args, "vae", None))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(argv, "vae", build)
+    return cli_main(argv, "vae", build, accepts_vae=True)
