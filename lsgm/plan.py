@@ -202,6 +202,9 @@ class Plan:
             raise PlanError(f"scale {scale!r} is not one of {list(SCALES)}")
         self.config, self.scale = config, scale
         self.sc = config["scales"][scale]
+        self.seeds: list[int] = list(self.sc["seeds"])
+        # One job per run trains / evaluates all its seeds in one process (scales.S.batch_seeds); else one job per seed.
+        self.batch_seeds: bool = bool(self.sc.get("batch_seeds", False))
         self.runs: dict[tuple, Run] = {}
         self._check_datasets()
         self.cells = self._parse_cells()
@@ -377,6 +380,9 @@ class Plan:
                 self._attach(self._cell_run(cell, seed), backbones, t6["backbone"], "table6.backbone")
             for name, rec in recipes_cfg["sgm"].items():
                 self._recipe_run("sgm", name, rec, seed)
+        for run in self.runs.values():  # sampling cost (Figure 4): the first seed
+            if run.seed != self.seeds[0]:
+                run.evals = tuple(m for m in run.evals if m != "cost")
         # FD feature classifiers: one per dataset that uses classifier features (seed fixed, not a sweep)
         for dataset, features in self.sc["fd"]["features"].items():
             if features == "classifier":
@@ -515,7 +521,7 @@ class Plan:
     def figure4_inputs(self) -> list[str]:
         f4 = self.config["figure4"]
         runs = self.runs_of("lsgm", f4["lsgm"]) + self.runs_of("sgm", f4["sgm"])
-        return sorted(r.metrics_path("cost") for r in runs)
+        return sorted(r.metrics_path("cost") for r in runs if "cost" in r.evals)
 
     def targets(self) -> list[str]:
         out = [r.metrics_path(m) for r in self.runs.values() for m in r.evals]

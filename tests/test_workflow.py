@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # geometric row (w_ll r_ll = U, w_un r_un rew. and w_un r_un r_ll), so 17 trained cells per dataset-seed.
 TABLE6_CELLS = 17
 MAIN_LSGMS = 6  # CIFAR-10 FID / NLL / balanced, CelebA-HQ-256, MNIST, OMNIGLOT
-# one per main configuration + the Table 6 backbone; the quick scale lets the CIFAR-10 FID and NLL
-# LSGMs share the balanced backbone (scales.quick.runs.lsgm.*.backbone)
-BACKBONES = {"smoke": 7, "quick": 5, "paper": 7}
+# one per main configuration + the Table 6 backbone + the control "balanced backbone + stage-2 steps"; the quick
+# scale lets the CIFAR-10 FID and NLL LSGMs share the balanced backbone (scales.quick.runs.lsgm.*.backbone)
+BACKBONES = {"smoke": 8, "quick": 6, "paper": 8}
 
 
 def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -61,10 +61,13 @@ def dry_run(*args: str) -> tuple[dict[str, int], str]:
 @pytest.mark.parametrize("scale", ["smoke", "quick"])
 def test_offline_scales_plan_the_whole_dag(scale):
     counts, text = dry_run("--config", f"scale={scale}")
-    seeds = len(yaml.safe_load((ROOT / "config.yaml").read_text())["scales"][scale]["seeds"])
+    sc = yaml.safe_load((ROOT / "config.yaml").read_text())["scales"][scale]
+    jobs_per_run = 1 if sc.get("batch_seeds") else len(sc["seeds"])  # batched: one job trains every seed of a run
     kinds = trained(text)
-    assert kinds == {"lsgm": (MAIN_LSGMS + TABLE6_CELLS) * seeds, "vae": BACKBONES[scale] * seeds, "sgm": 2 * seeds}  # the CelebA-HQ and CIFAR-10 pixel SGMs
+    assert kinds == {"lsgm": (MAIN_LSGMS + TABLE6_CELLS) * jobs_per_run, "vae": BACKBONES[scale] * jobs_per_run,
+                     "sgm": 2 * jobs_per_run}  # the CelebA-HQ and CIFAR-10 pixel SGMs
     assert counts["train"] == sum(kinds.values())
+    assert counts["run_config"] == sum(kinds.values()) * len(sc["seeds"]) // jobs_per_run + 1  # + the FD classifier's
     assert counts["train_classifier"] == 1 and counts["fid_stats"] == 1
     assert counts["tables"] == 5 and counts["figure4"] == 1
     assert {"eval_nll", "eval_fid", "eval_cost", "run_config"} <= set(counts)
@@ -108,14 +111,16 @@ def test_slurm_profile_resolves_and_requests_gpus():
     two_node = re.findall(r"wildcards: scale=paper, dataset=(\w+), kind=(\w+), run=(\w+), seed=0\n    resources: "
                           r"[^\n]*nodes=2, tasks_per_node=8, gres=gpu:8, mpi=srun", text)
     assert sorted(two_node) == [("celeba256", "lsgm", "celeba"), ("celeba256", "vae", "celeba"),
-                                ("cifar10", "lsgm", "balanced"), ("cifar10", "lsgm", "fid"), ("cifar10", "lsgm", "nll")]
+                                ("cifar10", "lsgm", "balanced"), ("cifar10", "lsgm", "fid"), ("cifar10", "lsgm", "nll"),
+                                ("cifar10", "vae", "balanced_stage2")]  # the control runs as its LSGM
     assert "srun --nodes=2 --ntasks-per-node=1 --gres=gpu:8" in text and "--rdzv_backend=c10d" in text
 
 
 def test_one_table6_cell_plans_only_its_chain():
     target = "results/quick/metrics/digits/lsgm/vpsde-w_un-is-q_rew-s0/nll.json"
     counts, text = dry_run(target)
-    assert counts == {"run_config": 2, "train": 2, "eval_nll": 1, "total": 5}
+    assert counts == {"run_config": 6, "train": 2, "eval_nll": 1, "total": 9}  # 3 seeds, batched in one job each
+    assert "results/quick/runs/digits/lsgm/vpsde-w_un-is-q_rew-s2/model.pt" in text
     assert trained(text) == {"vae": 1, "lsgm": 1}
     assert "results/quick/runs/digits/vae/table6-s0/model.pt" in text
 

@@ -1,4 +1,5 @@
-"""``lsgm evaluate nll | fid | cost``: one metrics JSON per call.
+"""``lsgm evaluate nll | fid | cost``: one metrics JSON per model (``--model A B --out a.json b.json`` evaluates
+several models, e.g. the seeds of one run, in one process: one torch import instead of one per model).
 
 Exit codes: 0 with a complete file (also for a diverged run: NaN metrics and the reason); 2 with a
 one-line error on stderr and no output file for unusable input (missing model or statistics, statistics
@@ -23,8 +24,8 @@ PC_SNR = 0.16
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="DIR/model.pt of a training run")
-    p.add_argument("--out", required=True, help="metrics JSON to write (atomically)")
+    p.add_argument("--model", required=True, nargs="+", help="DIR/model.pt of a training run (one or more)")
+    p.add_argument("--out", required=True, nargs="+", help="metrics JSON to write (atomically), one per --model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ema", dest="ema", action="store_true", default=True, help="use the EMA weights (default)")
     p.add_argument("--no-ema", dest="ema", action="store_false")
@@ -142,17 +143,22 @@ def run_evaluation(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if len(args.model) != len(args.out):
+        parser.error(f"{len(args.model)} --model but {len(args.out)} --out: give one metrics file per model")
     from lsgm.data import DatasetError
     from lsgm.eval.common import EvalError, write_metrics
 
-    try:
-        record = run_evaluation(args)
-    except (EvalError, DatasetError) as err:
-        print(f"lsgm evaluate {args.what}: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    write_metrics(args.out, record)
-    print(json.dumps({"out": args.out, "status": record["status"], "metrics": record["metrics"]}, default=str)[:2000])
+    for model, out in zip(args.model, args.out):
+        one = argparse.Namespace(**{**vars(args), "model": model, "out": out})
+        try:
+            record = run_evaluation(one)
+        except (EvalError, DatasetError) as err:
+            print(f"lsgm evaluate {args.what}: error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        write_metrics(out, record)
+        print(json.dumps({"out": out, "status": record["status"], "metrics": record["metrics"]}, default=str)[:2000])
     return 0
 
 

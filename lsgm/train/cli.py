@@ -24,14 +24,17 @@ EXIT_CONFIG = 2  # unusable config / arguments
 
 def parse_args(argv: list[str], kind: str, needs_vae: bool = False, accepts_vae: bool = False) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=f"lsgm train-{kind}", description=f"train a {kind} run (see docs/ARCHITECTURE.md)")
-    p.add_argument("--config", required=True, help="run config YAML (lsgm.config.RunConfig)")
-    p.add_argument("--out", required=True, help="run directory: config.yaml, stats.jsonl, run.json, model.pt")
+    # Several runs (e.g. the seeds of one recipe) train one after the other in one process: --config, --out and
+    # (if given) --ckpt-dir and --vae take one value per run, in the same order.
+    p.add_argument("--config", required=True, nargs="+", help="run config YAML (lsgm.config.RunConfig)")
+    p.add_argument("--out", required=True, nargs="+",
+                   help="run directory: config.yaml, stats.jsonl, run.json, model.pt")
     if needs_vae:
-        p.add_argument("--vae", help="stage-1 VAE_DIR/model.pt (required unless --dry-run)")
+        p.add_argument("--vae", nargs="+", help="stage-1 VAE_DIR/model.pt (required unless --dry-run)")
     elif accepts_vae:
-        p.add_argument("--vae", help="the trained backbone VAE_DIR/model.pt a run with train.continue_backbone "
-                                     "continues (required for those runs unless --dry-run)")
-    p.add_argument("--ckpt-dir", default=None, help="resume checkpoints (default OUT/.ckpt)")
+        p.add_argument("--vae", nargs="+", help="the trained backbone VAE_DIR/model.pt a run with "
+                                                "train.continue_backbone continues (required for those runs)")
+    p.add_argument("--ckpt-dir", default=None, nargs="+", help="resume checkpoints (default OUT/.ckpt)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=100 (repeatable)")
@@ -40,7 +43,21 @@ def parse_args(argv: list[str], kind: str, needs_vae: bool = False, accepts_vae:
     args = p.parse_args(argv)
     if needs_vae and not args.vae and not args.dry_run:
         p.error("the following arguments are required: --vae")
+    n = len(args.config)
+    for name in ("out", "ckpt_dir", "vae"):
+        given = getattr(args, name, None)
+        if given is not None and len(given) != n:
+            p.error(f"{n} --config but {len(given)} --{name.replace('_', '-')}: give one per run config")
     return args
+
+
+def one_run(args: argparse.Namespace, i: int) -> argparse.Namespace:
+    """The arguments of the i-th run of a multi-run call."""
+    out = {**vars(args), "config": args.config[i], "out": args.out[i],
+           "ckpt_dir": args.ckpt_dir[i] if args.ckpt_dir else None}
+    if getattr(args, "vae", None) is not None:
+        out["vae"] = args.vae[i]
+    return argparse.Namespace(**out)
 
 
 def resolve_config(args: argparse.Namespace, kind: str) -> RunConfig:
@@ -58,6 +75,15 @@ def cli_main(argv: list[str] | None, kind: str, build_task: Callable[[Run, argpa
         args = parse_args(argv, kind, needs_vae, accepts_vae)
     except SystemExit as err:  # argparse: --help (0) or usage error (2)
         return int(err.code or 0)
+    for i in range(len(args.config)):
+        code = train_one(one_run(args, i), kind, build_task)
+        if code:
+            return code
+    return 0
+
+
+def train_one(args: argparse.Namespace, kind: str, build_task: Callable[[Run, argparse.Namespace], Task]) -> int:
+    """Resolve, dry-run or train one run config."""
     try:
         cfg = resolve_config(args, kind)
     except ConfigError as err:

@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from lsgm.config import RunConfig, from_dict, save_run_config
 from lsgm.plan import EVAL_RESOURCE_KEYS, SCALES, TRAIN_RESOURCE_KEYS, Plan, PlanError, eval_args
 
 
@@ -32,6 +33,21 @@ try:
 except PlanError as err:
     raise WorkflowError(f"config.yaml: {err}") from None
 SCALE = config["scale"]
+# Seeds: one job per seed, or (scales.S.batch_seeds) one job for all seeds of a run -- its rules then declare one
+# output per seed (per_seed) and name their logs "-seeds" instead of "-s{seed}" (SEED_TAG).
+SEEDS = PLANS[SCALE].seeds
+BATCH_SEEDS = PLANS[SCALE].batch_seeds
+SEED_TAG = "seeds" if BATCH_SEEDS else "s{seed}"
+
+
+def per_seed(pattern):
+    """A path pattern with {seed}: itself, or with seeds batched one path per seed of the scale."""
+    return expand(pattern, seed=SEEDS, allow_missing=True) if BATCH_SEEDS else pattern
+
+
+def job_seeds(wc):
+    """The seeds one job handles: its {seed}, or every seed of the scale when seeds are batched."""
+    return [int(wc.seed)] if hasattr(wc, "seed") else SEEDS
 
 
 wildcard_constraints:
@@ -50,11 +66,17 @@ def all_targets():
     return PLANS[SCALE].targets()
 
 
-def the_run(wc, kind=None):
+def the_run(wc, kind=None, seed=None):
+    """The plan's run of a job (a batched job: its first seed's, or ``seed``'s)."""
     try:
-        return PLANS[wc.scale].run(kind or wc.kind, wc.dataset, wc.run, wc.seed)
+        return PLANS[wc.scale].run(kind or wc.kind, wc.dataset, wc.run, job_seeds(wc)[0] if seed is None else seed)
     except PlanError as err:
         raise WorkflowError(str(err)) from None
+
+
+def the_runs(wc):
+    """The plan's runs of a job, one per seed it handles."""
+    return [the_run(wc, seed=s) for s in job_seeds(wc)]
 
 
 def per_key(resources_of, keys):
@@ -77,9 +99,8 @@ def eval_threads(wc):
 
 
 def backbone_model(wc):
-    """An LSGM's stage-1 model.pt (nothing for the other kinds)."""
-    run = the_run(wc)
-    return run.backbone.model_path if run.backbone else []
+    """The backbone model.pt of each seed of an LSGM (or of the control that continues a backbone); else nothing."""
+    return [r.backbone.model_path for r in the_runs(wc) if r.backbone]
 
 
 def fid_stats_for(wc):
@@ -99,3 +120,12 @@ def classifier_for_stats(wc):
 def eval_flags(metric):
     """`lsgm evaluate <metric>` flags of the run, from config.yaml's eval settings."""
     return lambda wc: eval_args(the_run(wc).eval_settings[metric])
+
+
+def write_run_config(cfg: dict, out: str, log: str) -> None:
+    """Validate a resolved run config again with the strict loader and write it atomically (torch-free), so the file on
+    disk always loads with ``lsgm.config.load_run_config``."""
+    run = from_dict(RunConfig, cfg, where=out)
+    save_run_config(run, out)
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    Path(log).write_text(f"wrote {out} ({run.kind} {run.name}, seed {run.seed})\n")

@@ -27,15 +27,15 @@ rule fid_stats:
 rule eval_nll:
     """NELBO and NLL (ODE prior likelihood with IW samples K and inner repeats M; VAE: IW bound)."""
     input:
-        model="results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt",
+        model=per_seed("results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt"),
     output:
-        "results/{scale}/metrics/{dataset}/{kind}/{run}-s{seed}/nll.json",
+        per_seed("results/{scale}/metrics/{dataset}/{kind}/{run}-s{seed}/nll.json"),
     params:
         flags=eval_flags("nll"),
     log:
-        "logs/{scale}/eval_nll/{dataset}/{kind}/{run}-s{seed}.log",
+        f"logs/{{scale}}/eval_nll/{{dataset}}/{{kind}}/{{run}}-{SEED_TAG}.log",
     benchmark:
-        "results/{scale}/benchmarks/eval_nll/{dataset}/{kind}/{run}-s{seed}.tsv"
+        f"results/{{scale}}/benchmarks/eval_nll/{{dataset}}/{{kind}}/{{run}}-{SEED_TAG}.tsv"
     threads: eval_threads
     resources:
         **EVAL_RESOURCES,
@@ -46,16 +46,16 @@ rule eval_nll:
 rule eval_fid:
     """FID (Inception) or FD (offline classifier features) from ODE samples."""
     input:
-        model="results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt",
+        model=per_seed("results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt"),
         stats=fid_stats_for,
     output:
-        "results/{scale}/metrics/{dataset}/{kind}/{run}-s{seed}/fid.json",
+        per_seed("results/{scale}/metrics/{dataset}/{kind}/{run}-s{seed}/fid.json"),
     params:
         flags=eval_flags("fid"),
     log:
-        "logs/{scale}/eval_fid/{dataset}/{kind}/{run}-s{seed}.log",
+        f"logs/{{scale}}/eval_fid/{{dataset}}/{{kind}}/{{run}}-{SEED_TAG}.log",
     benchmark:
-        "results/{scale}/benchmarks/eval_fid/{dataset}/{kind}/{run}-s{seed}.tsv"
+        f"results/{{scale}}/benchmarks/eval_fid/{{dataset}}/{{kind}}/{{run}}-{SEED_TAG}.tsv"
     threads: eval_threads
     resources:
         **EVAL_RESOURCES,

@@ -5,7 +5,8 @@
 
 
 rule run_config:
-    """The RunConfig YAML of one run, resolved from config.yaml and validated by lsgm.config."""
+    """The RunConfig YAML of one run, resolved from config.yaml and validated by lsgm.config (written in the
+    Snakemake process: no interpreter start per run)."""
     output:
         "results/{scale}/configs/{dataset}/{kind}/{run}-s{seed}.yaml",
     params:
@@ -15,28 +16,29 @@ rule run_config:
     wildcard_constraints:
         kind="vae|lsgm|sgm|classifier",
     localrule: True
-    script:
-        "../scripts/write_run_config.py"
+    run:
+        write_run_config(params.config, output[0], log[0])
 
 
 rule train:
-    """A trained model of kind vae (stage 1: the NVAE backbone with a N(0, I) prior), lsgm (stage 2: the latent
-    score prior, end to end with its backbone: main configs and Table 6 cells) or sgm (the pixel-space SGM
-    baseline). `lsgm train-<kind>` on the plan's processes; the plan gives the launcher and the resources."""
+    """A trained model of kind vae (stage 1: the NVAE backbone with a N(0, I) prior; or the control that continues a
+    backbone), lsgm (stage 2: the latent score prior, end to end with its backbone: main configs and Table 6 cells)
+    or sgm (the pixel-space SGM baseline). `lsgm train-<kind>` on the plan's processes; the plan gives the launcher
+    and the resources. With scales.S.batch_seeds one job trains every seed of the run, one after the other."""
     input:
-        config="results/{scale}/configs/{dataset}/{kind}/{run}-s{seed}.yaml",
+        config=per_seed("results/{scale}/configs/{dataset}/{kind}/{run}-s{seed}.yaml"),
         vae=backbone_model,
     output:
-        model="results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt",
+        model=per_seed("results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt"),
     params:
-        out=subpath(output.model, parent=True),
-        vae=lambda wc, input: f" --vae {input.vae}" if input.vae else "",
-        ckpt=lambda wc: the_run(wc).ckpt_dir,
+        out=lambda wc, output: [str(Path(p).parent) for p in output.model],
+        vae=lambda wc, input: f" --vae {' '.join(input.vae)}" if input.vae else "",
+        ckpt=lambda wc: [r.ckpt_dir for r in the_runs(wc)],
         lsgm=lambda wc: the_run(wc).launcher(),
     log:
-        "logs/{scale}/train_{kind}/{dataset}/{run}-s{seed}.log",
+        f"logs/{{scale}}/train_{{kind}}/{{dataset}}/{{run}}-{SEED_TAG}.log",
     benchmark:
-        "results/{scale}/benchmarks/train_{kind}/{dataset}/{run}-s{seed}.tsv"
+        f"results/{{scale}}/benchmarks/train_{{kind}}/{{dataset}}/{{run}}-{SEED_TAG}.tsv"
     wildcard_constraints:
         kind="vae|lsgm|sgm",
     threads: train_threads
