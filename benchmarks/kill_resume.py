@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lsgm.io import atomic_write_json, provenance  # noqa: E402
+from lsgm.io import atomic_write_json, provenance
 
 
 def snakemake(target: str, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["snakemake", target, "--cores", "2", *extra], capture_output=True, text=True)
+    return subprocess.run(["snakemake", target, "--cores", "2", *extra], capture_output=True, text=True, check=False)
 
 
 def main() -> int:
@@ -65,7 +65,7 @@ def main() -> int:
     unlock = None
     if second.returncode != 0 and "cannot be locked" in (second.stdout + second.stderr):
         lock_message = next(line for line in (second.stdout + second.stderr).splitlines() if "locked" in line)
-        unlock = subprocess.run(["snakemake", "--unlock"], capture_output=True, text=True).returncode
+        unlock = subprocess.run(["snakemake", "--unlock"], capture_output=True, text=True, check=False).returncode
         second = snakemake(args.target)
     total = time.perf_counter() - started
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
