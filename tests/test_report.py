@@ -13,7 +13,7 @@ import pytest
 from lsgm.methods import TABLE6_COLUMNS
 from lsgm.report import cli
 from lsgm.report.figure import CSV_COLUMNS, MATCH_COLUMNS, figure4
-from lsgm.report.tables import NA, build_tables, load_published, published_rows, render, write_tables
+from lsgm.report.tables import NA, load_published, published_rows
 
 # the seed documents live in shared/ beside the checkout (where CI puts them too)
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "001_75e494dcbc515994.txt"
@@ -64,20 +64,6 @@ def metrics() -> list[dict]:
         nll("vae_bin", "vae", "digits_binary", 90.0, 88.5, unit="nats"),
         nll("lsgm_bin", "lsgm", "digits_binary", 86.0, 85.25, unit="nats"),
     ]
-
-
-@pytest.fixture
-def tables(metrics) -> dict[str, pd.DataFrame]:
-    return build_tables(metrics, "quick", COMMIT, None)
-
-
-def text(df: pd.DataFrame) -> pd.DataFrame:
-    """The table as printed in markdown (2 decimals, ≤, NaN / n/a / —)."""
-    return render(df, 2)
-
-
-def row(df: pd.DataFrame, method: str, source: str = "ours") -> pd.Series:
-    return df[(df["Method"] == method) & (df["source"] == source)].iloc[0]
 
 
 # ----------------------------------------------------------------------------- published.yaml
@@ -157,115 +143,7 @@ def test_published_table6_cells():
         assert TABLE6_COLUMNS[f"{r['weighting']}-{r['sampling']}-{r['q_objective']}"] == r["column"]
 
 
-# ----------------------------------------------------------------------------- Tables 2-5
-def test_table2_rows_in_paper_order(tables):
-    df = tables["table2"]
-    ours = df[df["source"] == "ours"]
-    assert list(ours["Method"]) == ["lsgm_geo", "lsgm_geo_is", "lsgm_is", "lsgm_vp", "VAE Backbone", "Pixel SGM"]
-    assert list(ours["Section"]) == ["Ours"] * 5 + ["Score"]
-    paper = df[df["source"] != "ours"]
-    expected = published_rows(load_published(), "table2")
-    assert list(paper["Method"]) == [r["method"] for r in expected]
-    assert list(paper["Section"]) == [r["family"] for r in expected]
-    assert list(paper["source"][:4]) == ["paper"] * 4 and row(df, "VDVAE", "paper [21]")["Section"] == "VAEs"
-    assert df.index[df["source"] == "ours"].max() < df.index[df["source"] != "ours"].min()
-
-
-def test_tables_4_5_use_the_binary_standin(tables):
-    for key in ("table4", "table5"):
-        df = tables[key]
-        assert list(df[df["source"] == "ours"]["Method"]) == ["lsgm_bin", "VAE Backbone"]
-        printed = text(df)
-        assert printed.loc[0, "NLL (nats)"] == "≤ 85.25" and printed.loc[1, "NELBO (nats)"] == "90.00"
-    assert "digits_binary" in tables["table4"].attrs["caption"]
-
-
-def test_nan_na_missing_rendering(tables):
-    printed = text(tables["table2"]).set_index("Method")
-    assert printed.loc["lsgm_geo", "NLL (bpd)"] == "NaN"          # diverged
-    assert printed.loc["lsgm_geo", "fd_digits (ours)"] == "NaN"
-    assert printed.loc["VAE Backbone", "NLL (bpd)"].iloc[0] == "n/a"   # skipped (null)
-    assert printed.loc["VAE Backbone", "fd_digits (ours)"].iloc[0] == "—"  # no FD file
-    assert printed.loc["lsgm_vp", "NLL (bpd)"] == "≤ 2.41" and printed.loc["lsgm_vp", "fd_digits (ours)"] == "12.35"
-    assert printed.loc["VDVAE", "FID"] == "—" and printed.loc["LSGM (FID)", "FID"] == "2.10"
-
-
-def test_fd_is_never_labelled_fid(tables):
-    df = tables["table2"]
-    ours = df[df["source"] == "ours"]
-    assert ours["FID"].isna().all()  # FD numbers live in their own column
-    assert row(df, "lsgm_vp")["fd_digits (ours)"] == pytest.approx(12.3456789)
-    assert df[df["source"] != "ours"]["fd_digits (ours)"].isna().all()
-    assert "NOT FID" in df.attrs["caption"]
-    t6 = tables["table6"]
-    assert set(t6[t6["source"] == "ours"]["Metric"]) == {"fd_digits", "NELBO (bpd)"}
-    assert set(t6[t6["source"] == "paper"]["Metric"]) == {"FID", "NELBO (bpd)"}
-
-
-def test_paper_scale_fid_shares_the_fid_column():
-    docs = [nll("lsgm", "lsgm", "cifar10", 2.9, 2.87), fd("lsgm", "lsgm", "cifar10", 2.1, metric="fid")]
-    df = build_tables(docs, "paper", COMMIT, None)["table2"]
-    assert list(df.columns) == ["Section", "Method", "NLL (bpd)", "FID", "source", "bound"]
-    assert row(df, "lsgm")["FID"] == 2.1 and "offline stand-in" not in df.attrs["caption"]
-
-
-def test_caption_names_scale_dataset_settings_commit(tables):
-    for key, df in tables.items():
-        cap = df.attrs["caption"]
-        assert "Scale: quick" in cap and f"Commit: {COMMIT}" in cap and "`digits" in cap, key
-        assert "NaN = diverged" in cap and "n/a" in cap
-    cap = tables["table2"].attrs["caption"]
-    assert "n_samples=512" in cap and "tolerance=1e-05" in cap and "stand-in for cifar10" in cap
-    assert "bits/dim" in cap and "nats" in tables["table5"].attrs["caption"]
-
-
-def test_rows_mapping_and_dataset_map(metrics):
-    out = build_tables(metrics, "quick", COMMIT, {"table3": "nowhere"}, rows={"table2": ["vae", "lsgm_vp"]})
-    assert list(out["table2"][out["table2"]["source"] == "ours"]["Method"]) == ["VAE Backbone", "lsgm_vp"]
-    assert (out["table3"]["source"] != "ours").all()
-    with pytest.raises(ValueError, match="no_such_run"):
-        build_tables(metrics, "quick", COMMIT, None, rows={"table2": ["no_such_run"]})
-
-
-def test_unit_mismatch_is_an_error():
-    with pytest.raises(ValueError, match="nats"):
-        build_tables([nll("x", "lsgm", "digits", 1.0, 1.0, unit="nats")], "quick", COMMIT, None)
-
-
-# ----------------------------------------------------------------------------- Table 6
-def test_table6_cells(tables):
-    df = tables["table6"]
-    assert list(df.columns[2:-1]) == list(TABLE6_COLUMNS.values())
-    printed = text(df)
-    ours = printed[printed["source"] == "ours"].set_index(["SDE", "Metric"])
-    assert ours.loc[("VPSDE", "fd_digits"), "w_ll U rew."] == "12.35"
-    assert ours.loc[("VPSDE", "NELBO (bpd)"), "w_un r_un rew."] == "2.60"
-    assert ours.loc[("VPSDE", "NELBO (bpd)"), "w_re U rew."] == "—"               # not run
-    assert ours.loc[("Geom. VPSDE", "NELBO (bpd)"), "w_un U rew."] == "NaN"        # diverged
-    assert ours.loc[("Geom. VPSDE", "NELBO (bpd)"), "w_un r_un rew."] == "n/a"     # undefined, even if run
-    assert ours.loc[("Geom. VPSDE", "fd_digits"), "w_ll r_ll rew."] == "n/a"
-    paper = printed[printed["source"] == "paper"].set_index(["SDE", "Metric"])
-    assert paper.loc[("Geom. VPSDE", "FID"), "w_ll U rew."] == "10.18"
-    assert paper.loc[("Geom. VPSDE", "FID"), "w_un U rew."] == "NaN"
-    assert paper.loc[("Geom. VPSDE", "NELBO (bpd)"), "w_un r_un r_ll"] == "n/a"
-    assert paper.loc[("VPSDE", "NELBO (bpd)"), "w_un r_un rew."] == "2.98"
-
-
-# ----------------------------------------------------------------------------- files
-def test_written_files_and_csv_round_trip(tables, tmp_path):
-    write_tables(tables, tmp_path)
-    for key, df in tables.items():
-        md = (tmp_path / f"{key}.md").read_text(encoding="utf-8")
-        caption = (tmp_path / f"{key}.caption.txt").read_text(encoding="utf-8").strip()
-        assert md.startswith(caption) and caption == df.attrs["caption"]
-        back = pd.read_csv(tmp_path / f"{key}.csv", keep_default_na=False, dtype=str)
-        expected = render(df, None)
-        assert list(back.columns) == list(expected.columns)
-        assert back.values.tolist() == expected.astype(str).values.tolist()
-    back = pd.read_csv(tmp_path / "table2.csv", keep_default_na=False, dtype=str).set_index("Method")
-    assert float(back.loc["lsgm_vp", "NLL (bpd)"]) == 2.412345678  # full precision in CSV
-    assert back.loc["lsgm_geo", "NLL (bpd)"] == "NaN" and back.loc["VDVAE", "FID"] == "—"
-    assert "| ≤ 2.41" in (tmp_path / "table2.md").read_text(encoding="utf-8")
+# Tables 2-6 themselves: tests/test_tables.py
 
 
 # ----------------------------------------------------------------------------- Figure 4

@@ -10,13 +10,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lsgm.methods import TABLE6_COLUMNS
+
 ROOT = Path(__file__).resolve().parents[1]
-TABLE_COLUMNS = {
-    "table2": ["Section", "Method", "NLL (bpd)", "FID", "fd_digits (ours)", "source"],
-    "table3": ["Section", "Method", "NLL (bpd)", "FID", "fd_digits (ours)", "source"],
-    "table4": ["Section", "Method", "NELBO (nats)", "NLL (nats)", "source"],
-    "table5": ["Section", "Method", "NELBO (nats)", "NLL (nats)", "source"],
+ESTIMATOR = ["K", "M", "prior term", "ODE tol."]
+TABLE_COLUMNS = {  # Section, Method, n, the metrics (each with std / n / diverged in the CSV), ..., source
+    "table2": ["Section", "Method", "n", "NELBO (bpd)", "NLL (bpd)", "FID", "fd_digits (ours)", *ESTIMATOR,
+               "Δ NLL vs paper", "Δ FID vs paper", "reproduced", "source"],
+    "table3": ["Section", "Method", "n", "NELBO (bpd)", "NLL (bpd)", "FID", "fd_digits (ours)", *ESTIMATOR,
+               "Δ NLL vs paper", "Δ FID vs paper", "reproduced", "source"],
+    "table4": ["Section", "Method", "n", "NELBO (nats)", "NLL (nats)", *ESTIMATOR, "Δ NLL vs paper", "reproduced",
+               "source"],
+    "table5": ["Section", "Method", "n", "NELBO (nats)", "NLL (nats)", *ESTIMATOR, "Δ NLL vs paper", "reproduced",
+               "source"],
 }
+METRICS = {"table2": ["NELBO (bpd)", "NLL (bpd)", "fd_digits (ours)"],
+           "table3": ["NELBO (bpd)", "NLL (bpd)", "fd_digits (ours)"],
+           "table4": ["NELBO (nats)", "NLL (nats)"], "table5": ["NELBO (nats)", "NLL (nats)"]}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +37,7 @@ def smoke_run(tmp_path_factory):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     cmd = ["snakemake", "--cores", "2", "--config", "scale=smoke", "--quiet", "rules"]
-    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, check=False, cwd=work, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work
 
@@ -48,32 +58,37 @@ def test_tables_2_to_5_have_our_rows_then_the_papers(smoke_run, table):
     for column in TABLE_COLUMNS[table]:
         assert column in df.columns, (table, list(df.columns))
     mine = ours(df)
-    assert len(mine) >= 2 and "VAE Backbone" in set(mine["Method"])
-    assert any(m.startswith("LSGM (") for m in mine["Method"])
+    assert len(mine) >= 2 and any(m.startswith("VAE backbone (recipe ") for m in mine["Method"])
+    assert any(m.startswith("LSGM, recipe ") for m in mine["Method"])
+    assert set(mine["Section"]) == {"Ours (measured)"}
     assert (df["source"].str.startswith("paper")).sum() >= 8  # the paper's own rows and every baseline
     assert list(df["source"][: len(mine)]) == ["ours"] * len(mine)  # ours first
-    metric_cols = [c for c in TABLE_COLUMNS[table][2:-1] if c != "FID"]
-    for col in metric_cols:
+    for col in METRICS[table]:
         values = [float(v) for v in mine[col] if v not in ("—", "n/a")]
         assert values and all(math.isfinite(v) for v in values), (table, col, list(mine[col]))
+        assert {f"{col} std", f"{col} n", f"{col} diverged"} <= set(df.columns)
+    assert set(mine["reproduced"]) <= {"not comparable (stand-in data)", "—"}  # stand-in data: never a number
     caption = (out / f"{table}.md").read_text().split("\n\n")[0]
     assert "Scale: smoke" in caption and "digits" in caption and "Commit:" in caption
+    seeds = read_table(out / f"{table}.seeds.csv")
+    assert set(seeds["row"]) == set(mine["Method"]) and set(seeds["status"]) <= {"ok", "diverged"}
 
 
 @pytest.mark.slow
 def test_table6_grid_has_every_cell_and_na_where_undefined(smoke_run):
     df = read_table(smoke_run / "results" / "smoke" / "tables" / "table6.csv")
     mine = ours(df)
-    assert set(mine["SDE"]) == {"Geom. VPSDE", "VPSDE"} and len(mine) == 4  # FD and NELBO rows per SDE
-    cells = [c for c in df.columns if c not in ("SDE", "Metric", "source")]
-    assert len(cells) == 10
-    geo = mine[mine["SDE"] == "Geom. VPSDE"].iloc[0]
+    lsgm = mine[mine["SDE"].isin(["Geom. VPSDE (measured)", "VPSDE (measured)"])]
+    assert len(lsgm) == 4  # FD and NELBO rows per SDE (and the backbone's reference rows, when evaluated)
+    cells = [c for c in df.columns[4:] if c in TABLE6_COLUMNS.values()]
+    assert len(cells) == 10 and all(f"{c} std" in df.columns and f"{c} mark" in df.columns for c in cells)
+    geo = mine[mine["SDE"] == "Geom. VPSDE (measured)"].iloc[0]
     assert [geo[c] for c in ("w_ll r_ll rew.", "w_un r_un rew.", "w_un r_un r_ll")] == ["n/a"] * 3
     statuses = {}
     for path in (smoke_run / "results" / "smoke" / "metrics" / "digits" / "lsgm").glob("*-w_*/nll.json"):
         statuses[path.parent.name] = json.loads(path.read_text())["status"]
     assert len(statuses) == 17
-    for _, row in mine.iterrows():
+    for _, row in lsgm.iterrows():
         for c in cells:
             if row[c] not in ("n/a", "NaN"):
                 assert math.isfinite(float(row[c])), (row["SDE"], row["Metric"], c)
@@ -103,6 +118,6 @@ def test_every_metrics_file_records_its_settings_and_provenance(smoke_run):
 @pytest.mark.slow
 def test_snakemake_report_is_browsable(smoke_run):
     cmd = ["snakemake", "--cores", "1", "--config", "scale=smoke", "--report", "report.html"]
-    proc = subprocess.run(cmd, cwd=smoke_run, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, check=False, cwd=smoke_run, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (smoke_run / "report.html").stat().st_size > 10_000

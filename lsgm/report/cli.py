@@ -2,11 +2,12 @@
 
 ```
 lsgm report tables  --metrics F.json ... --scale S --out-dir DIR [--dataset-map JSON] [--rows JSON] [--commit SHA]
-lsgm report tables  --metrics F.json ... --scale S --table tableN --md F.md --csv F.csv [...]
+lsgm report tables  --metrics F.json ... --scale S --table tableN --md F.md --csv F.csv [--seeds-csv F.csv] [...]
 lsgm report figure4 --metrics F.json ... --scale S --out-dir DIR [--commit SHA]
 ```
-``--out-dir`` gets every table's ``.md``, ``.csv`` and ``.caption.txt``; ``--table`` with ``--md``/``--csv`` builds one
-table and writes exactly those two files (the workflow's rule, one job per table).
+``--out-dir`` gets every table's ``.md``, ``.csv``, ``.seeds.csv`` and ``.caption.txt``; ``--table`` with
+``--md``/``--csv`` builds one table and writes exactly those files (and ``--seeds-csv``, its per-seed CSV, if given:
+the workflow's rule, one job per table).
 ``--dataset-map`` / ``--rows`` take inline JSON or a path to a JSON file, e.g.
 ``{"table2": "digits", "table4": "digits_binary"}`` and ``{"table2": ["lsgm_balanced", "vae"]}``.
 A metrics file that is not valid JSON or lacks a required key is refused with one line naming the
@@ -89,6 +90,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--table", default=None, help="tables: build only this one (e.g. table2), to --md/--csv")
     parser.add_argument("--md", type=Path, help="with --table: its markdown file (caption, blank line, table)")
     parser.add_argument("--csv", type=Path, help="with --table: its CSV file")
+    parser.add_argument("--seeds-csv", type=Path, help="with --table: its per-seed CSV (one line per run x metric)")
     parser.add_argument("--dataset-map", default=None, help="JSON {tableN: run.dataset} (inline or file)")
     parser.add_argument("--rows", default=None, help="JSON {tableN: [run names]} (inline or file)")
     parser.add_argument("--commit", default=None, help="default: the commit of this source tree")
@@ -96,8 +98,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     one = args.what == "tables" and args.table is not None
     if one and (args.md is None or args.csv is None or args.out_dir is not None):
         parser.error("--table writes exactly --md FILE and --csv FILE (no --out-dir)")
-    if not one and (args.out_dir is None or args.md is not None or args.csv is not None):
-        parser.error(f"{args.what} needs --out-dir DIR (--md/--csv only with tables --table)")
+    if not one and (args.out_dir is None or args.md is not None or args.csv is not None
+                    or args.seeds_csv is not None):
+        parser.error(f"{args.what} needs --out-dir DIR (--md/--csv/--seeds-csv only with tables --table)")
     return args
 
 
@@ -108,7 +111,7 @@ def run_tables(args: argparse.Namespace, docs: list[dict], commit: str) -> str:
     only = (args.table,) if args.table else ALL_TABLES
     tables = build_tables(docs, args.scale, commit, json_arg(args.dataset_map), json_arg(args.rows), only=only)
     if args.table:
-        written = write_table(tables[args.table], args.md, args.csv)
+        written = write_table(tables[args.table], args.md, args.csv, args.seeds_csv)
     else:
         written = write_tables(tables, args.out_dir)
     where = args.out_dir or ", ".join(map(str, written))
