@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-classifier": ("lsgm.train.classifier", "train the feature classifier used for offline FD"),
     "fid-stats": ("lsgm.eval.fid", "compute reference feature statistics for FID/FD"),
     "evaluate": ("lsgm.eval.cli", "evaluate a trained run: nll | fid | cost"),
-    "report": ("lsgm.report.cli", "compile tables and figures: tables | figure4"),
+    "report": ("lsgm.report.cli", "compile tables and figures: tables | figure4 | variance"),
     "import-official": ("lsgm.official_import", "convert an NVlabs/LSGM train_vae/train_vada checkpoint to model.pt"),
     "plan": ("lsgm.plan", "every training job of a scale: GPUs, batches, steps (--json: resolved configs)"),
 }

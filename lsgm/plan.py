@@ -44,7 +44,8 @@ EVAL_RANGES = {"tolerance": (0.0, 1.0, True), "t_eps": (0.0, 1.0, True), "iw_sam
                "n_samples": (2, math.inf, False), "temperature": (0.0, math.inf, True),
                "vae_temperature": (0.0, math.inf, True),
                "fd_samples": (0, math.inf, False), "pc_steps": (1, math.inf, False),
-               "tolerances": (0.0, 1.0, True), "snr": (0.0, math.inf, True)}
+               "tolerances": (0.0, 1.0, True), "snr": (0.0, math.inf, True),
+               "n_latents": (2, math.inf, False), "n_draws": (2, math.inf, False), "n_t_draws": (2, math.inf, False)}
 
 
 # The slurm executor-plugin resources a job declares (workflow/rules/common.smk asks the plan for each one).
@@ -428,6 +429,7 @@ class Plan:
         return vae
 
     def _check_references(self) -> None:
+        self.variance_settings()
         for run in self.runs.values():
             for metric in run.evals:
                 if metric in ("fid", "cost"):
@@ -523,11 +525,24 @@ class Plan:
         runs = self.runs_of("lsgm", f4["lsgm"]) + self.runs_of("sgm", f4["sgm"])
         return sorted(r.metrics_path("cost") for r in runs if "cost" in r.evals)
 
+    def variance_inputs(self) -> list[str]:
+        """The model.pt of every Table 6 cell at the scale's first seed: the inputs of ``lsgm report variance``."""
+        first = self.sc["seeds"][0]
+        return sorted(r.model_path for r in self.table6_runs() if r.seed == first)
+
+    def variance_settings(self) -> dict:
+        """``scales.S.eval.variance`` (n_latents, n_draws, n_t_draws, batch_size, seed; ranges checked): the flags of
+        ``lsgm report variance`` (:func:`eval_args`); absent keys take the CLI's defaults."""
+        settings = {"variance": dict(self.sc["eval"].get("variance") or {})}
+        check_eval_settings(settings, f"scales.{self.scale}")
+        return settings["variance"]
+
     def targets(self) -> list[str]:
         out = [r.metrics_path(m) for r in self.runs.values() for m in r.evals]
         for table in self.config["tables"]:
             out += [f"results/{self.scale}/tables/{table}.md", f"results/{self.scale}/tables/{table}.csv"]
         out += [f"results/{self.scale}/figure4.png", f"results/{self.scale}/figure4.csv"]
+        out += [f"results/{self.scale}/variance.png", f"results/{self.scale}/variance.csv"]
         return sorted(set(out))
 
     def training_runs(self) -> list[Run]:

@@ -1,13 +1,18 @@
-"""``lsgm report tables|figure4``: compile metrics JSON files into the paper's tables and Figure 4.
+"""``lsgm report tables|figure4|variance``: compile metrics JSON files into the paper's tables and Figure 4, and
+measure the variance of the Table 6 cells' training estimators.
 
 ```
 lsgm report tables  --metrics F.json ... --scale S --out-dir DIR [--dataset-map JSON] [--rows JSON] [--commit SHA]
 lsgm report tables  --metrics F.json ... --scale S --table tableN --md F.md --csv F.csv [--seeds-csv F.csv] [...]
 lsgm report figure4 --metrics F.json ... --scale S --out-dir DIR [--commit SHA]
+lsgm report variance --models M/model.pt ... --scale S --out-dir DIR [--n-latents N] [--n-draws M] [--n-t-draws K]
+                     [--batch-size B] [--seed S] [--device D] [--no-ema] [--commit SHA]
 ```
 ``--out-dir`` gets every table's ``.md``, ``.csv``, ``.seeds.csv`` and ``.caption.txt``; ``--table`` with
 ``--md``/``--csv`` builds one table and writes exactly those files (and ``--seeds-csv``, its per-seed CSV, if given:
 the workflow's rule, one job per table).
+``variance`` loads each trained LSGM (torch, imported only for it) and writes ``variance.csv``, ``variance.png``,
+``variance.caption.txt`` and ``variance.provenance.json`` (:mod:`lsgm.eval.variance`, :mod:`lsgm.report.variance`).
 ``--dataset-map`` / ``--rows`` take inline JSON or a path to a JSON file, e.g.
 ``{"table2": "digits", "table4": "digits_binary"}`` and ``{"table2": ["lsgm_balanced", "vae"]}``.
 A metrics file that is not valid JSON or lacks a required key is refused with one line naming the
@@ -26,7 +31,9 @@ from lsgm.io import git_commit
 
 REQUIRED = ("kind", "run", "run.name", "run.model", "run.dataset", "status", "metrics")
 REQUIRED_BY_KIND = {"nll": (), "fid": ("settings",), "cost": ("metrics.rows",)}
-KINDS = {"tables": ("nll", "fid"), "figure4": ("cost",)}
+KINDS = {"tables": ("nll", "fid"), "figure4": ("cost",), "variance": ()}
+# the variance measurement's defaults (config.yaml scales.S.eval.variance overrides them in the workflow)
+VARIANCE_DEFAULTS = {"n_latents": 16, "n_draws": 64, "n_t_draws": 20000, "batch_size": 1024, "seed": 0}
 
 
 class MetricsError(ValueError):
@@ -83,10 +90,12 @@ def json_arg(text: str | None) -> Any:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The options of ``lsgm report``."""
     parser = argparse.ArgumentParser(prog="lsgm report", description="compile tables and figures")
-    parser.add_argument("what", choices=sorted(KINDS), help="tables: Tables 2-6; figure4: Figure 4")
-    parser.add_argument("--metrics", nargs="+", required=True, help="metrics JSON files")
+    parser.add_argument("what", choices=sorted(KINDS), help="tables: Tables 2-6; figure4: Figure 4; variance: the "
+                        "variance of the Table 6 cells' training estimators")
+    parser.add_argument("--metrics", nargs="+", help="metrics JSON files (tables, figure4)")
+    parser.add_argument("--models", nargs="+", help="variance: LSGM model.pt files (the Table 6 cells)")
     parser.add_argument("--scale", required=True, help="smoke | quick | paper (printed in captions)")
-    parser.add_argument("--out-dir", type=Path, help="every table's files (tables), or Figure 4's")
+    parser.add_argument("--out-dir", type=Path, help="every table's files (tables), Figure 4's or the variance files")
     parser.add_argument("--table", default=None, help="tables: build only this one (e.g. table2), to --md/--csv")
     parser.add_argument("--md", type=Path, help="with --table: its markdown file (caption, blank line, table)")
     parser.add_argument("--csv", type=Path, help="with --table: its CSV file")
@@ -94,7 +103,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dataset-map", default=None, help="JSON {tableN: run.dataset} (inline or file)")
     parser.add_argument("--rows", default=None, help="JSON {tableN: [run names]} (inline or file)")
     parser.add_argument("--commit", default=None, help="default: the commit of this source tree")
+    for key, value in VARIANCE_DEFAULTS.items():
+        parser.add_argument("--" + key.replace("_", "-"), type=int, default=value, help=f"variance (default {value})")
+    parser.add_argument("--device", default="auto", help="variance: cpu | cuda | auto")
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+                        help="variance: the score's EMA weights (default) or its raw weights")
     args = parser.parse_args(argv)
+    variance = args.what == "variance"
+    if variance != (args.models is not None) or variance == (args.metrics is not None):
+        parser.error("variance takes --models (not --metrics); tables and figure4 take --metrics")
     one = args.what == "tables" and args.table is not None
     if one and (args.md is None or args.csv is None or args.out_dir is not None):
         parser.error("--table writes exactly --md FILE and --csv FILE (no --out-dir)")
@@ -128,13 +145,40 @@ def run_figure4(args: argparse.Namespace, docs: list[dict], commit: str) -> str:
     return f"lsgm report figure4: {len(df)} rows from {len(docs)} metrics files -> {out / 'figure4.png'}"
 
 
+def run_variance(args: argparse.Namespace, commit: str) -> str:
+    """Measure and write the variance table and figure; return the summary line."""
+    import time
+
+    from lsgm.eval.common import EvalError, resolve_device
+    from lsgm.eval.variance import COLUMNS, VarianceSettings, measure_variance
+    from lsgm.io import provenance
+    from lsgm.report.variance import write_variance
+
+    started = time.perf_counter()
+    try:
+        settings = VarianceSettings(**{key: getattr(args, key) for key in VARIANCE_DEFAULTS}, use_ema=args.ema)
+        device = resolve_device(args.device)
+        rows = measure_variance(args.models, settings, device)
+    except EvalError as err:
+        raise ValueError(str(err)) from None
+    info = {"scale": args.scale, "commit": commit, "dataset": ", ".join(sorted({r["dataset"] for r in rows}))}
+    prov = provenance(device, wall_seconds=time.perf_counter() - started, scale=args.scale, settings=vars(settings),
+                      models=[str(m) for m in args.models])
+    df = write_variance(rows, COLUMNS, args.out_dir, info, prov)
+    return (f"lsgm report variance: {len(df)} rows from {len(args.models)} models in "
+            f"{time.perf_counter() - started:.1f} s -> {args.out_dir / 'variance.csv'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``lsgm report``; prints a one-line summary (or a one-line error, exit 2)."""
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        docs = load_metrics(args.metrics, KINDS[args.what])
         commit = args.commit or git_commit()
-        summary = (run_tables if args.what == "tables" else run_figure4)(args, docs, commit)
+        if args.what == "variance":
+            summary = run_variance(args, commit)
+        else:
+            docs = load_metrics(args.metrics, KINDS[args.what])
+            summary = (run_tables if args.what == "tables" else run_figure4)(args, docs, commit)
     except ValueError as err:  # MetricsError, or a table that cannot be built (named in the message)
         print(f"lsgm report {args.what}: error: {err}", file=sys.stderr)
         return 2

@@ -46,3 +46,35 @@ rule figure4:
     shell:
         "lsgm report figure4 --metrics {input.metrics} --scale {wildcards.scale}"
         " --out-dir results/{wildcards.scale} > {log} 2>&1"
+
+
+rule variance:
+    """The variance of each Table 6 cell's training estimators (score loss, encoder cross entropy), trained and in
+    closed form (q = p = N(0, I)): results/{scale}/variance.{png,csv}, with a caption and provenance beside them."""
+    input:
+        models=lambda wc: PLANS[wc.scale].variance_inputs(),
+    output:
+        png=report(
+            "results/{scale}/variance.png",
+            caption="../report/variance.rst",
+            category="Figures",
+            labels={"figure": "Estimator variance"},
+        ),
+        csv=report(
+            "results/{scale}/variance.csv",
+            caption="../report/variance.rst",
+            category="Tables",
+            labels={"table": "variance", "format": "csv"},
+        ),
+    params:
+        flags=lambda wc: eval_args(PLANS[wc.scale].variance_settings()),
+    log:
+        "logs/{scale}/variance.log",
+    benchmark:
+        "results/{scale}/benchmarks/variance.tsv"
+    threads: eval_threads
+    resources:
+        **EVAL_RESOURCES,
+    shell:
+        "lsgm report variance --models {input.models} --scale {wildcards.scale} {params.flags}"
+        " --out-dir results/{wildcards.scale} > {log} 2>&1"
