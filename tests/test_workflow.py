@@ -221,3 +221,10 @@ def test_lint_is_clean_but_for_software_envs():
     proc = snakemake("--lint", check=False)
     items = set(re.findall(r"^\s+\* (.+?):?$", proc.stdout + proc.stderr, flags=re.M))
     assert items <= {"Specify a conda environment or container for each rule."}, items
+
+
+def test_every_torch_job_is_limited_to_its_threads():
+    """Snakemake does not set OMP_NUM_THREADS: each torch job must, or two 1-thread jobs use every core each."""
+    _, text = dry_run("-p", "results/quick/metrics/digits/lsgm/vpsde-w_un-is-q_rew-s0/nll.json")
+    commands = [line for line in text.splitlines() if " lsgm " in f" {line}" or "lsgm train-" in line]
+    assert commands and all("OMP_NUM_THREADS=1 lsgm" in c for c in commands if "lsgm " in c), commands

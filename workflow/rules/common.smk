@@ -90,6 +90,8 @@ TRAIN_RESOURCES = per_key(lambda wc: the_run(wc).resources(), TRAIN_RESOURCE_KEY
 EVAL_RESOURCES = per_key(lambda wc: PLANS[wc.scale].eval_resources(), EVAL_RESOURCE_KEYS)
 
 
+# Every job that runs torch starts with OMP_NUM_THREADS={threads} in its shell command: Snakemake does not set it, and
+# torch would otherwise use every core in each of the parallel jobs (measured: a 1-thread VAE job at 3.5 cores).
 def train_threads(wc):
     return the_run(wc).threads()
 

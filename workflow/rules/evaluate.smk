@@ -20,7 +20,7 @@ rule fid_stats:
     resources:
         **EVAL_RESOURCES,
     shell:
-        "lsgm fid-stats --dataset {wildcards.dataset} --features {wildcards.features} {params.classifier}"
+        "OMP_NUM_THREADS={threads} lsgm fid-stats --dataset {wildcards.dataset} --features {wildcards.features} {params.classifier}"
         " {params.root} --out {output} > {log} 2>&1"
 
 
@@ -40,7 +40,7 @@ rule eval_nll:
     resources:
         **EVAL_RESOURCES,
     shell:
-        "lsgm evaluate nll --model {input.model} --out {output} {params.flags} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} lsgm evaluate nll --model {input.model} --out {output} {params.flags} > {log} 2>&1"
 
 
 rule eval_fid:
@@ -60,7 +60,7 @@ rule eval_fid:
     resources:
         **EVAL_RESOURCES,
     shell:
-        "lsgm evaluate fid --model {input.model} --stats {input.stats} --out {output} {params.flags}"
+        "OMP_NUM_THREADS={threads} lsgm evaluate fid --model {input.model} --stats {input.stats} --out {output} {params.flags}"
         " > {log} 2>&1"
 
 
@@ -83,5 +83,5 @@ rule eval_cost:
     resources:
         **EVAL_RESOURCES,
     shell:
-        "lsgm evaluate cost --model {input.model} --stats {input.stats} --out {output} {params.flags}"
+        "OMP_NUM_THREADS={threads} lsgm evaluate cost --model {input.model} --stats {input.stats} --out {output} {params.flags}"
         " > {log} 2>&1"

@@ -76,5 +76,5 @@ rule variance:
     resources:
         **EVAL_RESOURCES,
     shell:
-        "lsgm report variance --models {input.models} --scale {wildcards.scale} {params.flags}"
+        "OMP_NUM_THREADS={threads} lsgm report variance --models {input.models} --scale {wildcards.scale} {params.flags}"
         " --out-dir results/{wildcards.scale} > {log} 2>&1"

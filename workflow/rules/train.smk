@@ -45,7 +45,7 @@ rule train:
     resources:
         **TRAIN_RESOURCES,
     shell:
-        "{params.lsgm} train-{wildcards.kind} --config {input.config}{params.vae} --out {params.out}"
+        "OMP_NUM_THREADS={threads} {params.lsgm} train-{wildcards.kind} --config {input.config}{params.vae} --out {params.out}"
         " --ckpt-dir {params.ckpt} > {log} 2>&1"
 
 
