@@ -65,4 +65,4 @@ rule train_classifier:
     resources:
         **EVAL_RESOURCES,
     shell:
-        "lsgm train-classifier --config {input.config} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} lsgm train-classifier --config {input.config} --out {params.out} > {log} 2>&1"
