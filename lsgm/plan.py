@@ -37,6 +37,11 @@ from lsgm.methods import Cell
 SCALES = ("smoke", "quick", "paper")
 KINDS = ("vae", "lsgm", "sgm", "classifier")
 METRICS = ("nll", "fid", "cost")
+# Settings blocks of scales.S.eval: the metrics, and the sample grid of every trained model (lsgm evaluate samples)
+EVALUATIONS = (*METRICS, "samples")
+# What a sample grid takes from the official FID command / score_sde's PC sampler: how samples are drawn
+SAMPLES_FROM_FID = ("tolerance", "t_eps", "batch_size", "temperature", "vae_temperature", "bn_mode", "sampler",
+                    "pc_steps", "snr")
 STAGES = {"vae": "stage1", "lsgm": "stage2"}
 # Allowed ranges of the evaluation settings (scales.S.eval and their overrides): (low, high, open low?)
 EVAL_RANGES = {"tolerance": (0.0, 1.0, True), "t_eps": (0.0, 1.0, True), "iw_samples": (1, math.inf, False),
@@ -45,7 +50,8 @@ EVAL_RANGES = {"tolerance": (0.0, 1.0, True), "t_eps": (0.0, 1.0, True), "iw_sam
                "vae_temperature": (0.0, math.inf, True),
                "fd_samples": (0, math.inf, False), "pc_steps": (1, math.inf, False),
                "tolerances": (0.0, 1.0, True), "snr": (0.0, math.inf, True),
-               "n_latents": (2, math.inf, False), "n_draws": (2, math.inf, False), "n_t_draws": (2, math.inf, False)}
+               "n_latents": (2, math.inf, False), "n_draws": (2, math.inf, False), "n_t_draws": (2, math.inf, False),
+               "n": (1, math.inf, False), "nrow": (1, math.inf, False)}
 
 
 # The slurm executor-plugin resources a job declares (workflow/rules/common.smk asks the plan for each one).
@@ -134,6 +140,11 @@ class Run:
 
     def metrics_path(self, metric: str) -> str:
         return f"results/{self.scale}/metrics/{self.stem}/{metric}.json"
+
+    @property
+    def samples_path(self) -> str:
+        """The grid of samples (``lsgm evaluate samples``; its sidecar JSON beside it)."""
+        return f"results/{self.scale}/samples/{self.stem}.png"
 
     @property
     def fingerprint(self) -> str:
@@ -288,14 +299,14 @@ class Plan:
     def _eval_settings(self, kind: str, spec: dict, official: str | None, where: str) -> dict:
         layers = [self.sc["eval"], self.sc["defaults"].get(kind, {}).get("eval")]
         if self.scale == "paper" and official is not None and kind == "lsgm":
-            layers.append(recipes.eval_settings(official))
+            layers.append(_with_samples(recipes.eval_settings(official)))
         if official is not None and kind == "sgm":  # score_sde's PC sampler; its step count at the paper scale only
-            pc = recipes.score_sde_config(official)[2]
+            pc = _with_samples(recipes.score_sde_config(official)[2])
             layers.append(pc if self.scale == "paper" else
                           {m: {k: v for k, v in settings.items() if k != "pc_steps"} for m, settings in pc.items()})
         layers.append(spec.get("eval"))
         base = deep_merge(*layers)
-        settings = {m: dict(base.get(m, {})) for m in METRICS}
+        settings = {m: dict(base.get(m, {})) for m in EVALUATIONS}
         check_eval_settings(settings, where)
         return settings
 
@@ -537,8 +548,22 @@ class Plan:
         check_eval_settings(settings, f"scales.{self.scale}")
         return settings["variance"]
 
+    def trained_models(self) -> list[Run]:
+        """The vae, lsgm and sgm runs the DAG trains: those with evaluations and their backbones (a backbone no
+        evaluated LSGM uses, e.g. at the quick scale, is not trained)."""
+        out = {id(r): r for r in self.runs.values() if r.evals and r.kind != "classifier"}
+        for run in list(out.values()):
+            while run.backbone is not None:
+                run = out.setdefault(id(run.backbone), run.backbone)
+        return sorted(out.values(), key=lambda r: (r.kind, r.dataset, r.name, r.seed))
+
+    def samples_targets(self) -> list[str]:
+        """One grid of samples per trained model, of its first seed (``seeds[0]``) only."""
+        return sorted(r.samples_path for r in self.trained_models() if r.seed == self.sc["seeds"][0])
+
     def targets(self) -> list[str]:
         out = [r.metrics_path(m) for r in self.runs.values() for m in r.evals]
+        out += self.samples_targets()
         for table in self.config["tables"]:
             out += [f"results/{self.scale}/tables/{table}.md", f"results/{self.scale}/tables/{table}.csv"]
         out += [f"results/{self.scale}/figure4.png", f"results/{self.scale}/figure4.csv"]
@@ -549,6 +574,13 @@ class Plan:
         """The trained models in DAG order: backbones and classifiers, then LSGMs, then pixel SGMs."""
         order = {"classifier": 0, "vae": 1, "lsgm": 2, "sgm": 3}
         return sorted(self.runs.values(), key=lambda r: (order[r.kind], r.dataset, r.name, r.seed))
+
+
+def _with_samples(official: dict) -> dict:
+    """Official evaluation settings plus a ``samples`` block: the FID's way of drawing samples (its sampler, ODE
+    tolerance, end time, temperatures, BN mode, batch), so a sample grid shows what the FID measured."""
+    fid = official.get("fid", {})
+    return {**official, "samples": {k: v for k, v in fid.items() if k in SAMPLES_FROM_FID}}
 
 
 def eval_args(settings: dict) -> str:

@@ -121,3 +121,14 @@ def test_snakemake_report_is_browsable(smoke_run):
     proc = subprocess.run(cmd, check=False, cwd=smoke_run, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (smoke_run / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_one_sample_grid_per_trained_model(smoke_run):
+    out = smoke_run / "results" / "smoke" / "samples"
+    grids = sorted(out.rglob("*.png"))
+    assert len(grids) == 7 + 6 + 17 + 2  # every trained vae, lsgm (Table 6 cells too) and pixel SGM, seed 0
+    for png in grids:
+        doc = json.loads(png.with_suffix(".json").read_text())
+        assert png.name.endswith("-s0.png") and doc["kind"] == "samples" and doc["status"] in ("ok", "diverged")
+        assert doc["image"]["placeholder"] == (doc["status"] == "diverged") and doc["provenance"]["commit"]

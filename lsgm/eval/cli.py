@@ -1,5 +1,6 @@
-"""``lsgm evaluate nll | fid | cost``: one metrics JSON per model (``--model A B --out a.json b.json`` evaluates
-several models, e.g. the seeds of one run, in one process: one torch import instead of one per model).
+"""``lsgm evaluate nll | fid | cost | samples``: one metrics JSON per model (samples: a PNG grid and its JSON);
+``--model A B --out a.json b.json`` evaluates several models, e.g. the seeds of one run, in one process (one torch
+import instead of one per model).
 
 Exit codes: 0 with a complete file (also for a diverged run: NaN metrics and the reason); 2 with a
 one-line error on stderr and no output file for unusable input (missing model or statistics, statistics
@@ -23,17 +24,17 @@ PROBE = "gaussian"
 PC_SNR = 0.16
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, out: str = "metrics JSON to write (atomically)") -> None:
     p.add_argument("--model", required=True, nargs="+", help="DIR/model.pt of a training run (one or more)")
-    p.add_argument("--out", required=True, nargs="+", help="metrics JSON to write (atomically), one per --model")
+    p.add_argument("--out", required=True, nargs="+", help=f"{out}, one per --model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ema", dest="ema", action="store_true", default=True, help="use the EMA weights (default)")
     p.add_argument("--no-ema", dest="ema", action="store_false")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
 
-def _sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stats", help="reference statistics (lsgm fid-stats)")
+def _generation(p: argparse.ArgumentParser) -> None:
+    """How samples are generated (every command that samples: fid, cost, samples)."""
     p.add_argument("--solver", default=ODE_SOLVER, help="torchdiffeq method")
     p.add_argument("--t-eps", type=float, default=ODE_T_EPS, help=f"ODE end time (official ode_eps {ODE_T_EPS:g})")
     p.add_argument("--temperature", type=float, default=1.0,
@@ -41,6 +42,21 @@ def _sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-temperature", type=float, default=1.0,
                    help="scale of the decoder's lower-scale groups (official --vae_temp)")
     p.add_argument("--bn-mode", default="eval", choices=["eval", "train"])
+
+
+def _one_sampler(p: argparse.ArgumentParser) -> None:
+    """One sampler setting (fid, samples; cost sweeps several)."""
+    p.add_argument("--tolerance", type=float, default=ODE_TOLERANCE, help="ODE rtol = atol")
+    p.add_argument("--sampler", default="ode", choices=["ode", "pc"],
+                   help="pixel SGM: 'pc' samples with predictor-corrector (the original SGM's FID protocol)")
+    p.add_argument("--pc-steps", type=int, default=None, help="PC steps (with --sampler pc)")
+    p.add_argument("--snr", type=float, default=PC_SNR, help="PC corrector signal-to-noise ratio")
+
+
+def _sampling(p: argparse.ArgumentParser) -> None:
+    """Generation and the features of the FD/FID (fid, cost)."""
+    p.add_argument("--stats", help="reference statistics (lsgm fid-stats)")
+    _generation(p)
     p.add_argument("--classifier", help="override the classifier model.pt recorded in the statistics")
     p.add_argument("--inception-weights", help="weights-inception-2015-12-05-6726825d.pth (offline); "
                    "also $LSGM_INCEPTION_WEIGHTS")
@@ -76,11 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling(fid)
     fid.add_argument("--batch-size", type=int, default=64)
     fid.add_argument("--n-samples", type=int, default=50_000)
-    fid.add_argument("--tolerance", type=float, default=ODE_TOLERANCE, help="ODE rtol = atol")
-    fid.add_argument("--sampler", default="ode", choices=["ode", "pc"],
-                     help="pixel SGM: 'pc' samples with predictor-corrector (the original SGM's FID protocol)")
-    fid.add_argument("--pc-steps", type=int, default=None, help="PC steps (with --sampler pc)")
-    fid.add_argument("--snr", type=float, default=PC_SNR, help="PC corrector signal-to-noise ratio")
+    _one_sampler(fid)
 
     cost = sub.add_parser("cost", help="NFE, seconds per batch and FD per tolerance / PC step count")
     _common(cost)
@@ -94,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--sampler", dest="samplers", nargs="+", choices=["ode", "pc"], default=None,
                       help="pixel SGM: which samplers (default both)")
     cost.add_argument("--snr", type=float, default=PC_SNR)
+
+    samples = sub.add_parser("samples", help="a PNG grid of samples (decoder means) and its sidecar JSON",
+                             description="A grid of --n samples drawn as `lsgm evaluate fid` draws them, written to "
+                             "--out (PNG) with the settings, checkpoint and provenance in --out with suffix .json. "
+                             "A diverged run gives a placeholder PNG (exit 0).")
+    _common(samples, out="PNG to write (atomically); its sidecar JSON beside it (suffix .json)")
+    _generation(samples)
+    _one_sampler(samples)
+    samples.add_argument("--n", type=int, default=64, help="samples in the grid")
+    samples.add_argument("--nrow", type=int, default=8, help="samples per grid row")
+    samples.add_argument("--batch-size", type=int, default=64)
     return parser
 
 
@@ -113,8 +136,6 @@ def run_fid(args: argparse.Namespace) -> dict:
 
     if not args.stats:
         raise EvalError("--stats FILE.pt is required (lsgm fid-stats --dataset NAME --features ... --out FILE.pt)")
-    if args.sampler == "pc" and not args.pc_steps:
-        raise EvalError("--sampler pc needs --pc-steps N (the original SGM: its num_scales, e.g. 2000)")
     return evaluate_fid(args.model, args.stats, n_samples=args.n_samples, tolerance=args.tolerance,
                         sampler=args.sampler, pc_steps=args.pc_steps, snr=args.snr, solver=args.solver, batch_size=args.batch_size, temperature=args.temperature,
                         vae_temperature=args.vae_temperature, seed=args.seed, bn_mode=args.bn_mode,
@@ -137,9 +158,20 @@ def run_cost(args: argparse.Namespace) -> dict:
                          device=args.device)
 
 
+def run_samples(args: argparse.Namespace) -> dict:
+    from lsgm.eval.samples import evaluate_samples
+
+    return evaluate_samples(args.model, args.out, n=args.n, nrow=args.nrow, batch_size=args.batch_size,
+                            tolerance=args.tolerance, sampler=args.sampler, pc_steps=args.pc_steps, snr=args.snr,
+                            solver=args.solver, temperature=args.temperature, vae_temperature=args.vae_temperature,
+                            seed=args.seed, bn_mode=args.bn_mode, t_eps=args.t_eps, use_ema=args.ema,
+                            device=args.device)
+
+
 def run_evaluation(args: argparse.Namespace) -> dict:
-    """Dispatch to the evaluation named by ``args.what``; returns the metrics record."""
-    return {"nll": run_nll, "fid": run_fid, "cost": run_cost}[args.what](args)
+    """Dispatch to the evaluation named by ``args.what``; returns the metrics record (``samples`` has written its
+    PNG and sidecar itself)."""
+    return {"nll": run_nll, "fid": run_fid, "cost": run_cost, "samples": run_samples}[args.what](args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         except (EvalError, DatasetError) as err:
             print(f"lsgm evaluate {args.what}: error: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        write_metrics(out, record)
+        if args.what != "samples":
+            write_metrics(out, record)
         print(json.dumps({"out": out, "status": record["status"], "metrics": record["metrics"]}, default=str)[:2000])
     return 0
 

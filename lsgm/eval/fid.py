@@ -40,7 +40,13 @@ from lsgm.eval.common import (
     to_rgb,
 )
 from lsgm.eval.features import INCEPTION_ENV, INCEPTION_FILE, Extractor, make_extractor
-from lsgm.eval.generate import SampleBatch, Sampling, sample_batch
+from lsgm.eval.generate import (
+    SampleBatch,
+    Sampling,
+    make_sampling,
+    sample_batch,
+    sampling_settings,
+)
 from lsgm.io import provenance
 from lsgm.utils import atomic_torch_save
 
@@ -191,16 +197,11 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: floa
     stats = load_stats(stats_path)
     extractor = extractor_for_stats(stats, classifier, inception_weights, dev)
     check_stats(stats, extractor, run.cfg.data.name, stats_path)
-    if sampler == "pc" and run.kind != "sgm":
-        raise EvalError(f"--sampler pc is the pixel SGM's sampler; {model} is a {run.kind} run (use --sampler ode)")
-    pc = sampler == "pc"
+    sampling = make_sampling(run.kind, sampler=sampler, tolerance=tolerance, pc_steps=pc_steps, snr=snr,
+                             solver=solver, t_eps=t_eps, temperature=temperature, vae_temperature=vae_temperature)
     settings = {
-        "sampler": sampler if run.kind != "vae" else None, "pc_steps": pc_steps if pc else None,
-        "snr": snr if pc else None, "n_corrector": 1 if pc else None,
-        "n_samples": n_samples, "tolerance": tolerance if run.kind != "vae" and not pc else None,
-        "solver": solver if run.kind != "vae" else None, "t_eps": t_eps if run.kind != "vae" else None,
-        "batch_size": batch_size, "temperature": temperature if run.kind != "sgm" else None,
-        "vae_temperature": vae_temperature if run.kind != "sgm" else None, "bn_mode": bn_mode, "seed": seed,
+        **sampling_settings(run.kind, sampling), "n_samples": n_samples, "batch_size": batch_size,
+        "bn_mode": bn_mode, "seed": seed,
         "seeding": "per-sample generator seeded by (seed, sample index)", "decoder": "mean",
         "quantization": "uint8 round(255 x)", "feature_extractor": extractor.describe(),
         "reference": {"path": str(stats_path), "name": stats["name"], "dataset": stats["dataset"],
@@ -213,9 +214,6 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: floa
         return metrics_record("fid", run, metrics, settings, device=dev, started=started)
     set_bn_mode(run.vae, bn_mode)
     try:
-        sampling = Sampling(sampler=sampler, tolerance=None if pc else tolerance, solver=solver, t_eps=t_eps,
-                            temperature=temperature, vae_temperature=vae_temperature,
-                            pc_steps=pc_steps if pc else None, snr=snr if pc else None)
         feats, batches = sample_features(run, extractor, n_samples, batch_size, seed=seed, sampling=sampling,
                                          device=dev)
     except (FloatingPointError, AssertionError) as err:  # NaN samples / solver underflow: not a crash

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from lsgm.eval.common import (
+    EvalError,
     LoadedRun,
     per_sample_normal,
     sample_generators,
@@ -37,6 +38,31 @@ class Sampling:
     vae_temperature: float  # scale of the decoder's lower-scale groups, official --vae_temp
     pc_steps: int | None  # PC steps (None for the ODE)
     snr: float | None  # PC corrector signal-to-noise ratio (None for the ODE)
+
+
+def make_sampling(kind: str, *, sampler: str, tolerance: float, pc_steps: int | None, snr: float, solver: str,
+                  t_eps: float, temperature: float, vae_temperature: float) -> Sampling:
+    """The :class:`Sampling` of one sampler's command-line settings for a ``kind`` run (``lsgm evaluate fid`` and
+    ``samples``): PC is the pixel SGM's sampler and needs its step count; the ODE's tolerance is dropped under PC,
+    PC's steps and snr under the ODE."""
+    if sampler == "pc" and kind != "sgm":
+        raise EvalError(f"--sampler pc is the pixel SGM's sampler; this is a {kind} run (use --sampler ode)")
+    if sampler == "pc" and not pc_steps:
+        raise EvalError("--sampler pc needs --pc-steps N (the original SGM: its num_scales, e.g. 2000)")
+    pc = sampler == "pc"
+    return Sampling(sampler=sampler, tolerance=None if pc else tolerance, solver=solver, t_eps=t_eps,
+                    temperature=temperature, vae_temperature=vae_temperature, pc_steps=pc_steps if pc else None,
+                    snr=snr if pc else None)
+
+
+def sampling_settings(kind: str, s: Sampling) -> dict:
+    """``s`` as a metrics file records it: ``None`` where a ``kind`` run does not use a setting (the VAE has no
+    sampler, the pixel SGM no temperatures)."""
+    pc, vae, sgm = s.sampler == "pc", kind == "vae", kind == "sgm"
+    return {"sampler": None if vae else s.sampler, "pc_steps": s.pc_steps, "snr": s.snr, "n_corrector": 1 if pc else None,
+            "tolerance": None if vae else s.tolerance, "solver": None if vae else s.solver,
+            "t_eps": None if vae else s.t_eps, "temperature": None if sgm else s.temperature,
+            "vae_temperature": None if sgm else s.vae_temperature}
 
 
 @dataclass

@@ -1,6 +1,7 @@
 # Reference statistics and evaluations. One metrics JSON per (run, evaluation), with its settings
 # (docs/ARCHITECTURE.md "Metrics files"); a diverged run still gets its files (NaN metrics, exit 0).
 # Evaluation flags come from config.yaml (scales.S.eval < defaults.KIND.eval < runs.KIND.NAME.eval).
+# `samples`: one PNG grid per trained model (its first seed; Plan.samples_targets), with a sidecar JSON.
 
 
 rule fid_stats:
@@ -85,3 +86,30 @@ rule eval_cost:
     shell:
         "OMP_NUM_THREADS={threads} lsgm evaluate cost --model {input.model} --stats {input.stats} --out {output} {params.flags}"
         " > {log} 2>&1"
+
+
+rule samples:
+    """Figure 5: a grid of samples of one trained model (decoder means), drawn as the FID draws them; a diverged
+    run gives a placeholder saying so. The sidecar JSON records the settings, checkpoint and provenance."""
+    input:
+        model="results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt",
+    output:
+        png=report(
+            "results/{scale}/samples/{dataset}/{kind}/{run}-s{seed}.png",
+            caption="../report/samples.rst",
+            category="Samples",
+            subcategory="{kind} ({dataset})",
+            labels={"run": "{run}", "seed": "{seed}"},
+        ),
+        json="results/{scale}/samples/{dataset}/{kind}/{run}-s{seed}.json",
+    params:
+        flags=eval_flags("samples"),
+    log:
+        "logs/{scale}/samples/{dataset}/{kind}/{run}-s{seed}.log",
+    benchmark:
+        "results/{scale}/benchmarks/samples/{dataset}/{kind}/{run}-s{seed}.tsv"
+    threads: eval_threads
+    resources:
+        **EVAL_RESOURCES,
+    shell:
+        "OMP_NUM_THREADS={threads} lsgm evaluate samples --model {input.model} --out {output.png} {params.flags} > {log} 2>&1"
