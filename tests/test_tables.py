@@ -32,7 +32,7 @@ from lsgm.report.tables import (
 COMMIT = "c0ffee1"
 NO_CELL = {"sde": None, "weighting": None, "sampling": None, "q_objective": None}
 LSGM_NLL = {"prior": "ode", "iw_samples": 1, "inner": 1, "tolerance": 1e-5, "solver": "dopri5", "t_eps": 1e-5,
-            "bound_t_draws": 16, "n_examples": 300}
+            "t_draws": 16, "n_examples": 300}
 VAE_NLL = {"prior": "normal", "iw_samples": 1, "inner": None, "tolerance": None, "n_examples": 300}
 FD_SETTINGS = {"n_samples": 500, "tolerance": 1e-5, "solver": "dopri5",
                "feature_extractor": {"name": "lsgm-classifier", "metric_name": "fd_digits"}}
@@ -226,7 +226,7 @@ def test_nelbo_beside_nll_for_every_row_with_the_estimator_columns(tables):
     assert list(text.loc["VAE backbone (recipe balanced)", ["K", "M", "prior term", "ODE tol."]]) == \
         ["1", "—", "normal", "—"]
     cap = tables["table2"].attrs["caption"]
-    assert "fallback" not in cap and "bound_t_draws=16" in cap
+    assert "fallback" not in cap and "t_draws=16" in cap
 
 
 def test_nelbo_falls_back_to_nelbo_and_says_so():

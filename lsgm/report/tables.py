@@ -272,7 +272,7 @@ def seed_record(table: str, label: str, column: str, entry: dict, kind: str, key
             "M": settings.get("inner") if nll_doc and ode else None,
             "prior": _setting(doc, "prior") if nll_doc else None,
             "estimator": estimator(doc, key, run["model"]), "tolerance": settings.get("tolerance") if ode else None,
-            "t_draws": settings.get("bound_t_draws") if key == "nelbo_bound" else None,
+            "t_draws": settings.get("t_draws") if key == "nelbo_bound" else None,
             "n_examples": settings.get("n_examples", doc.get("metrics", {}).get("n_examples")),
             "n_samples": settings.get("n_samples"), "status": doc.get("status"),
             "commit": doc.get("provenance", {}).get("commit")}
@@ -691,7 +691,7 @@ def nelbo_line(unit: str, nll_docs: list[dict]) -> str:
     if bound:
         parts.append("LSGM rows: the prior cross entropy is the denoising score matching bound of Theorem 1 "
                      "(likelihood weighting, importance-sampled t, "
-                     f"{unique_settings(bound, ('bound_t_draws',)).replace('—', 'bound_t_draws not recorded')})")
+                     f"{unique_settings(bound, ('t_draws',)).replace('—', 't_draws not recorded')})")
     if any(d["run"]["model"] == "vae" for d in nll_docs):
         parts.append("VAE rows: the exact N(0, I) prior")
     if fallback:
