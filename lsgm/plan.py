@@ -461,25 +461,22 @@ class Plan:
     def _check_like_for_like(self, table: str) -> None:
         """Every NLL of one table uses the same estimator: the same K importance samples and, where the prior is a
         score model, the same M inner ODE solves, tolerance and end time (issue: a K = 100 VAE bound printed beside
-        K = 1 LSGM estimates)."""
-        seen: dict[tuple, list[str]] = {}
+        K = 1 LSGM estimates). Each setting is compared across every row that has it."""
+        by_path = {r.metrics_path("nll"): r for r in self.runs.values()}
+        values: dict[str, dict] = {}  # setting -> {value: first row with it}
         for path in self.table_inputs(table):
-            if not path.endswith("/nll.json"):
+            run = by_path.get(path)
+            if run is None:
                 continue
-            run = next(r for r in self.runs.values() if r.metrics_path("nll") == path)
             nll = run.eval_settings["nll"]
-            key = (("iw_samples", nll.get("iw_samples")),) + (
-                tuple((k, nll.get(k)) for k in ("prior", "inner", "tolerance", "t_eps")) if run.kind == "lsgm" else ())
-            seen.setdefault(key, []).append(f"{run.kind}/{run.name}")
-        keys = list(seen)
-        base = dict(keys[0]) if keys else {}
-        for key in keys[1:]:
-            for k, v in dict(key).items():
-                if k in base and base[k] != v:
-                    first, other = seen[keys[0]][0], seen[key][0]
-                    raise PlanError(f"tables.{table}: NLLs not like for like: {first} has eval.nll.{k} = {base[k]!r}, "
-                                    f"{other} has {v!r}; set one value in scales.{self.scale}.eval.nll (and the "
-                                    "defaults./runs. overrides)")
+            keys = ("iw_samples", "prior", "inner", "tolerance", "t_eps") if run.kind == "lsgm" else ("iw_samples",)
+            for k in keys:
+                values.setdefault(k, {}).setdefault(nll.get(k), f"{run.kind}/{run.name}")
+        for k, rows in values.items():
+            if len(rows) > 1:
+                (a, first), (b, other) = list(rows.items())[:2]
+                raise PlanError(f"tables.{table}: NLLs not like for like: {first} has eval.nll.{k} = {a!r}, {other} has "
+                                f"{b!r}; set one value in scales.{self.scale}.eval.nll (and the defaults./runs. overrides)")
 
     # ---------------------------------------------------------------- lookups
     def run(self, kind: str, dataset: str, name: str, seed) -> Run:
