@@ -218,6 +218,9 @@ class Plan:
         # One job per run trains / evaluates all its seeds in one process (scales.S.batch_seeds); else one job per seed.
         self.batch_seeds: bool = bool(self.sc.get("batch_seeds", False))
         self.runs: dict[tuple, Run] = {}
+        # scales.S.runs.KIND.NAME.same_as: OTHER -- recipe NAME is not trained at this scale; tables that list it take
+        # recipe OTHER's rows (its label names OTHER). {(kind, name): other}
+        self.same_as: dict[tuple[str, str], str] = {}
         self._check_datasets()
         self.cells = self._parse_cells()
         self._build()
@@ -377,6 +380,11 @@ class Plan:
 
     def _build(self) -> None:
         recipes_cfg, t6 = self.config["recipes"], self.config["table6"]
+        for kind, specs in self.sc["runs"].items():
+            for name, spec in specs.items():
+                if "same_as" in spec and kind != "sgm":
+                    raise PlanError(f"scales.{self.scale}.runs.{kind}.{name}.same_as: only pixel SGM recipes (sgm) "
+                                    "can share another recipe's model")
         for seed in self.sc["seeds"]:
             backbones = {name: self._recipe_run("vae", name, rec, seed) for name, rec in recipes_cfg["vae"].items()
                          if "stage2" not in rec}
@@ -391,7 +399,8 @@ class Plan:
             for cell in self.cells:
                 self._attach(self._cell_run(cell, seed), backbones, t6["backbone"], "table6.backbone")
             for name, rec in recipes_cfg["sgm"].items():
-                self._recipe_run("sgm", name, rec, seed)
+                if not self._aliased("sgm", name):
+                    self._recipe_run("sgm", name, rec, seed)
         for run in self.runs.values():  # sampling cost (Figure 4): the first seed
             if run.seed != self.seeds[0]:
                 run.evals = tuple(m for m in run.evals if m != "cost")
@@ -400,6 +409,28 @@ class Plan:
             if features == "classifier":
                 spec = self.sc["runs"].get("classifier", {}).get("fd", {})
                 self._make_classifier(dataset, spec)
+
+    def _aliased(self, kind: str, name: str) -> bool:
+        """Whether ``scales.S.runs.KIND.NAME.same_as`` names another recipe (checked: same kind and dataset, itself
+        not an alias)."""
+        other = self.sc["runs"].get(kind, {}).get(name, {}).get("same_as")
+        if other is None:
+            return False
+        where = f"scales.{self.scale}.runs.{kind}.{name}.same_as"
+        recs = self.config["recipes"][kind]
+        if other not in recs or other == name:
+            raise PlanError(f"{where}: {other!r} is not another recipe under recipes.{kind} ({sorted(recs)})")
+        if self.sc["runs"].get(kind, {}).get(other, {}).get("same_as"):
+            raise PlanError(f"{where}: {other!r} is itself same_as another recipe; name the trained one")
+        ours, theirs = (self._dataset(recs[n].get("dataset") or self._official(kind, recs[n]["official"])[0].dataset,
+                                      where) for n in (name, other))
+        if ours != theirs:
+            raise PlanError(f"{where}: {other!r} trains on {theirs}, {name!r} on {ours} at this scale")
+        missing = set(recs[name].get("evals", [])) - set(recs[other].get("evals", []))
+        if missing:
+            raise PlanError(f"{where}: {other!r} has no {sorted(missing)} evaluation, which {name!r} needs")
+        self.same_as[(kind, name)] = other
+        return True
 
     def _control_run(self, name: str, rec: dict, lsgms: dict, seed: int) -> Run:
         """The control "VAE backbone + stage-2 steps" of ``recipes.vae.NAME.stage2: L``: LSGM L's backbone trained on,
@@ -462,21 +493,26 @@ class Plan:
         """Every NLL of one table uses the same estimator: the same K importance samples and, where the prior is a
         score model, the same M inner ODE solves, tolerance and end time (issue: a K = 100 VAE bound printed beside
         K = 1 LSGM estimates). Each setting is compared across every row that has it."""
-        by_path = {r.metrics_path("nll"): r for r in self.runs.values()}
-        values: dict[str, dict] = {}  # setting -> {value: first row with it}
+        by_path = {r.metrics_path(m): (m, r) for r in self.runs.values() for m in ("nll", "fid")}
+        values: dict[tuple[str, str], dict] = {}  # (metric, setting) -> {value: first row with it}
         for path in self.table_inputs(table):
-            run = by_path.get(path)
-            if run is None:
+            if path not in by_path:
                 continue
-            nll = run.eval_settings["nll"]
-            keys = ("iw_samples", "prior", "inner", "tolerance", "t_eps") if run.kind == "lsgm" else ("iw_samples",)
+            metric, run = by_path[path]
+            settings = run.eval_settings[metric]
+            if metric == "fid":  # an FD's bias depends on its sample count: the same n in every row
+                keys = ("n_samples",)
+            else:
+                keys = ("iw_samples", "prior", "inner", "tolerance", "t_eps") if run.kind == "lsgm" else ("iw_samples",)
             for k in keys:
-                values.setdefault(k, {}).setdefault(nll.get(k), f"{run.kind}/{run.name}")
-        for k, rows in values.items():
+                values.setdefault((metric, k), {}).setdefault(settings.get(k), f"{run.kind}/{run.name}")
+        for (metric, k), rows in values.items():
             if len(rows) > 1:
                 (a, first), (b, other) = list(rows.items())[:2]
-                raise PlanError(f"tables.{table}: NLLs not like for like: {first} has eval.nll.{k} = {a!r}, {other} has "
-                                f"{b!r}; set one value in scales.{self.scale}.eval.nll (and the defaults./runs. overrides)")
+                what = "NLLs" if metric == "nll" else "FDs/FIDs"
+                raise PlanError(f"tables.{table}: {what} not like for like: {first} has eval.{metric}.{k} = {a!r}, {other} "
+                                f"has {b!r}; set one value in scales.{self.scale}.eval.{metric} (and the defaults./runs. "
+                                "overrides)")
 
     # ---------------------------------------------------------------- lookups
     def run(self, kind: str, dataset: str, name: str, seed) -> Run:
@@ -508,6 +544,8 @@ class Plan:
         return self.sc["fd"]["features"][dataset]
 
     def runs_of(self, kind: str, names) -> list[Run]:
+        """The runs of these recipes (a recipe ``same_as`` another at this scale: the other's runs)."""
+        names = {self.same_as.get((kind, n), n) for n in names}
         return [r for r in self.runs.values() if r.kind == kind and r.name in names]
 
     def table6_runs(self) -> list[Run]:

@@ -323,3 +323,25 @@ def test_a_model_file_with_a_code_payload_is_refused_and_nothing_runs(tmp_path, 
         load(bad)
     assert "\n" not in str(err.value)
     assert not marker.exists()
+
+
+def test_cost_warms_up_once_per_evaluation_and_times_the_same_samples(tmp_path, monkeypatch):
+    """One warm-up batch per evaluation (at its first setting), not per setting: the timed batches of every setting
+    are samples batch_size.. of the seed, whether or not a warm-up precedes them."""
+    import lsgm.eval.cost as cost_mod
+
+    calls = []
+    real = cost_mod.sample_batch
+
+    def counting(run, start, n, **kw):
+        calls.append((kw["sampling"].tolerance, start, n))
+        return real(run, start, n, **kw)
+
+    monkeypatch.setattr(cost_mod, "sample_batch", counting)
+    rec = cost_mod.evaluate_cost(str(_lsgm_run(tmp_path)), None, tolerances=[1e-2, 1e-1], batch_size=2, n_batches=2,
+                                 fd_samples=0, fd_batch_size=4, pc_steps=None, samplers=None, solver="dopri5",
+                                 t_eps=1e-5, temperature=1.0, vae_temperature=1.0, snr=0.16, seed=0, bn_mode="eval",
+                                 use_ema=True, classifier=None, inception_weights=None, device="cpu")
+    assert calls == [(1e-2, 0, 2), (1e-2, 2, 2), (1e-2, 4, 2), (1e-1, 2, 2), (1e-1, 4, 2)]
+    assert [r["n_batches"] for r in rec["metrics"]["rows"]] == [2, 2]
+    assert rec["settings"]["warmup_batches"] == 1

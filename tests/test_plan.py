@@ -50,6 +50,16 @@ def plan_error(mutate, scale: str = "quick") -> str:
      "tables.table2: NLLs not like for like"),
     (lambda c: c["recipes"]["vae"]["balanced_stage2"].update(stage2="fidd"),
      "recipes.vae.balanced_stage2 (scale quick): stage2 'fidd' is not a recipe under recipes.lsgm"),
+    # an FD's bias depends on n: Table 6's reference row with another sample count than its cells
+    (lambda c: c["scales"]["quick"]["runs"]["vae"].pop("table6"),
+     "tables.table6: FDs/FIDs not like for like: lsgm/geometric-w_ll-uniform-q_rew has eval.fid.n_samples = 200, "
+     "vae/table6 has 300"),
+    (lambda c: c["scales"]["quick"]["runs"]["sgm"]["cifar10"].update(same_as="celebahq"),
+     "scales.quick.runs.sgm.cifar10.same_as: 'celebahq' is not another recipe under recipes.sgm"),
+    (lambda c: c["scales"]["quick"]["runs"]["lsgm"]["fid"].update(same_as="nll"),
+     "scales.quick.runs.lsgm.fid.same_as: only pixel SGM recipes (sgm) can share another recipe's model"),
+    (lambda c: c["recipes"]["sgm"]["cifar10"].update(evals=["fid", "nll"]),
+     "scales.quick.runs.sgm.cifar10.same_as: 'celeba' has no ['nll'] evaluation, which 'cifar10' needs"),
 ])
 def test_what_the_schema_leaves_to_python_fails_in_one_line(mutate, message):
     assert message in plan_error(mutate)
@@ -96,3 +106,17 @@ def test_table6_compiles_its_backbone_as_the_reference_row():
     plan = Plan(CONFIG, "quick")
     inputs = plan.table_inputs("table6")
     assert any("/vae/table6-s0/nll.json" in p for p in inputs) and any("/vae/table6-s0/fid.json" in p for p in inputs)
+
+
+def test_a_recipe_same_as_another_is_not_trained_and_its_tables_read_the_other():
+    """Quick: both pixel SGM recipes train on the same stand-in; one model (celeba) is the pixel row of Tables 2 and 3."""
+    quick, paper = Plan(CONFIG, "quick"), Plan(CONFIG, "paper")
+    assert quick.same_as == {("sgm", "cifar10"): "celeba"}
+    assert {r.name for r in quick.trained_models() if r.kind == "sgm"} == {"celeba"}
+    pixel = [p for p in quick.table_inputs("table2") if "/sgm/" in p]
+    assert pixel == [f"results/quick/metrics/digits/sgm/celeba-s{s}/fid.json" for s in quick.seeds]
+    assert {r.name for r in paper.trained_models() if r.kind == "sgm"} == {"celeba", "cifar10"}  # not at paper scale
+    cfg = copy.deepcopy(CONFIG)
+    cfg["scales"]["paper"]["runs"]["sgm"]["cifar10"] = {"same_as": "celeba"}
+    assert "'celeba' trains on celeba256, 'cifar10' on cifar10 at this scale" in plan_error(lambda c: c.update(cfg),
+                                                                                           "paper")

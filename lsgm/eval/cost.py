@@ -1,8 +1,9 @@
 """Sampling cost: NFE, seconds per batch and FD/FID per ODE tolerance (and per PC step count).
 
 For every tolerance (and, for the pixel-space SGM, every predictor-corrector step count) the sampler runs
-``n_batches`` timed batches of ``batch_size`` (16, as Table 9 / Figure 4) after ONE warm-up batch that is
-excluded from NFE and time; the FD/FID at that setting is computed on ``fd_samples`` further samples with
+``n_batches`` timed batches of ``batch_size`` (16, as Table 9 / Figure 4); ONE warm-up batch per evaluation, at its
+first setting, is excluded from NFE and time (the same network and batch shape at every setting: a warm-up per
+setting only repeated it, and cost a 1000-step PC solve); the FD/FID at that setting is computed on ``fd_samples`` further samples with
 the same per-sample seeding as ``lsgm evaluate fid``. Seconds cover the whole batch (noise, solve, VAE
 decode, device synchronised) and the solve alone. The device is named in the provenance; timings are only
 comparable on the same device.
@@ -33,13 +34,13 @@ ROW_KEYS = ("sampler", "tolerance", "n_steps", "nfe_mean", "nfe_std", "seconds_p
 
 
 def time_sampler(run: LoadedRun, *, sampling: Sampling, batch_size: int, n_batches: int, seed: int,
-                 device: torch.device) -> dict:
-    """NFE and seconds of ``n_batches`` batches after one warm-up batch (excluded); samples 0.. of ``seed``."""
-    batches = []
-    for b in range(n_batches + 1):
-        batch = sample_batch(run, b * batch_size, batch_size, seed=seed, sampling=sampling, device=device)
-        if b > 0:
-            batches.append(batch)
+                 device: torch.device, warmup: bool = True) -> dict:
+    """NFE and seconds of ``n_batches`` batches (samples ``batch_size``.. of ``seed``), after a warm-up batch (samples
+    0..; excluded) if ``warmup``."""
+    if warmup:
+        sample_batch(run, 0, batch_size, seed=seed, sampling=sampling, device=device)
+    batches = [sample_batch(run, b * batch_size, batch_size, seed=seed, sampling=sampling, device=device)
+               for b in range(1, n_batches + 1)]
     nfe = np.array([b.nfe for b in batches], dtype=float)
     sec = np.array([b.seconds for b in batches])
     solve = np.array([b.sampler_seconds for b in batches])
@@ -49,14 +50,15 @@ def time_sampler(run: LoadedRun, *, sampling: Sampling, batch_size: int, n_batch
 
 
 def cost_row(run: LoadedRun, extractor: Extractor | None, ref: dict | None, *, sampling: Sampling, batch_size: int,
-             n_batches: int, fd_samples: int, fd_batch_size: int, seed: int, device: torch.device) -> dict:
+             n_batches: int, fd_samples: int, fd_batch_size: int, seed: int, device: torch.device,
+             warmup: bool = True) -> dict:
     """One row of the cost table: the setting ``sampling`` (an ODE tolerance or a PC step count), NaN-filled
     where sampling fails."""
     row = {"sampler": sampling.sampler, "tolerance": sampling.tolerance, "n_steps": sampling.pc_steps,
            "fd_name": extractor.metric_name if extractor else None, "fd_n_samples": fd_samples}
     try:
         row.update(time_sampler(run, sampling=sampling, batch_size=batch_size, n_batches=n_batches, seed=seed,
-                                device=device))
+                                device=device, warmup=warmup))
         if extractor is not None and fd_samples > 1:
             feats, _ = sample_features(run, extractor, fd_samples, fd_batch_size, seed=seed, sampling=sampling,
                                        device=device)
@@ -95,7 +97,8 @@ def evaluate_cost(model: str, stats_path: str | None, *, tolerances: list[float]
         "tolerances": tolerances, "pc_steps": pc_steps if run.kind == "sgm" else [], "samplers": samplers,
         "solver": solver, "t_eps": t_eps, "temperature": temperature, "vae_temperature": vae_temperature,
         "snr": snr, "n_corrector": 1,
-        "batch_size": batch_size, "n_batches": n_batches, "warmup_batches": 1, "fd_samples": fd_samples,
+        "batch_size": batch_size, "n_batches": n_batches, "warmup_batches": 1,
+        "warmup": "one batch per evaluation, at its first setting", "fd_samples": fd_samples,
         "fd_batch_size": fd_batch_size, "seed": seed, "bn_mode": bn_mode,
         "timing": "seconds per batch of batch_size: noise + solve + decode, device synchronised, warm-up excluded",
         "nfe": "score evaluations per batch solve, incl. rejected steps and initial step selection",
@@ -110,10 +113,10 @@ def evaluate_cost(model: str, stats_path: str | None, *, tolerances: list[float]
         return metrics_record("cost", run, {"rows": rows}, settings, device=dev, started=started)
     set_bn_mode(run.vae, bn_mode)
     rows = [cost_row(run, extractor, ref, batch_size=batch_size, n_batches=n_batches, fd_samples=fd_samples,
-                     fd_batch_size=fd_batch_size, seed=seed, device=dev,
+                     fd_batch_size=fd_batch_size, seed=seed, device=dev, warmup=i == 0,
                      sampling=Sampling(sampler=s, tolerance=t, solver=solver, t_eps=t_eps, temperature=temperature,
                                        vae_temperature=vae_temperature, pc_steps=n, snr=snr))
-            for s, t, n in plan]
+            for i, (s, t, n) in enumerate(plan)]
     failed = [r for r in rows if "error" in r]
     status, reason = ("ok", None) if not failed else ("ok", f"{len(failed)} setting(s) failed: {failed[0]['error']}")
     return metrics_record("cost", run, {"rows": rows}, settings, status=status, reason=reason, device=dev,

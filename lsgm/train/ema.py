@@ -31,8 +31,8 @@ class EMA:
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
-        for name, p in module.named_parameters():
-            self.shadow[name].lerp_(p.detach(), 1.0 - self.decay)
+        names, params = zip(*module.named_parameters())
+        torch._foreach_lerp_([self.shadow[n] for n in names], [p.detach() for p in params], 1.0 - self.decay)
         self.num_updates += 1
 
     def state_dict(self) -> dict:
