@@ -218,8 +218,8 @@ class Plan:
         # One job per run trains / evaluates all its seeds in one process (scales.S.batch_seeds); else one job per seed.
         self.batch_seeds: bool = bool(self.sc.get("batch_seeds", False))
         self.runs: dict[tuple, Run] = {}
-        # scales.S.runs.KIND.NAME.same_as: OTHER -- recipe NAME is not trained at this scale; tables that list it take
-        # recipe OTHER's rows (its label names OTHER). {(kind, name): other}
+        # scales.S.runs.KIND.NAME.same_as: OTHER -- recipe NAME is not trained at this scale; tables and figures that
+        # list it take recipe OTHER's rows (the label names OTHER), which also runs NAME's evaluations. {(kind, name): other}
         self.same_as: dict[tuple[str, str], str] = {}
         self._check_datasets()
         self.cells = self._parse_cells()
@@ -385,6 +385,8 @@ class Plan:
                 if "same_as" in spec and kind != "sgm":
                     raise PlanError(f"scales.{self.scale}.runs.{kind}.{name}.same_as: only pixel SGM recipes (sgm) "
                                     "can share another recipe's model")
+        for name in recipes_cfg["sgm"]:
+            self._aliased("sgm", name)
         for seed in self.sc["seeds"]:
             backbones = {name: self._recipe_run("vae", name, rec, seed) for name, rec in recipes_cfg["vae"].items()
                          if "stage2" not in rec}
@@ -399,8 +401,8 @@ class Plan:
             for cell in self.cells:
                 self._attach(self._cell_run(cell, seed), backbones, t6["backbone"], "table6.backbone")
             for name, rec in recipes_cfg["sgm"].items():
-                if not self._aliased("sgm", name):
-                    self._recipe_run("sgm", name, rec, seed)
+                if ("sgm", name) not in self.same_as:
+                    self._recipe_run("sgm", name, self._with_shared_evals("sgm", name, rec), seed)
         for run in self.runs.values():  # sampling cost (Figure 4): the first seed
             if run.seed != self.seeds[0]:
                 run.evals = tuple(m for m in run.evals if m != "cost")
@@ -426,11 +428,16 @@ class Plan:
                                       where) for n in (name, other))
         if ours != theirs:
             raise PlanError(f"{where}: {other!r} trains on {theirs}, {name!r} on {ours} at this scale")
-        missing = set(recs[name].get("evals", [])) - set(recs[other].get("evals", []))
-        if missing:
-            raise PlanError(f"{where}: {other!r} has no {sorted(missing)} evaluation, which {name!r} needs")
         self.same_as[(kind, name)] = other
         return True
+
+    def _with_shared_evals(self, kind: str, name: str, rec: dict) -> dict:
+        """Recipe ``name`` with the evaluations of the recipes ``same_as`` it added (their rows read its metrics)."""
+        evals = list(rec.get("evals", []))
+        for (k, alias), other in self.same_as.items():
+            if k == kind and other == name:
+                evals += [m for m in self.config["recipes"][kind][alias].get("evals", []) if m not in evals]
+        return {**rec, "evals": evals}
 
     def _control_run(self, name: str, rec: dict, lsgms: dict, seed: int) -> Run:
         """The control "VAE backbone + stage-2 steps" of ``recipes.vae.NAME.stage2: L``: LSGM L's backbone trained on,
@@ -674,7 +681,9 @@ def plan_table(plan: Plan, measured: dict | None) -> str:
                      "—" if hours is None else f"{hours:,.0f}"])
     headers = ["run", "kind", "recipe", "nodes", "gpus", "per-GPU batch", "accum", "global batch", "epochs", "steps",
                "runtime/attempt (min)", "est. GPU-h"]
-    return tabulate(rows, headers=headers, tablefmt="github")
+    notes = [f"\n{kind} recipe {name!r} is not trained at this scale: its rows use recipe {other!r} "
+             f"(scales.{plan.scale}.runs.{kind}.{name}.same_as)" for (kind, name), other in sorted(plan.same_as.items())]
+    return tabulate(rows, headers=headers, tablefmt="github") + "".join(notes)
 
 
 def main(argv: list[str] | None = None) -> int:

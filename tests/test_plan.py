@@ -54,12 +54,12 @@ def plan_error(mutate, scale: str = "quick") -> str:
     (lambda c: c["scales"]["quick"]["runs"]["vae"].pop("table6"),
      "tables.table6: FDs/FIDs not like for like: lsgm/geometric-w_ll-uniform-q_rew has eval.fid.n_samples = 200, "
      "vae/table6 has 300"),
-    (lambda c: c["scales"]["quick"]["runs"]["sgm"]["cifar10"].update(same_as="celebahq"),
-     "scales.quick.runs.sgm.cifar10.same_as: 'celebahq' is not another recipe under recipes.sgm"),
+    (lambda c: c["scales"]["quick"]["runs"]["sgm"]["celeba"].update(same_as="cifar"),
+     "scales.quick.runs.sgm.celeba.same_as: 'cifar' is not another recipe under recipes.sgm"),
     (lambda c: c["scales"]["quick"]["runs"]["lsgm"]["fid"].update(same_as="nll"),
      "scales.quick.runs.lsgm.fid.same_as: only pixel SGM recipes (sgm) can share another recipe's model"),
-    (lambda c: c["recipes"]["sgm"]["cifar10"].update(evals=["fid", "nll"]),
-     "scales.quick.runs.sgm.cifar10.same_as: 'celeba' has no ['nll'] evaluation, which 'cifar10' needs"),
+    (lambda c: c["scales"]["quick"]["runs"]["sgm"].update(cifar10={"same_as": "celeba"}),
+     "scales.quick.runs.sgm.celeba.same_as: 'cifar10' is itself same_as another recipe; name the trained one"),
 ])
 def test_what_the_schema_leaves_to_python_fails_in_one_line(mutate, message):
     assert message in plan_error(mutate)
@@ -109,14 +109,16 @@ def test_table6_compiles_its_backbone_as_the_reference_row():
 
 
 def test_a_recipe_same_as_another_is_not_trained_and_its_tables_read_the_other():
-    """Quick: both pixel SGM recipes train on the same stand-in; one model (celeba) is the pixel row of Tables 2 and 3."""
+    """Quick: both pixel SGM recipes train on the same stand-in; one model (the CIFAR-10 recipe's) is the pixel row of
+    Tables 2 and 3 and Figure 4's pixel SGM, and runs the evaluations of both recipes."""
     quick, paper = Plan(CONFIG, "quick"), Plan(CONFIG, "paper")
-    assert quick.same_as == {("sgm", "cifar10"): "celeba"}
-    assert {r.name for r in quick.trained_models() if r.kind == "sgm"} == {"celeba"}
-    pixel = [p for p in quick.table_inputs("table2") if "/sgm/" in p]
-    assert pixel == [f"results/quick/metrics/digits/sgm/celeba-s{s}/fid.json" for s in quick.seeds]
+    assert quick.same_as == {("sgm", "celeba"): "cifar10"}
+    pixel = [r for r in quick.trained_models() if r.kind == "sgm"]
+    assert {r.name for r in pixel} == {"cifar10"} and {r.evals for r in pixel} == {("fid", "cost"), ("fid",)}
+    for table in ("table2", "table3"):
+        rows = [p for p in quick.table_inputs(table) if "/sgm/" in p]
+        assert rows == [f"results/quick/metrics/digits/sgm/cifar10-s{s}/fid.json" for s in quick.seeds]
+    assert "results/quick/metrics/digits/sgm/cifar10-s0/cost.json" in quick.figure4_inputs()
     assert {r.name for r in paper.trained_models() if r.kind == "sgm"} == {"celeba", "cifar10"}  # not at paper scale
-    cfg = copy.deepcopy(CONFIG)
-    cfg["scales"]["paper"]["runs"]["sgm"]["cifar10"] = {"same_as": "celeba"}
-    assert "'celeba' trains on celeba256, 'cifar10' on cifar10 at this scale" in plan_error(lambda c: c.update(cfg),
-                                                                                           "paper")
+    assert "'cifar10' trains on cifar10, 'celeba' on celeba256 at this scale" in plan_error(
+        lambda c: c["scales"]["paper"]["runs"]["sgm"].update(celeba={"same_as": "cifar10"}), "paper")

@@ -33,7 +33,7 @@ METRICS = {"table2": ["NELBO (bpd)", "NLL (bpd)", "fd_digits (ours)"],
 def smoke_run(tmp_path_factory):
     """Run the smoke DAG in a copy of the workflow (the installed `lsgm` package does the work)."""
     work = tmp_path_factory.mktemp("smoke")
-    for name in ("Snakefile", "config.yaml", "workflow"):
+    for name in ("Snakefile", "config.yaml", "workflow", "profiles"):  # profiles/default: what the README command reads
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     cmd = ["snakemake", "--cores", "2", "--config", "scale=smoke", "--quiet", "rules"]

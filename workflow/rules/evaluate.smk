@@ -58,6 +58,7 @@ rule eval_fid:
     benchmark:
         f"results/{{scale}}/benchmarks/eval_fid/{{dataset}}/{{kind}}/{{run}}-{SEED_TAG}.tsv"
     threads: eval_threads
+    priority: 1  # see rule train
     resources:
         **EVAL_RESOURCES,
     shell:
@@ -81,6 +82,7 @@ rule eval_cost:
     wildcard_constraints:
         kind="lsgm|sgm",
     threads: eval_threads
+    priority: 1  # see rule train
     resources:
         **EVAL_RESOURCES,
     shell:

@@ -42,6 +42,8 @@ rule train:
     wildcard_constraints:
         kind="vae|lsgm|sgm",
     threads: train_threads
+    # Long jobs first, short evaluations last: fewer idle cores at the end of a local run (train 2, FD/cost 1, rest 0).
+    priority: 2
     resources:
         **TRAIN_RESOURCES,
     shell:
