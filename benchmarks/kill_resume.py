@@ -68,11 +68,13 @@ def main() -> int:
         unlock = subprocess.run(["snakemake", "--unlock"], capture_output=True, text=True, check=False).returncode
         second = snakemake(args.target)
     total = time.perf_counter() - started
+    profile = next((line.strip() for line in (second.stdout + second.stderr).splitlines() if "profile" in line), None)
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     record = {
         "target": args.target, "killed_after_seconds": round(killed_after, 1),
         "rerun": {"command": f"snakemake {args.target} --cores 2", "exit_code": second.returncode,
-                  "stale_lock_message": lock_message, "unlock_exit_code": unlock},
+                  "stale_lock_message": lock_message, "unlock_exit_code": unlock,
+                  "profile": profile},  # Snakemake's line naming the profile it read (None: none was read)
         "resumed_from_steps": info.get("training", {}).get("resumed_from_steps"), "status": info.get("status"),
         "steps": info.get("step"), "total_seconds": round(total, 1),
         "provenance": provenance("cpu", wall_seconds=total),
