@@ -109,7 +109,8 @@ def test_slurm_profile_resolves_and_requests_gpus():
     assert n_trained == MAIN_LSGMS + TABLE6_CELLS + BACKBONES["paper"] + 2  # + the two pixel SGMs
     # several GPUs -> torchrun DDP on one node; the 16-GPU recipes on 2 nodes x 8 GPUs, one torchrun per node
     assert "torchrun --standalone --nnodes=1 --nproc_per_node=8 -m lsgm train-vae" in text
-    two_node = re.findall(r"wildcards: scale=paper, dataset=(\w+), kind=(\w+), run=(\w+), seed=0\n    resources: "
+    two_node = re.findall(r"wildcards: scale=paper, dataset=(\w+), kind=(\w+), run=(\w+), seed=0\n"
+                          r"(?:    priority: \d+\n)?    resources: "
                           r"[^\n]*nodes=2, tasks_per_node=8, gres=gpu:8, mpi=srun", text)
     assert sorted(two_node) == [("celeba256", "lsgm", "celeba"), ("celeba256", "vae", "celeba"),
                                 ("cifar10", "lsgm", "balanced"), ("cifar10", "lsgm", "fid"), ("cifar10", "lsgm", "nll"),
