@@ -386,7 +386,7 @@ class Plan:
                     raise PlanError(f"scales.{self.scale}.runs.{kind}.{name}.same_as: only pixel SGM recipes (sgm) "
                                     "can share another recipe's model")
         for name in recipes_cfg["sgm"]:
-            self._aliased("sgm", name)
+            self._read_same_as("sgm", name)
         for seed in self.sc["seeds"]:
             backbones = {name: self._recipe_run("vae", name, rec, seed) for name, rec in recipes_cfg["vae"].items()
                          if "stage2" not in rec}
@@ -412,12 +412,12 @@ class Plan:
                 spec = self.sc["runs"].get("classifier", {}).get("fd", {})
                 self._make_classifier(dataset, spec)
 
-    def _aliased(self, kind: str, name: str) -> bool:
-        """Whether ``scales.S.runs.KIND.NAME.same_as`` names another recipe (checked: same kind and dataset, itself
-        not an alias)."""
+    def _read_same_as(self, kind: str, name: str) -> None:
+        """Record ``scales.S.runs.KIND.NAME.same_as`` in ``self.same_as`` (checked: another recipe of the same kind and
+        dataset, itself not an alias)."""
         other = self.sc["runs"].get(kind, {}).get(name, {}).get("same_as")
         if other is None:
-            return False
+            return
         where = f"scales.{self.scale}.runs.{kind}.{name}.same_as"
         recs = self.config["recipes"][kind]
         if other not in recs or other == name:
@@ -429,7 +429,6 @@ class Plan:
         if ours != theirs:
             raise PlanError(f"{where}: {other!r} trains on {theirs}, {name!r} on {ours} at this scale")
         self.same_as[(kind, name)] = other
-        return True
 
     def _with_shared_evals(self, kind: str, name: str, rec: dict) -> dict:
         """Recipe ``name`` with the evaluations of the recipes ``same_as`` it added (their rows read its metrics)."""
@@ -499,7 +498,8 @@ class Plan:
     def _check_like_for_like(self, table: str) -> None:
         """Every NLL of one table uses the same estimator: the same K importance samples and, where the prior is a
         score model, the same M inner ODE solves, tolerance and end time (issue: a K = 100 VAE bound printed beside
-        K = 1 LSGM estimates). Each setting is compared across every row that has it."""
+        K = 1 LSGM estimates), and every FD/FID the same sample count. Each setting is compared across every row that
+        has it."""
         by_path = {r.metrics_path(m): (m, r) for r in self.runs.values() for m in ("nll", "fid")}
         values: dict[tuple[str, str], dict] = {}  # (metric, setting) -> {value: first row with it}
         for path in self.table_inputs(table):
