@@ -34,7 +34,7 @@ from lsgm.config import ConfigError, RunConfig, from_dict, split_batch, to_dict
 from lsgm.datasets_info import DATASETS, EXPECTED_COUNTS
 from lsgm.methods import Cell
 
-SCALES = ("smoke", "quick", "paper")
+SCALES = ("smoke", "quick", "paper", "mini")
 KINDS = ("vae", "lsgm", "sgm", "classifier")
 METRICS = ("nll", "fid", "cost")
 # Settings blocks of scales.S.eval: the metrics, and the sample grid of every trained model (lsgm evaluate samples)
@@ -52,6 +52,26 @@ EVAL_RANGES = {"tolerance": (0.0, 1.0, True), "t_eps": (0.0, 1.0, True), "iw_sam
                "tolerances": (0.0, 1.0, True), "snr": (0.0, math.inf, True),
                "n_latents": (2, math.inf, False), "n_draws": (2, math.inf, False), "n_t_draws": (2, math.inf, False),
                "n": (1, math.inf, False), "nrow": (1, math.inf, False)}
+
+
+# A scale with ``base: B`` (the paper scale in miniature, ``mini``) is scale B resolved in full, then its ``shrink``
+# overlay, which may change only these sizes (anything else is refused with one line naming the key): widths,
+# cell/group counts, steps, batch sizes and sample counts. Its data sizes, data folder and launch geometry are its
+# own keys (``data_sizes``, ``data_root``, ``launch``). tests/test_plan.py checks the resolved configs against B's.
+RUN_SIZE_KEYS = frozenset({
+    "vae.num_channels", "vae.num_preprocess_cells", "vae.num_postprocess_cells", "vae.num_groups_per_scale",
+    "vae.num_latent_per_group", "vae.num_cell_per_cond_enc", "vae.num_cell_per_cond_dec",
+    "score.nf", "score.num_res_blocks", "score.embedding_dim",
+    "train.steps", "train.global_batch", "train.max_batch_per_process", "train.vae_optim.warmup_steps",
+    "train.score_optim.warmup_steps", "train.select_every_steps", "train.select_iw_samples", "train.val_batches",
+    "train.log_every", "train.checkpoint_every_steps", "train.checkpoint_every_minutes",
+})
+# ... of which these are the data's (filled in from ``data_sizes`` / ``data_root``, never given in ``shrink``)
+RUN_DATA_KEYS = frozenset({"data.root", "data.n_train", "data.n_test"})
+EVAL_SIZE_KEYS = frozenset({"n_samples", "batch_size", "n_batches", "fd_samples", "pc_steps", "n", "nrow",
+                            "n_latents", "n_draws", "n_t_draws"})
+# the keys a derived scale sets itself; every other key of its preset is its base's
+DERIVED_OWN_KEYS = ("data_root", "resources", "launch")
 
 
 # The slurm executor-plugin resources a job declares (workflow/rules/common.smk asks the plan for each one).
@@ -72,6 +92,40 @@ def deep_merge(base: dict, *overrides: dict | None) -> dict:
             else:
                 out[key] = copy.deepcopy(value)
     return out
+
+
+def flat_keys(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        out.update(flat_keys(value, path + ".") if isinstance(value, dict) else {path: value})
+    return out
+
+
+def check_shrink(shrink: dict, where: str) -> None:
+    """A miniature's overlay changes sizes only: every run-config key in ``RUN_SIZE_KEYS``, every evaluation key in
+    ``EVAL_SIZE_KEYS``; else one line naming the key."""
+    layers = [(f"{where}.eval", shrink.get("eval"))]
+    for kind, block in (shrink.get("defaults") or {}).items():
+        layers.append((f"{where}.defaults.{kind}", block))
+    for kind, runs in (shrink.get("runs") or {}).items():
+        layers += [(f"{where}.runs.{kind}.{name}", block) for name, block in runs.items()]
+    layers.append((f"{where}.table6", shrink.get("table6")))
+    for at, block in layers:
+        if at.endswith(".eval"):
+            block = {"eval": block}
+        for key, value in flat_keys({k: v for k, v in (block or {}).items() if k in ("config", "eval")}).items():
+            section, _, rest = key.partition(".")
+            allowed = RUN_SIZE_KEYS if section == "config" else {f"{m}.{k}" for m in (*EVALUATIONS, "variance")
+                                                                    for k in EVAL_SIZE_KEYS}
+            if rest not in allowed:
+                raise PlanError(f"{at}.{key}: a miniature may change sizes only (widths, cell/group counts, steps, "
+                                f"batches, sample counts); {rest!r} is not one (lsgm/plan.py RUN_SIZE_KEYS, "
+                                "EVAL_SIZE_KEYS)")
+        extra = sorted(set(block or {}) - {"config", "eval"})
+        if extra:
+            raise PlanError(f"{at}: unknown key(s) {extra}; a miniature's overlay has config and eval only")
 
 
 def short_hash(obj) -> str:
@@ -111,6 +165,7 @@ class Run:
     epochs: int | None = None
     backbone: "Run | None" = None
     per_gpu: dict = field(default_factory=dict)  # scales.S.resources.train: threads and mem_mb per GPU
+    gpu: bool = True  # one GPU per process; False: CPU processes (the miniature, gloo), no GPU resources
 
     @property
     def gpus(self) -> int:
@@ -156,20 +211,14 @@ class Run:
         # the config hash in the name: a changed config never resumes a stale checkpoint
         return f"checkpoints/{self.scale}/{self.stem}-{self.fingerprint}"
 
-    def launcher(self, rdzv_port: int = 29500) -> str:
-        """The command prefix that starts ``lsgm`` on this run's processes: the plain console script (CPU or one
-        GPU); torchrun on one node; on several nodes one torchrun per node started by srun, meeting at a c10d
-        rendezvous on the allocation's first node (its port offset by the job id, so jobs sharing a node differ)."""
+    def launcher(self) -> str:
+        """The command prefix that starts ``lsgm`` on this run's processes: the plain console script for one process;
+        else ``lsgm launch`` with the geometry (:mod:`lsgm.launch`: torchrun on one node; on several nodes one
+        torchrun per node started by srun, meeting at a c10d rendezvous on the allocation's first node)."""
         if self.gpus <= 1:
             return "lsgm"
-        if self.nodes == 1:
-            return f"torchrun --standalone --nnodes=1 --nproc_per_node={self.gpus_per_node} -m lsgm"
-        head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
-        port = f"$(({rdzv_port} + SLURM_JOB_ID % 1000))"
-        return (f"srun --nodes={self.nodes} --ntasks-per-node=1 --gres=gpu:{self.gpus_per_node} "
-                f"--cpus-per-task=$((SLURM_CPUS_PER_TASK * {self.gpus_per_node})) "
-                f"torchrun --nnodes={self.nodes} --nproc_per_node={self.gpus_per_node} --rdzv_backend=c10d "
-                f"--rdzv_id=$SLURM_JOB_ID --rdzv_endpoint={head}:{port} -m lsgm")
+        gpu = " --gpu" if self.gpu else ""
+        return f"lsgm launch --nodes {self.nodes} --nproc-per-node {self.gpus_per_node}{gpu} --"
 
     def resources(self) -> dict:
         """Slurm executor-plugin resources of the training job from the scale's per-GPU ``threads`` / ``mem_mb``.
@@ -179,13 +228,15 @@ class Run:
         per_gpu, g = self.per_gpu, max(1, self.gpus_per_node)
         res = {"mem_mb": per_gpu["mem_mb"] * g, "runtime": self.runtime}
         if self.nodes > 1:
-            if self.gpus_per_node < 2:
+            if self.gpu and self.gpus_per_node < 2:
                 raise PlanError(f"{self.kind} run {self.name}: {self.nodes} nodes x {self.gpus_per_node} GPU is not a "
                                 "supported layout; raise max_gpus_per_node or lower max_nodes")
             res.update(nodes=self.nodes, tasks_per_node=self.gpus_per_node, cpus_per_task=per_gpu["threads"],
-                       gres=f"gpu:{self.gpus_per_node}", mpi="srun")
+                       mpi="srun")
+            if self.gpu:
+                res["gres"] = f"gpu:{self.gpus_per_node}"
         else:
-            res.update(cpus_per_task=per_gpu["threads"] * g, gpu=self.gpus or None)
+            res.update(cpus_per_task=per_gpu["threads"] * g, gpu=(self.gpus or None) if self.gpu else None)
         return res
 
     def threads(self) -> int:
@@ -197,7 +248,8 @@ class Run:
         per_gpu, accum = self.batch_split
         t = self.config["train"]
         out = {"target": self.target, "kind": self.kind, "recipe": self.official or self.name,
-               "dataset": self.dataset, "nodes": self.nodes if self.gpus else 1, "gpus": self.gpus,
+               "dataset": self.dataset, "nodes": self.nodes if self.gpus else 1,
+               "gpus": self.gpus if self.gpu else 0, "processes": max(1, self.gpus),
                "per_gpu_batch": per_gpu, "grad_accum": accum, "global_batch": t["global_batch"],
                "epochs": self.epochs, "steps": t["steps"], "runtime_minutes": self.runtime,
                "seed": self.seed, "deviations": list(self.config.get("deviations", []))}
@@ -213,7 +265,19 @@ class Plan:
         if scale not in SCALES:
             raise PlanError(f"scale {scale!r} is not one of {list(SCALES)}")
         self.config, self.scale = config, scale
-        self.sc = config["scales"][scale]
+        # A derived scale (``base: paper``: the paper scale in miniature) is its base resolved in full, then its
+        # size-only ``shrink`` overlay; its own keys are DERIVED_OWN_KEYS, ``data_sizes`` and ``fd.inception_weights``.
+        own = config["scales"][scale]
+        self.base: str = own.get("base", scale)
+        self.shrink: dict = own.get("shrink", {})
+        if self.base != scale:
+            if self.base not in config["scales"] or config["scales"][self.base].get("base"):
+                raise PlanError(f"scales.{scale}.base: {self.base!r} is not a scale of its own under scales")
+            check_shrink(self.shrink, f"scales.{scale}.shrink")
+            base = config["scales"][self.base]
+            own = {**base, **{k: own[k] for k in DERIVED_OWN_KEYS if k in own},
+                   "fd": {**base["fd"], **own.get("fd", {})}, "data_sizes": own.get("data_sizes", {})}
+        self.sc = own
         self.seeds: list[int] = list(self.sc["seeds"])
         # One job per run trains / evaluates all its seeds in one process (scales.S.batch_seeds); else one job per seed.
         self.batch_seeds: bool = bool(self.sc.get("batch_seeds", False))
@@ -278,7 +342,25 @@ class Plan:
         nodes = math.ceil(gpus / per_node)
         if gpus % nodes:
             gpus = nodes * (gpus // nodes)  # equal GPUs per node
+        launch = self.sc.get("launch")
+        if launch:  # a miniature: the base's nodes, fewer processes per node (accumulation keeps the global batch)
+            return min(nodes, launch["max_nodes"]), min(gpus // nodes, launch["processes_per_node"])
         return nodes, gpus // nodes
+
+    def _shrink_layers(self, kind: str, name: str | None, section: str) -> list[dict | None]:
+        """A miniature's overlays of one run (``section``: config | eval), later winning: the whole scale's eval, the
+        kind's defaults, then the run's (``shrink.runs.KIND.NAME``; a Table 6 cell, ``name`` None: ``shrink.table6``)."""
+        if not self.shrink:
+            return []
+        own = self.shrink.get("table6", {}) if name is None else (self.shrink.get("runs") or {}).get(kind, {}).get(name, {})
+        layers = [self.shrink.get("eval")] if section == "eval" else []
+        return layers + [(self.shrink.get("defaults") or {}).get(kind, {}).get(section), own.get(section)]
+
+    def _data_sizes(self, cfg: dict, dataset: str) -> None:
+        """``scales.S.data_sizes.DATASET: [n_train, n_test]`` (a miniature's data) into the run's data section."""
+        sizes = self.sc.get("data_sizes", {}).get(dataset)
+        if sizes:
+            cfg["data"]["n_train"], cfg["data"]["n_test"] = sizes
 
     def _steps(self, dataset: str, cfg: dict, spec: dict, off: recipes.OfficialRun | None) -> int | None:
         """A scale's ``epochs``/``warmup_epochs`` (e.g. the assumed Table 6 sizes) become steps at the run's global
@@ -299,33 +381,38 @@ class Plan:
                 train.setdefault(opt, {})["warmup_steps"] = int(spec["warmup_epochs"] * per_epoch)
         return spec.get("epochs", off.epochs if off is not None else None)
 
-    def _eval_settings(self, kind: str, spec: dict, official: str | None, where: str) -> dict:
+    def _eval_settings(self, kind: str, spec: dict, official: str | None, where: str, name: str | None) -> dict:
         layers = [self.sc["eval"], self.sc["defaults"].get(kind, {}).get("eval")]
-        if self.scale == "paper" and official is not None and kind == "lsgm":
+        if self.base == "paper" and official is not None and kind == "lsgm":
             layers.append(_with_samples(recipes.eval_settings(official)))
         if official is not None and kind == "sgm":  # score_sde's PC sampler; its step count at the paper scale only
             pc = _with_samples(recipes.score_sde_config(official)[2])
-            layers.append(pc if self.scale == "paper" else
+            layers.append(pc if self.base == "paper" else
                           {m: {k: v for k, v in settings.items() if k != "pc_steps"} for m, settings in pc.items()})
         layers.append(spec.get("eval"))
+        layers += self._shrink_layers(kind, name, "eval")
         base = deep_merge(*layers)
         settings = {m: dict(base.get(m, {})) for m in EVALUATIONS}
         check_eval_settings(settings, where)
         return settings
 
     def _make(self, kind, name, dataset, seed, rec: dict, spec: dict, evals, where, extra=None,
-              official: str | None = None) -> Run:
+              official: str | None = None, cell: bool = False, shrink: bool = True) -> Run:
         official = official if official is not None else rec.get("official")
         off, off_cfg, deviations = self._official(kind, official)
         cfg = deep_merge(off_cfg, rec.get("config"), self.sc["defaults"].get(kind, {}).get("config"),
                          spec.get("config"), extra)
         cfg.update(kind=kind, name=f"{self.scale}/{dataset}/{kind}/{name}-s{seed}", seed=seed)
         cfg.setdefault("data", {})["name"] = dataset
+        self._data_sizes(cfg, dataset)
         cfg["deviations"] = sorted(set(deviations) | set(cfg.get("deviations", [])))
         root = self.sc.get("data_root")
         if root:
             cfg["data"].setdefault("root", root)  # lsgm.data finds <root>/MNIST/raw, <root>/celeba256/... itself
         epochs = self._steps(dataset, cfg, spec, off)
+        own = None if cell else name
+        if shrink:  # a control (``shrink`` False) already has its LSGM's and backbone's shrunk sections
+            cfg = deep_merge(cfg, *self._shrink_layers(kind, own, "config"))
         try:
             resolved = to_dict(from_dict(RunConfig, cfg, where=where))
         except ConfigError as err:
@@ -333,8 +420,8 @@ class Plan:
         nodes, per_node = self._geometry(off, spec, kind)
         runtime = int(spec.get("runtime", self.sc["defaults"].get(kind, {}).get("runtime", 60)))
         run = Run(self.scale, kind, dataset, name, seed, resolved, nodes, per_node, runtime, tuple(evals),
-                  self._eval_settings(kind, spec, official, where), official, epochs,
-                  per_gpu=dict(self.sc["resources"]["train"]))
+                  self._eval_settings(kind, spec, official, where, own), official, epochs,
+                  per_gpu=dict(self.sc["resources"]["train"]), gpu=self.sc.get("launch", {}).get("gpu", True))
         try:
             run.batch_split
         except ConfigError as err:
@@ -365,7 +452,7 @@ class Plan:
         dataset = self._dataset(t6["dataset"], where)
         rec = {"official": t6["official"]}
         return self._make("lsgm", cell.run_name, dataset, seed, rec, self.sc.get("table6", {}), t6["evals"], where,
-                          extra, official=t6["official"])
+                          extra, official=t6["official"], cell=True)
 
     def _parse_cells(self) -> tuple[Cell, ...]:
         """The Table 6 grid, each cell parsed once (``self.cells``)."""
@@ -449,12 +536,14 @@ class Plan:
         backbone = lsgm.backbone
         train = copy.deepcopy(lsgm.config["train"])
         train["continue_backbone"] = True
-        note = (f"control: the {backbone.name} backbone trained on for LSGM {lsgm.name}'s {train['steps']} stage-2 steps "
+        note = (f"control: the {backbone.name} backbone trained on for LSGM {lsgm.name}'s stage-2 steps (train.steps) "
                 "with its Normal prior, the stage-2 VAE optimizer and KL schedule (no score model)")
         extra = {"vae": backbone.config["vae"], "data": backbone.config["data"], "train": train,
                  "deviations": [*lsgm.config.get("deviations", []), note]}
         spec = {"gpus": lsgm.gpus, "runtime": lsgm.runtime, **self.sc["runs"].get("vae", {}).get(name, {})}
-        run = self._make("vae", name, backbone.dataset, seed, {}, spec, rec.get("evals", []), where, extra)
+        run = self._make("vae", name, backbone.dataset, seed, {}, spec, rec.get("evals", []), where, extra,
+                         shrink=False)
+        run.nodes, run.gpus_per_node = lsgm.nodes, lsgm.gpus_per_node  # its LSGM's launch, whatever the caps
         run.backbone = backbone
         return run
 
@@ -544,8 +633,20 @@ class Plan:
         threads."""
         ev = self.sc["resources"]["eval"]
         gpus = ev.get("gpus", 0)
-        return {"gpu": gpus, "cpus_per_task": ev["threads"] * max(1, gpus), "mem_mb": ev["mem_mb"] * max(1, gpus),
+        return {"gpu": gpus or None, "cpus_per_task": ev["threads"] * max(1, gpus), "mem_mb": ev["mem_mb"] * max(1, gpus),
                 "runtime": ev.get("runtime", 60)}
+
+    def data_manifest(self, dataset: str) -> str | None:
+        """A miniature's dataset (``lsgm make-data`` in ``data_root``; its manifest is written last), else None."""
+        if dataset not in self.sc.get("data_sizes", {}):
+            return None
+        return f"{self.sc['data_root']}/{dataset}.manifest.json"
+
+    def inception_weights(self) -> str | None:
+        """The Inception-v3 weights the FIDs use: ``fd.inception_weights`` (``random``: random weights the DAG writes
+        into ``data_root``, for plumbing only), else None (``$LSGM_INCEPTION_WEIGHTS`` or torch's hub cache)."""
+        weights = self.sc["fd"].get("inception_weights")
+        return f"{self.sc['data_root']}/inception-random.pth" if weights == "random" else weights
 
     def features(self, dataset: str) -> str:
         return self.sc["fd"]["features"][dataset]

@@ -66,7 +66,7 @@ def test_what_the_schema_leaves_to_python_fails_in_one_line(mutate, message):
 
 
 def test_eval_resources_are_per_gpu_times_gpus():
-    assert Plan(CONFIG, "smoke").eval_resources() == {"gpu": 0, "cpus_per_task": 1, "mem_mb": 2000, "runtime": 30}
+    assert Plan(CONFIG, "smoke").eval_resources() == {"gpu": None, "cpus_per_task": 1, "mem_mb": 2000, "runtime": 30}
     assert Plan(CONFIG, "paper").eval_resources() == {"gpu": 1, "cpus_per_task": 8, "mem_mb": 48000, "runtime": 1440}
     cfg = copy.deepcopy(CONFIG)
     cfg["scales"]["paper"]["resources"]["eval"].update(gpus=2)
@@ -122,3 +122,50 @@ def test_a_recipe_same_as_another_is_not_trained_and_its_tables_read_the_other()
     assert {r.name for r in paper.trained_models() if r.kind == "sgm"} == {"celeba", "cifar10"}  # not at paper scale
     assert "'cifar10' trains on cifar10, 'celeba' on celeba256 at this scale" in plan_error(
         lambda c: c["scales"]["paper"]["runs"]["sgm"].update(celeba={"same_as": "cifar10"}), "paper")
+
+
+# ------------------------------------------------------------------------------ the paper scale in miniature
+def _differing(a: dict, b: dict) -> set[str]:
+    from lsgm.plan import flat_keys
+
+    fa, fb = flat_keys(a), flat_keys(b)
+    return {k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k)}
+
+
+def test_miniature_is_the_resolved_paper_scale_with_sizes_changed_only():
+    """Every resolved miniature run config equals its paper run config but for the declared size keys (and the data
+    the miniature writes, and the run's name); the evaluations, their settings but for sample counts and batches,
+    the launch nodes and the evaluations each run has are the paper's."""
+    from lsgm.plan import EVAL_SIZE_KEYS, RUN_DATA_KEYS, RUN_SIZE_KEYS
+
+    paper, mini = Plan(CONFIG, "paper"), Plan(CONFIG, "mini")
+    assert set(mini.runs) == set(paper.runs) and len(paper.runs) == 33
+    for key, run in paper.runs.items():
+        small = mini.runs[key]
+        assert _differing(run.config, small.config) <= RUN_SIZE_KEYS | RUN_DATA_KEYS | {"name"}, key
+        assert {k.split(".", 1)[1] for k in _differing(run.eval_settings, small.eval_settings)} <= EVAL_SIZE_KEYS
+        assert small.evals == run.evals and small.official == run.official and small.nodes == run.nodes, key
+        assert small.gpus_per_node == 1 and not small.gpu and small.config["data"]["root"] == "data/mini"
+        # the global batch by accumulation, as at the paper scale on fewer GPUs
+        per, accum = small.batch_split
+        assert per * accum * small.nodes == small.config["train"]["global_batch"]
+    assert {k for k, r in mini.runs.items() if r.nodes == 2} == {k for k, r in paper.runs.items() if r.nodes == 2}
+    assert mini.runs[("lsgm", "cifar10", "fid", 0)].launcher() == "lsgm launch --nodes 2 --nproc-per-node 1 --"
+    assert "gres" not in mini.runs[("lsgm", "cifar10", "fid", 0)].resources()
+
+
+@pytest.mark.parametrize("path, value, key", [
+    (("defaults", "lsgm", "config", "sde"), {"beta_max": 10.0}, "config.sde.beta_max"),
+    (("defaults", "vae", "config", "train"), {"kl": {"max_coeff": 0.5}}, "config.train.kl.max_coeff"),
+    (("table6", "config", "objective"), {"weighting": "un"}, "config.objective.weighting"),
+    (("eval", "fid"), {"tolerance": 1e-2}, "eval.fid.tolerance"),
+    (("runs", "vae", "celeba", "config", "vae"), {"num_nf": 0}, "config.vae.num_nf"),
+])
+def test_miniature_overlay_refuses_anything_but_sizes(path, value, key):
+    def mutate(c):
+        node = c["scales"]["mini"]["shrink"]
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    message = plan_error(mutate, "mini")
+    assert key in message and "a miniature may change sizes only" in message, message

@@ -108,14 +108,14 @@ def test_slurm_profile_resolves_and_requests_gpus():
             assert res is None or "gpu=" not in res.group(1)
     assert n_trained == MAIN_LSGMS + TABLE6_CELLS + BACKBONES["paper"] + 2  # + the two pixel SGMs
     # several GPUs -> torchrun DDP on one node; the 16-GPU recipes on 2 nodes x 8 GPUs, one torchrun per node
-    assert "torchrun --standalone --nnodes=1 --nproc_per_node=8 -m lsgm train-vae" in text
+    assert "lsgm launch --nodes 1 --nproc-per-node 8 --gpu -- train-vae" in text
     two_node = re.findall(r"wildcards: scale=paper, dataset=(\w+), kind=(\w+), run=(\w+), seed=0\n"
                           r"(?:    priority: \d+\n)?    resources: "
                           r"[^\n]*nodes=2, tasks_per_node=8, gres=gpu:8, mpi=srun", text)
     assert sorted(two_node) == [("celeba256", "lsgm", "celeba"), ("celeba256", "vae", "celeba"),
                                 ("cifar10", "lsgm", "balanced"), ("cifar10", "lsgm", "fid"), ("cifar10", "lsgm", "nll"),
                                 ("cifar10", "vae", "balanced_stage2")]  # the control runs as its LSGM
-    assert "srun --nodes=2 --ntasks-per-node=1 --gres=gpu:8" in text and "--rdzv_backend=c10d" in text
+    assert "lsgm launch --nodes 2 --nproc-per-node 8 --gpu -- train-lsgm" in text  # lsgm.launch: srun + torchrun
 
 
 def test_one_table6_cell_plans_only_its_chain():
@@ -196,6 +196,28 @@ def test_out_of_range_values_fail_at_plan_time_with_one_line(tmp_path, section, 
 def test_bad_eval_setting_fails_at_plan_time(tmp_path):
     proc = _with_config(tmp_path, lambda c: c["scales"]["quick"]["eval"]["fid"].update(tolerance=-1e-5))
     assert proc.returncode != 0 and "eval.fid.tolerance = -1e-05 is out of range" in proc.stdout + proc.stderr
+
+
+def _train_jobs(text: str) -> list[tuple[list[str], str]]:
+    """(outputs, shell command) of every `train` job of a dry run with -p."""
+    jobs = re.findall(r"^rule train:\n(.*?)^Shell command: (.*?)$", text, flags=re.M | re.S)
+    return [(re.search(r"^    output: (.*)$", body, flags=re.M).group(1).split(", "), cmd) for body, cmd in jobs]
+
+
+@pytest.mark.parametrize("args", [("--profile", "slurm"), ("--config", "scale=mini")])
+def test_unbatched_training_commands_name_each_run_once(args):
+    """One job per seed (the paper scale and its miniature): each training command gets the job's one config, its run
+    folder as --out and one checkpoint folder -- never the characters of a path (the per_seed bug: --out . . . /)."""
+    _, text = dry_run("-p", *args)
+    jobs = _train_jobs(text)
+    assert len(jobs) == MAIN_LSGMS + TABLE6_CELLS + BACKBONES["paper"] + 2
+    for outputs, cmd in jobs:
+        (model,) = outputs
+        flags = re.findall(r"--(config|out|ckpt-dir|vae) (\S+)(?= --| >)", cmd)
+        assert dict(flags)["out"] == str(Path(model).parent), cmd
+        assert dict(flags)["config"] == model.replace("/runs/", "/configs/").replace("/model.pt", ".yaml"), cmd
+        assert len(flags) == len({k for k, _ in flags}) and " . " not in cmd, cmd
+        assert cmd.count("--ckpt-dir checkpoints/") == 1, cmd
 
 
 def test_run_configs_load_strictly():

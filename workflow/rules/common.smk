@@ -1,5 +1,6 @@
 # Config validation, the resolved plan of each scale (lsgm/plan.py: run configs, GPUs, launch commands,
 # resources), wildcard constraints and the input functions the rules use. No arithmetic lives here.
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -41,8 +42,9 @@ SEED_TAG = "seeds" if BATCH_SEEDS else "s{seed}"
 
 
 def per_seed(pattern):
-    """A path pattern with {seed}: itself, or with seeds batched one path per seed of the scale."""
-    return expand(pattern, seed=SEEDS, allow_missing=True) if BATCH_SEEDS else pattern
+    """The paths of a job with {seed} in ``pattern``: always a list, so every rule has one code path -- one path
+    (the job's own {seed}) or, with seeds batched, one path per seed of the scale."""
+    return expand(pattern, seed=SEEDS, allow_missing=True) if BATCH_SEEDS else [pattern]
 
 
 def job_seeds(wc):
@@ -50,8 +52,13 @@ def job_seeds(wc):
     return [int(wc.seed)] if hasattr(wc, "seed") else SEEDS
 
 
+# The scales that write their own (miniature) data, by data folder: rule make_data serves them.
+DATA_PLANS = {plan.sc["data_root"]: plan for plan in PLANS.values() if plan.sc.get("data_sizes")}
+
+
 wildcard_constraints:
     scale="|".join(SCALES),
+    root="|".join(map(re.escape, DATA_PLANS)),
     dataset="[a-z0-9_]+",
     kind="vae|lsgm|sgm",
     run="[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*",
@@ -110,6 +117,24 @@ def fid_stats_for(wc):
         return PLANS[wc.scale].stats_path(wc.dataset)
     except PlanError as err:
         raise WorkflowError(str(err)) from None
+
+
+def data_for(wc):
+    """A miniature's dataset (the make_data job's manifest) for a job that reads the data; else nothing."""
+    manifest = PLANS[wc.scale].data_manifest(wc.dataset)
+    return [manifest] if manifest else []
+
+
+def inception_for(wc):
+    """The Inception-v3 weights file of a job whose features are Inception's, when the scale names one."""
+    plan = PLANS[wc.scale]
+    features = getattr(wc, "features", None) or plan.sc["fd"]["features"].get(wc.dataset)
+    weights = plan.inception_weights()
+    return [weights] if weights and features == "inception" else []
+
+
+def inception_flag(wc, input):
+    return f" --inception-weights {input.inception}" if input.inception else ""
 
 
 def classifier_for_stats(wc):

@@ -4,15 +4,49 @@
 # `samples`: one PNG grid per trained model (its first seed; Plan.samples_targets), with a sidecar JSON.
 
 
+rule make_data:
+    """A miniature's dataset in its official file format (CIFAR-10 pickles, MNIST IDX, OMNIGLOT chardata.mat,
+    CelebA-HQ-256 PNG folders), read by the paper loaders; the manifest (sizes, checksums, seed) is written last."""
+    output:
+        "{root}/{dataset}.manifest.json",
+    params:
+        sizes=lambda wc: "--n-train {} --n-test {}".format(*DATA_PLANS[wc.root].sc["data_sizes"][wc.dataset]),
+    log:
+        "logs/make_data/{root}/{dataset}.log",
+    threads: 1
+    resources:
+        **per_key(lambda wc: DATA_PLANS[wc.root].eval_resources(), EVAL_RESOURCE_KEYS),
+    shell:
+        "lsgm make-data --dataset {wildcards.dataset} --root {wildcards.root} {params.sizes} --seed 0 > {log} 2>&1"
+
+
+rule inception_random:
+    """Inception-v3 weights with torch-fidelity's keys and shapes, randomly initialised: the FID path runs end to end
+    offline, and its numbers are meaningless (the sidecar JSON and every FID's settings say which weights)."""
+    output:
+        "{root}/inception-random.pth",
+    log:
+        "logs/make_data/{root}/inception-random.log",
+    threads: 1
+    resources:
+        **per_key(lambda wc: DATA_PLANS[wc.root].eval_resources(), EVAL_RESOURCE_KEYS),
+    shell:
+        "lsgm make-data --inception-weights {output} --seed 0 > {log} 2>&1"
+
+
 rule fid_stats:
     """Reference feature statistics, cached under a versioned name (dataset-features-version.pt)."""
     input:
         classifier=classifier_for_stats,
+        data=data_for,
+        inception=inception_for,
     output:
         "results/{scale}/fid_stats/{dataset}-{features}-{version}.pt",
     params:
         classifier=lambda wc, input: f"--classifier {input.classifier}" if input.classifier else "",
         root=lambda wc: f"--root {r}" if (r := PLANS[wc.scale].sc.get("data_root")) else "",
+        size=lambda wc: f" --split-size {s[0]}" if (s := PLANS[wc.scale].sc.get("data_sizes", {}).get(wc.dataset)) else "",
+        inception=inception_flag,
     log:
         "logs/{scale}/fid_stats/{dataset}-{features}-{version}.log",
     benchmark:
@@ -22,7 +56,7 @@ rule fid_stats:
         **EVAL_RESOURCES,
     shell:
         "OMP_NUM_THREADS={threads} lsgm fid-stats --dataset {wildcards.dataset} --features {wildcards.features} {params.classifier}"
-        " {params.root} --out {output} > {log} 2>&1"
+        " {params.root}{params.size}{params.inception} --out {output} > {log} 2>&1"
 
 
 rule eval_nll:
@@ -49,10 +83,12 @@ rule eval_fid:
     input:
         model=per_seed("results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt"),
         stats=fid_stats_for,
+        inception=inception_for,
     output:
         per_seed("results/{scale}/metrics/{dataset}/{kind}/{run}-s{seed}/fid.json"),
     params:
         flags=eval_flags("fid"),
+        inception=inception_flag,
     log:
         f"logs/{{scale}}/eval_fid/{{dataset}}/{{kind}}/{{run}}-{SEED_TAG}.log",
     benchmark:
@@ -63,7 +99,7 @@ rule eval_fid:
         **EVAL_RESOURCES,
     shell:
         "OMP_NUM_THREADS={threads} lsgm evaluate fid --model {input.model} --stats {input.stats} --out {output} {params.flags}"
-        " > {log} 2>&1"
+        "{params.inception} > {log} 2>&1"
 
 
 rule eval_cost:
@@ -71,10 +107,12 @@ rule eval_cost:
     input:
         model="results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt",
         stats=fid_stats_for,
+        inception=inception_for,
     output:
         "results/{scale}/metrics/{dataset}/{kind}/{run}-s{seed}/cost.json",
     params:
         flags=eval_flags("cost"),
+        inception=inception_flag,
     log:
         "logs/{scale}/eval_cost/{dataset}/{kind}/{run}-s{seed}.log",
     benchmark:
@@ -87,7 +125,7 @@ rule eval_cost:
         **EVAL_RESOURCES,
     shell:
         "OMP_NUM_THREADS={threads} lsgm evaluate cost --model {input.model} --stats {input.stats} --out {output} {params.flags}"
-        " > {log} 2>&1"
+        "{params.inception} > {log} 2>&1"
 
 
 rule samples:

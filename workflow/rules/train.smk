@@ -28,6 +28,7 @@ rule train:
     input:
         config=per_seed("results/{scale}/configs/{dataset}/{kind}/{run}-s{seed}.yaml"),
         vae=backbone_model,
+        data=data_for,
     output:
         model=per_seed("results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt"),
     params:

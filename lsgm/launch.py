@@ -1,0 +1,95 @@
+"""``lsgm launch``: start one ``lsgm`` command on a run's processes, from the launch geometry as data.
+
+The plan gives every multi-process training job ``lsgm launch --nodes N --nproc-per-node P [--gpu] -- <command>``
+(:meth:`lsgm.plan.Run.launcher`); this module turns that into the process tree and ``exec``s it, so signals
+(Slurm's SIGTERM / SIGUSR1 before a time limit or on requeue) reach ``srun`` / ``torchrun`` directly:
+
+- one node: ``torchrun --standalone --nnodes=1 --nproc_per_node=P -m lsgm <command>``;
+- several nodes inside a Slurm allocation of at least N nodes: ``srun`` starts one ``torchrun`` per node
+  (``--ntasks-per-node=1``, the node's CPUs and, with ``--gpu``, its P GPUs), and they meet at a c10d rendezvous
+  on the allocation's first node (port 29500 + job id mod 1000, so jobs sharing a node differ);
+- several nodes with no allocation (a local run of a multi-node recipe, e.g. the miniature on a workstation):
+  the same N x P processes on this machine, ``torchrun --standalone --nproc_per_node=N*P``. Ranks, world size and
+  the batch split are those of the cluster run, so the numbers are too (up to the order of DDP's reductions).
+
+Torch-free: it runs before every multi-process job and only builds a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+
+RDZV_PORT = 29500
+
+
+def torchrun(nodes: int, nproc_per_node: int, command: list[str], rdzv: str | None = None,
+             rdzv_id: str = "") -> list[str]:
+    """The torchrun command of one node: standalone (its own rendezvous) or joining ``rdzv`` (host:port)."""
+    if rdzv is None:
+        return ["torchrun", "--standalone", "--nnodes=1", f"--nproc_per_node={nproc_per_node}", "-m", "lsgm", *command]
+    return ["torchrun", f"--nnodes={nodes}", f"--nproc_per_node={nproc_per_node}", "--rdzv_backend=c10d",
+            f"--rdzv_id={rdzv_id}", f"--rdzv_endpoint={rdzv}", "-m", "lsgm", *command]
+
+
+def first_node(nodelist: str) -> str:
+    """The first host of a Slurm node list (``n[1-2]`` -> ``n1``), as ``scontrol show hostnames`` expands it."""
+    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True, capture_output=True, text=True)
+    return out.stdout.split()[0]
+
+
+def allocated_nodes(env: dict) -> int:
+    """Nodes of the Slurm allocation this process runs in (0 outside one)."""
+    return int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 0) if env.get("SLURM_JOB_ID") else 0
+
+
+def build(nodes: int, nproc_per_node: int, gpu: bool, command: list[str], env: dict) -> tuple[list[str], str]:
+    """(argv to exec, one line saying which layout it is)."""
+    world = nodes * nproc_per_node
+    if world == 1:
+        return [sys.executable, "-m", "lsgm", *command], "one process"
+    if nodes == 1:
+        return torchrun(1, nproc_per_node, command), f"one node x {nproc_per_node} processes"
+    have = allocated_nodes(env)
+    if have < nodes:
+        where = "no Slurm allocation" if not have else f"a Slurm allocation of {have} node(s)"
+        return (torchrun(1, world, command),
+                f"{nodes} nodes x {nproc_per_node} processes wanted, {where}: all {world} processes on this machine")
+    cpus = int(env.get("SLURM_CPUS_PER_TASK", "1")) * nproc_per_node  # the job has one task per process
+    srun = ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus}", "--kill-on-bad-exit=1"]
+    if gpu:
+        srun.append(f"--gres=gpu:{nproc_per_node}")
+    rdzv = f"{first_node(env['SLURM_JOB_NODELIST'])}:{RDZV_PORT + int(env['SLURM_JOB_ID']) % 1000}"
+    cmd = [*srun, *torchrun(nodes, nproc_per_node, command, rdzv, env["SLURM_JOB_ID"])]
+    return cmd, f"{nodes} nodes x {nproc_per_node} processes"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lsgm launch --nodes N --nproc-per-node P [--gpu] [--dry-run] -- COMMAND ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        print("lsgm launch: error: give the lsgm command after '--' (e.g. -- train-vae --config RUN.yaml ...)",
+              file=sys.stderr)
+        return 2
+    split = argv.index("--")
+    p = argparse.ArgumentParser(prog="lsgm launch", description="start an lsgm command on N nodes x P processes "
+                                "(srun + torchrun in a Slurm allocation, torchrun on one machine otherwise)")
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--nproc-per-node", type=int, required=True)
+    p.add_argument("--gpu", action="store_true", help="one GPU per process (srun --gres=gpu:P)")
+    p.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
+    args = p.parse_args(argv[:split])
+    command = argv[split + 1:]
+    if args.nodes < 1 or args.nproc_per_node < 1 or not command:
+        print("lsgm launch: error: --nodes and --nproc-per-node must be >= 1 and a command must follow '--'",
+              file=sys.stderr)
+        return 2
+    cmd, layout = build(args.nodes, args.nproc_per_node, args.gpu, command, dict(os.environ))
+    print(f"lsgm launch: {layout}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    if args.dry_run:
+        return 0
+    os.execvp(cmd[0], cmd)
+    return 0  # not reached

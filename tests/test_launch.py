@@ -1,0 +1,49 @@
+"""lsgm.launch: the process tree of a launch geometry, inside and outside a Slurm allocation (no process started)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lsgm import launch
+
+CMD = ["train-lsgm", "--config", "RUN.yaml", "--out", "OUT"]
+SLURM = {"SLURM_JOB_ID": "1234", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_CPUS_PER_TASK": "8"}
+
+
+@pytest.fixture(autouse=True)
+def _hostnames(monkeypatch):
+    monkeypatch.setattr(launch, "first_node", lambda nodelist: {"n[1-2]": "n1"}[nodelist])
+
+
+def test_two_nodes_in_an_allocation_start_one_torchrun_per_node_at_a_c10d_rendezvous():
+    cmd, layout = launch.build(2, 8, True, CMD, SLURM)
+    assert cmd[:6] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=64", "--kill-on-bad-exit=1",
+                       "--gres=gpu:8"]
+    assert cmd[6:13] == ["torchrun", "--nnodes=2", "--nproc_per_node=8", "--rdzv_backend=c10d", "--rdzv_id=1234",
+                         "--rdzv_endpoint=n1:29734", "-m"]
+    assert cmd[13:] == ["lsgm", *CMD] and layout == "2 nodes x 8 processes"
+
+
+def test_cpu_processes_ask_for_no_gpus():
+    cmd, _ = launch.build(2, 1, False, CMD, {**SLURM, "SLURM_CPUS_PER_TASK": "1"})
+    assert "--cpus-per-task=1" in cmd and not any(c.startswith("--gres") for c in cmd)
+
+
+@pytest.mark.parametrize("env", [{}, {**SLURM, "SLURM_JOB_NUM_NODES": "1"}])
+def test_a_multi_node_recipe_without_its_nodes_runs_all_processes_here(env):
+    """A local run of the miniature (or an allocation too small): the cluster run's world size, on one machine."""
+    cmd, layout = launch.build(2, 1, False, CMD, env)
+    assert cmd == ["torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m", "lsgm", *CMD]
+    assert "all 2 processes on this machine" in layout
+
+
+def test_one_node_is_standalone_torchrun():
+    cmd, _ = launch.build(1, 4, True, CMD, SLURM)
+    assert cmd == ["torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=4", "-m", "lsgm", *CMD]
+
+
+def test_bad_geometry_is_one_line(capsys):
+    assert launch.main(["--nodes", "0", "--nproc-per-node", "1", "--", "train-vae"]) == 2
+    assert launch.main(["--nodes", "1", "--nproc-per-node", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("lsgm launch: error:") for line in err)
