@@ -413,6 +413,8 @@ class Plan:
         own = None if cell else name
         if shrink:  # a control (``shrink`` False) already has its LSGM's and backbone's shrunk sections
             cfg = deep_merge(cfg, *self._shrink_layers(kind, own, "config"))
+        if self.base != self.scale:
+            epochs = None  # a miniature's steps are its own, not the paper's epochs
         try:
             resolved = to_dict(from_dict(RunConfig, cfg, where=where))
         except ConfigError as err:
@@ -713,6 +715,23 @@ class Plan:
         out += [f"results/{self.scale}/variance.png", f"results/{self.scale}/variance.csv"]
         return sorted(set(out))
 
+    def eval_jobs(self) -> list[dict]:
+        """Every evaluation job of the scale as ``lsgm plan`` prints it: reference statistics, one per (run, metric),
+        the sample grids and the estimator variance, each with its slurm resources and the settings that decide its
+        cost (``n_samples``, tolerance, batch). GPU-hours: not estimated (no evaluation has been timed on a GPU)."""
+        res = self.eval_resources()
+        common = {"gpus": res["gpu"] or 0, "runtime_minutes": res["runtime"], "gpu_hours": None}
+        jobs = [{"target": self.stats_path(d), "kind": "fid_stats", "run": d, "settings": {}, **common}
+                for d in sorted({r.dataset for r in self.runs.values() if {"fid", "cost"} & set(r.evals)})]
+        for run in self.training_runs():
+            jobs += [{"target": run.metrics_path(m), "kind": m, "run": run.stem, "settings": run.eval_settings[m],
+                      **common} for m in run.evals]
+        jobs += [{"target": path, "kind": "samples", "run": path.split("/samples/", 1)[1].removesuffix(".png"),
+                  "settings": {}, **common} for path in self.samples_targets()]
+        jobs.append({"target": f"results/{self.scale}/variance.csv", "kind": "variance", "run": "table6 cells",
+                     "settings": self.variance_settings(), **common})
+        return jobs
+
     def training_runs(self) -> list[Run]:
         """The trained models in DAG order: backbones and classifiers, then LSGMs, then pixel SGMs."""
         order = {"classifier": 0, "vae": 1, "lsgm": 2, "sgm": 3}
@@ -777,14 +796,51 @@ def plan_table(plan: Plan, measured: dict | None) -> str:
         j = run.job()
         hours = gpu_hours(run, measured)
         rows.append([j["target"].removeprefix(f"results/{plan.scale}/runs/").removesuffix("/model.pt"), j["kind"],
-                     j["recipe"], j["nodes"], j["gpus"], j["per_gpu_batch"], j["grad_accum"], j["global_batch"],
+                     j["recipe"], j["nodes"], j["gpus"], j["processes"], j["per_gpu_batch"], j["grad_accum"],
+                     j["global_batch"],
                      j["epochs"] if j["epochs"] is not None else "—", j["steps"], j["runtime_minutes"],
                      "—" if hours is None else f"{hours:,.0f}"])
-    headers = ["run", "kind", "recipe", "nodes", "gpus", "per-GPU batch", "accum", "global batch", "epochs", "steps",
+    headers = ["run", "kind", "recipe", "nodes", "gpus", "processes", "per-process batch", "accum", "global batch",
+               "epochs", "steps",
                "runtime/attempt (min)", "est. GPU-h"]
     notes = [f"\n{kind} recipe {name!r} is not trained at this scale: its rows use recipe {other!r} "
              f"(scales.{plan.scale}.runs.{kind}.{name}.same_as)" for (kind, name), other in sorted(plan.same_as.items())]
     return tabulate(rows, headers=headers, tablefmt="github") + "".join(notes)
+
+
+def eval_table(plan: Plan) -> str:
+    """The evaluation jobs, grouped by kind: how many, their resources, and the settings that set their cost."""
+    from collections import defaultdict
+
+    from tabulate import tabulate
+
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for job in plan.eval_jobs():
+        cost = {k: job["settings"].get(k) for k in ("n_samples", "tolerance", "tolerances", "pc_steps", "batch_size")
+                if job["settings"].get(k) not in (None, [])}
+        groups[(job["kind"], json.dumps(cost))].append(job)
+    rows = [[kind, len(jobs), jobs[0]["gpus"], jobs[0]["runtime_minutes"],
+             ", ".join(f"{k} {v}" for k, v in json.loads(cost).items()) or "—", "—"]
+            for (kind, cost), jobs in groups.items()]
+    headers = ["evaluation", "jobs", "gpus", "runtime/attempt (min)", "settings", "est. GPU-h"]
+    return (tabulate(rows, headers=headers, tablefmt="github")
+            + f"\n{sum(len(j) for j in groups.values())} evaluation jobs (GPU-hours not estimated: none timed on a GPU)")
+
+
+def warn_unset_account(profile: str) -> None:
+    """One warning line when the slurm profile's account is still the placeholder (sbatch would refuse every job)."""
+    import sys
+
+    import yaml
+
+    try:
+        with open(profile, encoding="utf-8") as fh:
+            account = (yaml.safe_load(fh).get("default-resources") or {}).get("slurm_account")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return
+    if account == "CHANGE_ME":
+        print(f"lsgm plan: warning: slurm_account is still 'CHANGE_ME' in {profile} (default-resources): set your "
+              "account there before `snakemake --profile slurm`", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -801,7 +857,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="JSON with every job's fully resolved run config")
     p.add_argument("--max-gpus-per-node", type=int, default=None)
     p.add_argument("--max-nodes", type=int, default=None)
+    p.add_argument("--profile", default="workflow/profiles/slurm/config.yaml", help="the slurm profile (its account)")
     args = p.parse_args(argv)
+    for flag in ("max_gpus_per_node", "max_nodes"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            print(f"lsgm plan: error: --{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})",
+                  file=sys.stderr)
+            return 2
     try:
         with open(args.config, encoding="utf-8") as fh:
             config = yaml.safe_load(fh)
@@ -810,15 +872,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_nodes:
             config["max_nodes"] = args.max_nodes
         plan = Plan(config, args.scale)
+        warn_unset_account(args.profile)
     except (OSError, yaml.YAMLError, PlanError, KeyError) as err:
         print(f"lsgm plan: error: {err}", file=sys.stderr)
         return 2
     measured, source = load_measured()
     if args.json:
         jobs = [run.job(with_config=True) | {"gpu_hours": gpu_hours(run, measured)} for run in plan.training_runs()]
-        print(json.dumps({"scale": args.scale, "gpu_hours_from": source, "jobs": jobs}, indent=1))
+        print(json.dumps({"scale": args.scale, "gpu_hours_from": source, "jobs": jobs,
+                          "eval_jobs": plan.eval_jobs()}, indent=1))
         return 0
     print(plan_table(plan, measured))
+    print("\n" + eval_table(plan))
     total = [gpu_hours(r, measured) for r in plan.training_runs()]
     known = [h for h in total if h is not None]
     print(f"\n{len(total)} training jobs at scale {args.scale}; "

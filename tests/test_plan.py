@@ -169,3 +169,22 @@ def test_miniature_overlay_refuses_anything_but_sizes(path, value, key):
         node[path[-1]] = value
     message = plan_error(mutate, "mini")
     assert key in message and "a miniature may change sizes only" in message, message
+
+
+def test_lsgm_plan_lists_evaluations_warns_on_the_placeholder_account_and_refuses_zero_gpus(capsys, tmp_path):
+    from lsgm.plan import main
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["--scale", "paper", "--config", str(root / "config.yaml"),
+                 "--profile", str(root / "workflow/profiles/slurm/config.yaml")]) == 0
+    out, err = capsys.readouterr()
+    assert "97 evaluation jobs" in out and "| fid " in out and "n_samples 50000" in out
+    assert "33 training jobs at scale paper" in out
+    assert err.count("\n") == 1 and "slurm_account is still 'CHANGE_ME'" in err
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("default-resources:\n  slurm_account: my_lab\n")
+    assert main(["--scale", "paper", "--config", str(root / "config.yaml"), "--profile", str(profile)]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["--max-gpus-per-node", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "lsgm plan: error: --max-gpus-per-node must be >= 1 (got 0)\n"

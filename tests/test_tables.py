@@ -439,3 +439,17 @@ def test_cli_one_table_with_its_seeds_csv(metrics, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main([*common, "--out-dir", str(tmp_path), "--seeds-csv", "x.csv"])
     capsys.readouterr()
+
+
+def test_miniature_rows_sit_beside_the_paper_but_are_never_compared():
+    """The paper's data and recipes at toy sizes (scale mini): rows are found on the paper's dataset, every Δ and
+    verdict says why there is none."""
+    from lsgm.report.tables import NOT_COMPARABLE_MINI
+
+    docs = [*nll_docs("lsgm", "fid", [3.43, 3.45], dataset="cifar10", scale="mini"),
+            *fd_docs("lsgm", "fid", [2.4, 2.5], dataset="cifar10", scale="mini", metric="fid")]
+    df = build_tables(docs, "mini", COMMIT, only=("table2",))["table2"]
+    mine = ours(df).set_index("Method")
+    assert mine.loc["LSGM, recipe fid", "Δ NLL vs paper"] == "not comparable"
+    assert mine.loc["LSGM, recipe fid", "reproduced"] == NOT_COMPARABLE_MINI
+    assert "toy sizes" in df.attrs["caption"]

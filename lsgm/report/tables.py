@@ -49,6 +49,7 @@ SDE_LABELS = {"geometric": "Geom. VPSDE", "vpsde": "VPSDE", "vesde": "VESDE"}
 STAGE2_SUFFIX = "_stage2"  # a vae control recipe: the backbone trained on for the LSGM's stage-2 steps
 TABLE6_BACKBONE = "table6"  # the vae recipe of the Table 6 backbone (its reference row)
 NOT_COMPARABLE_DATA = "not comparable (stand-in data)"
+NOT_COMPARABLE_MINI = "not comparable (miniature)"  # the paper's data and recipes, at toy sizes (scale mini)
 NOT_COMPARABLE_FD = "not comparable (FD, not FID)"
 MARK = "†"
 ESTIMATOR = {"K": "iw_samples", "M": "inner", "prior term": "prior", "ODE tol.": "tolerance"}
@@ -70,11 +71,28 @@ def published_rows(published: dict[str, Any], table: str) -> list[dict[str, Any]
     return [row for row in published["rows"] if row["table"] == table]
 
 
-def default_dataset_map(scale: str, published: dict[str, Any]) -> dict[str, str]:
-    """Which dataset each table's measured rows come from: the paper's (``published.yaml``) at ``paper`` scale,
-    else its offline stand-in (:func:`lsgm.datasets_info.offline_standin`)."""
-    return {table: meta["dataset"] if scale == "paper" else offline_standin(meta["dataset"])
+def default_dataset_map(scale: str, published: dict[str, Any], runs: dict | None = None) -> dict[str, str]:
+    """Which dataset each table's measured rows come from: the paper's (``published.yaml``) at ``paper`` scale or
+    when our runs are on it (the paper scale in miniature), else its offline stand-in
+    (:func:`lsgm.datasets_info.offline_standin`)."""
+    ours = {r["run"]["dataset"] for r in (runs or {}).values()}
+    return {table: meta["dataset"] if scale == "paper" or meta["dataset"] in ours else offline_standin(meta["dataset"])
             for table, meta in published["tables"].items()}
+
+
+def scale_of(run: dict) -> str | None:
+    """``mini/cifar10/lsgm/fid-s0`` -> ``mini`` (None for a name without the scale)."""
+    return run["name"].split("/", 1)[0] if run["name"].count("/") >= 3 else None
+
+
+def not_comparable(entries: list[dict], meta: dict) -> str | None:
+    """Why our rows cannot be compared with the paper's: an offline stand-in dataset, or the paper's data at
+    miniature sizes (a scale other than ``paper``); None when they can."""
+    if any(e["run"]["dataset"] != meta["dataset"] for e in entries):
+        return NOT_COMPARABLE_DATA
+    if any(scale_of(e["run"]) not in (None, "paper") for e in entries):
+        return NOT_COMPARABLE_MINI
+    return None
 
 
 # ----------------------------------------------------------------------------- measured runs
@@ -396,8 +414,10 @@ def compare_row(group: Group, values: dict[str, Any], paper: dict | None, meta: 
     keys = [k for k in COMPARED if k in meta["metrics"]]
     if paper is None:
         return {k: None for k in keys}, None
-    if group.dataset != meta["dataset"]:
-        return {k: "not comparable" for k in keys}, NOT_COMPARABLE_DATA
+    why = not_comparable(group.entries, meta) if group.entries else \
+        (NOT_COMPARABLE_DATA if group.dataset != meta["dataset"] else None)
+    if why:
+        return {k: "not comparable" for k in keys}, why
     deltas, verdicts, notes = {}, [], []
     for key in keys:
         ours, theirs = values.get(key), paper.get(key)
@@ -532,9 +552,9 @@ def table6_metrics(entries: list[dict]) -> list[tuple[str, str, Callable | str]]
     return [(name, "fid", name) for name in names] + [("NELBO (bpd)", "nll", nelbo_key)]
 
 
-def vs_paper_text(label: str, dataset: str, meta: dict, comparable_fid: bool) -> str:
-    if dataset != meta["dataset"]:
-        return NOT_COMPARABLE_DATA
+def vs_paper_text(label: str, why_not: str | None, comparable_fid: bool) -> str:
+    if why_not:
+        return why_not
     if label.startswith("NELBO"):
         return "not compared (the paper does not state its NELBO estimator)"
     return "see the Δ rows" if comparable_fid else NOT_COMPARABLE_FD
@@ -554,9 +574,10 @@ def table6_sde_rows(sde: str, cells: dict[Cell, list[dict]], metrics: list, meta
             values[header] = NA if cell.na_reason else group_metric(group, kind, key)
             seeds += seed_records("table6", label, header, group.entries, [(kind, key)])
         values = mark_best(values)
-        comparable = metric == "fid" and dataset == meta["dataset"]
+        why_not = not_comparable([e for c, es in cells.items() if c.sde == sde for e in es], meta)
+        comparable = metric == "fid" and why_not is None
         rows.append({"Section": OURS_SECTION, "SDE": label, "Metric": metric, "n": n_text(list(values.values())),
-                     **values, "vs paper": vs_paper_text(metric, dataset, meta, comparable), "source": "ours"})
+                     **values, "vs paper": vs_paper_text(metric, why_not, comparable), "source": "ours"})
         if comparable:
             theirs = {h: paper.get((sde, h), {}).get("fid") for h in columns}
             rows += table6_delta_rows(label, values, theirs, relative)
@@ -719,7 +740,7 @@ def nll_line(unit: str, nll_docs: list[dict]) -> str:
     return line + ". Columns K, M, prior term, ODE tol.: the NLL estimator of each row (its nll files' settings)."
 
 
-def compare_lines(table: str, meta: dict, published: dict, standin: bool) -> list[str]:
+def compare_lines(table: str, meta: dict, published: dict, why_not: str | None) -> list[str]:
     """What ``Δ vs paper`` and ``reproduced`` mean, with the tolerance."""
     rule = published["reproduction"]
     nll_tol = f"|Δ NLL| <= {rule['nll'][meta['unit']]} {UNITS[meta['unit']]}"
@@ -730,8 +751,11 @@ def compare_lines(table: str, meta: dict, published: dict, standin: bool) -> lis
              "(the ± std beside shows the seed spread; it is not part of the rule). NELBO is not compared: the "
              "paper prints no NELBO of the same estimator. An FD in classifier features is never compared with "
              "FID.")]
-    if standin:
+    if why_not == NOT_COMPARABLE_DATA:
         lines.append(f"At this scale our data is an offline stand-in: every comparison reads {NOT_COMPARABLE_DATA!r}.")
+    elif why_not:
+        lines.append(f"At this scale the models are the paper's recipes at toy sizes on toy data in the paper's formats "
+                     f"(and FIDs use random Inception weights): every comparison reads {why_not!r}.")
     return lines
 
 
@@ -755,9 +779,8 @@ def metric_lines(table: str, meta: dict, entries: list[dict], published: dict) -
         lines.append("VAE backbone + stage-2 steps (Normal prior): the backbone trained on for the LSGM's stage-2 "
                      "steps with its Normal prior and the stage-2 optimizer -- it separates \"a better prior\" "
                      "from \"more training\".")
-    standin = any(e["run"]["dataset"] != meta["dataset"] for e in entries)
     if table != "table6":
-        lines += compare_lines(table, meta, published, standin)
+        lines += compare_lines(table, meta, published, not_comparable(entries, meta))
     return lines
 
 
@@ -785,8 +808,9 @@ def table6_lines(entries: list[dict], meta: dict, relative: float) -> list[str]:
              "from it: |mean - best mean| <= 2 sqrt(se² + se_best²), se = std / sqrt(n) over seeds "
              f"(n = {', '.join(map(str, ns)) or '—'} per cell); cells with n < 2 are never marked")
     marks += "; with n = 1 no marks are drawn." if ns and ns[-1] < 2 else "."
-    standin = any(e["run"]["dataset"] != meta["dataset"] for e in entries)
-    vs = (f"vs paper: {NOT_COMPARABLE_DATA} (our data is an offline stand-in)." if standin else
+    why_not = not_comparable(entries, meta)
+    vs = (f"vs paper: {NOT_COMPARABLE_DATA} (our data is an offline stand-in)." if why_not == NOT_COMPARABLE_DATA else
+          f"vs paper: {why_not} (the paper's recipes at toy sizes)." if why_not else
           f"vs paper: Δ FID vs paper = our mean - the paper's FID per cell; FID reproduced: |Δ| <= {relative:.0%} "
           "of the paper's FID (a cell diverged in both counts as reproduced); NELBO is not compared (the paper "
           "does not state its estimator).")
@@ -834,8 +858,8 @@ def build_tables(metrics: list[dict], scale: str, commit: str, dataset_map: dict
     if unknown:
         raise ValueError(f"no table {', '.join(unknown)}; the tables: {', '.join(ALL_TABLES)}")
     published = published or load_published()
-    dataset_map = {**default_dataset_map(scale, published), **(dataset_map or {})}
     runs = collect_runs(metrics)
+    dataset_map = {**default_dataset_map(scale, published, runs), **(dataset_map or {})}
     tables = {}
     for table in only:
         entries = select_runs(runs, table, dataset_map, rows)
