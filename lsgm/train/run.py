@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,6 +89,7 @@ class Run:
         self.last_ckpt_time = time.time()
         self.resumed_from: list[int] = []
         self.selection = Selection(cfg.train.select_every_steps)
+        self.hosts = self._gather_hosts()
         seed_everything(cfg.seed + self.dist.rank)  # per-rank noise; DDP broadcasts rank 0's initial weights
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -95,6 +98,16 @@ class Run:
     @property
     def is_main(self) -> bool:
         return self.dist.is_main
+
+    def _gather_hosts(self) -> list[str]:
+        """The node of every rank, in rank order (Slurm's node name where there is one: emulated nodes share a host
+        name), so run.json shows where a multi-node run really ran."""
+        here = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        if not self.dist.enabled:
+            return [here]
+        hosts: list = [None] * self.dist.world_size
+        dist.all_gather_object(hosts, here)
+        return hosts
 
     def close(self) -> None:
         self.stop.restore()
@@ -219,7 +232,7 @@ class Run:
                 "amp": {"requested": self.amp_requested, "effective": self.amp, "note": self.amp_note},
                 "grad_scaler": self.scaler is not None, "resumed_from_steps": self.resumed_from,
                 "batchnorm_synchronised": self.dist.world_size > 1, "batchnorm": self.batchnorm_note(),
-                "device": str(self.device)}
+                "device": str(self.device), "hosts": self.hosts, "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
 
     def deviations(self, task: Task) -> list[str]:
         """Every known difference from the official run: the code's (task.meta), the recipe's (run config) and
