@@ -14,6 +14,7 @@ import json
 import pickle
 import pickletools
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -237,9 +238,11 @@ def test_missing_miniature_names_the_files_and_is_never_downloaded(tmp_path, mon
 
 
 @pytest.mark.parametrize("name", list(SIZES))
-def test_make_data_is_byte_identical_for_the_same_arguments(minis, tmp_path, name):
+def test_make_data_is_byte_identical_for_the_same_arguments(minis, tmp_path, monkeypatch, name):
     _make(tmp_path / "a", name)
     first = _tree(tmp_path / "a")
+    monkeypatch.setattr(time, "time", lambda: 1e9)  # another clock: no timestamp may reach a file (gzip, MAT header)
+    monkeypatch.setattr(time, "asctime", lambda *args: "Sun Sep  9 01:46:40 2001")
     _make(tmp_path / "a", name)  # rewritten in place
     assert _tree(tmp_path / "a") == first
     reference = {k: v for k, v in _tree(minis).items() if k in first}  # the module fixture, another folder
@@ -308,6 +311,7 @@ def test_inception_stub_loads_through_make_extractor(inception):
         features = extractor(images)
         assert features.shape == (2, 2048) and torch.isfinite(features).all()
         assert features.std(0).max() > 0  # not a constant map
+        assert features.abs().mean() > 1e-2  # activations keep their scale (the default init gives ~1e-8)
 
 
 def test_inception_stub_is_deterministic_and_kept_out_of_the_hub_cache(inception, tmp_path, monkeypatch):
@@ -340,6 +344,8 @@ def test_fid_stats_on_a_miniature_with_split_size(minis, inception, tmp_path, ca
 
 def test_train_and_evaluate_on_a_miniature(minis, tmp_path, capsys):
     from lsgm.cli import main
+    from lsgm.eval.common import load_run
+    from lsgm.eval.variance import VarianceSettings, encoder_latents
 
     torch.set_num_threads(1)
     data = {"name": "mnist", "root": str(minis), "n_train": 12, "n_test": 6}
@@ -350,6 +356,15 @@ def test_train_and_evaluate_on_a_miniature(minis, tmp_path, capsys):
     assert main(["evaluate", "nll", "--model", str(tmp_path / "vae" / "model.pt"), "--out",
                  str(tmp_path / "nll.json"), "--batch-size", "6", "--device", "cpu"]) == 0
     assert json.loads((tmp_path / "nll.json").read_text())["metrics"]["n_examples"] == 6
+    stage2 = {**cfg, "kind": "lsgm", "score": {"nf": 16}, "objective": {"drop_inactive_var": True}}
+    (tmp_path / "lsgm.yaml").write_text(yaml.safe_dump(stage2))
+    assert main(["train-lsgm", "--config", str(tmp_path / "lsgm.yaml"), "--vae", str(tmp_path / "vae" / "model.pt"),
+                 "--out", str(tmp_path / "lsgm")]) == 0
+    run = load_run(tmp_path / "lsgm" / "model.pt")
+    settings = VarianceSettings(n_latents=6, n_draws=2, n_t_draws=2, seed=0, batch_size=4)
+    assert encoder_latents(run, settings, torch.device("cpu")).shape[0] == 6  # all 6 test images of the miniature
+    (tmp_path / "sgm.yaml").write_text(yaml.safe_dump({**cfg, "kind": "sgm", "score": {"nf": 16}}))
+    assert main(["train-sgm", "--config", str(tmp_path / "sgm.yaml"), "--out", str(tmp_path / "sgm")]) == 0
     cls = {**cfg, "kind": "classifier", "data": {**data, "name": "cifar10", "n_train": 10, "n_test": 4}}
     (tmp_path / "cls.yaml").write_text(yaml.safe_dump(cls))
     assert main(["train-classifier", "--config", str(tmp_path / "cls.yaml"), "--out", str(tmp_path / "cls")]) == 0
