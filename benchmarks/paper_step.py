@@ -82,7 +82,7 @@ def _patch_data(n: int) -> None:
     from lsgm.train import lsgm as lsgm_task
     from lsgm.train import vae as vae_task
 
-    def fake(name, split, root=None, download=False, augment=True):
+    def fake(name, split, root=None, download=False, augment=True, expected_size=None):
         return RandomImages(dataset_info(name), n, seed=0 if split == "train" else 1)
 
     vae_task.get_dataset = lsgm_task.get_dataset = fake

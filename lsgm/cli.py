@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-sgm": ("lsgm.train.sgm", "train the pixel-space score model baseline"),
     "train-classifier": ("lsgm.train.classifier", "train the feature classifier used for offline FD"),
     "fid-stats": ("lsgm.eval.fid", "compute reference feature statistics for FID/FD"),
+    "make-data": ("lsgm.data.miniature", "write a miniature dataset in the official formats (or random Inception)"),
     "evaluate": ("lsgm.eval.cli", "evaluate a trained run: nll | fid | cost"),
     "report": ("lsgm.report.cli", "compile tables and figures: tables | figure4 | variance"),
     "import-official": ("lsgm.official_import", "convert an NVlabs/LSGM train_vae/train_vada checkpoint to model.pt"),

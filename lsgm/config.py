@@ -78,6 +78,15 @@ class DataConfig:
     # Pixel SGM only: the network models 2 x - 1 in [-1, 1] (True; DDPM/VPSDE configs) or x in [0, 1] (False;
     # score_sde's VESDE configs, data.centered = False, whose sigma_max is measured on [0, 1] images)
     centered: bool = True
+    # The split's image count when it is not the official one, e.g. a miniature (lsgm make-data); None = the official
+    # size. A non-official count cannot match the official checksums, so those files are verified by parsing, array
+    # shapes and this count (lsgm.data.get_dataset's expected_size).
+    n_train: int | None = rng(None, 1)
+    n_test: int | None = rng(None, 1)
+
+    def split_size(self, split: str) -> int | None:
+        """The expected image count of ``split`` ("train" | "test") for :func:`lsgm.data.get_dataset`."""
+        return self.n_train if split == "train" else self.n_test
 
 
 @dataclass

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lsgm.data.common import DatasetError, ImageDataset, check_count, corrupt, one_line, require_root
+from lsgm.data.common import DatasetError, ImageDataset, check_count, corrupt, is_official, one_line, require_root
 from lsgm.datasets_info import EXPECTED_COUNTS, DatasetInfo
 
 CELEBA_FOLDERS = {"train": "train", "test": "validation"}
@@ -21,33 +21,38 @@ CELEBA_SIZE = 256
 CELEBA_BITS = 5
 
 
-def load(info: DatasetInfo, split: str, root, download: bool, flip: bool) -> ImageDataset:
+def load(info: DatasetInfo, split: str, root, download: bool, flip: bool,
+         expected_size: int | None = None) -> ImageDataset:
     """Lazily decoded images reduced to 5 bits; random horizontal flips when ``flip``."""
-    return ImageDataset(_celeba_images(require_root(info.name, root), split), None, flip=flip, bits=CELEBA_BITS)
+    images = _celeba_images(require_root(info.name, root), split, expected_size)
+    return ImageDataset(images, None, flip=flip, bits=CELEBA_BITS)
 
 
-def _celeba_images(root: Path, split: str):
+def _celeba_images(root: Path, split: str, expected_size: int | None = None):
     """Lazy 256 x 256 RGB images of ``split`` from ``<root>/celeba256/<train|validation>`` (images or LMDB).
 
     The image folder (``*.png``/``*.jpg``, in sorted file-name order) is preferred; otherwise
     ``<root>/celeba256/<train|validation>.lmdb`` (the official converter's raw RGB bytes keyed by index)
     is used when the ``lmdb`` package is importable. There is no download: CelebA-HQ must be prepared.
+    There is no checksum either, so a non-official ``expected_size`` (a miniature) only changes the count checked.
     """
+    size = None if is_official("celeba256", split, expected_size) else expected_size
     base = root / "celeba256"
     folder = base / CELEBA_FOLDERS[split]
     lmdb_path = base / f"{CELEBA_FOLDERS[split]}.lmdb"
     if folder.is_dir():
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in CELEBA_SUFFIXES)
-        check_count("celeba256", split, len(files), folder)
+        check_count("celeba256", split, len(files), folder, size)
         return ImageFiles(files)
     if lmdb_path.exists() and importlib.util.find_spec("lmdb") is not None:
         images = LmdbImages(lmdb_path)
-        check_count("celeba256", split, len(images), lmdb_path)
+        check_count("celeba256", split, len(images), lmdb_path, size)
         return images
+    counts = (f"{EXPECTED_COUNTS['celeba256']['train']}/{EXPECTED_COUNTS['celeba256']['test']} train/validation"
+              if size is None else f"{size} {CELEBA_FOLDERS[split]} images, data.n_{split}")
     raise DatasetError(f"celeba256: missing {folder} (*.png or *.jpg, {CELEBA_SIZE}x{CELEBA_SIZE} RGB) and "
-                       f"{lmdb_path} (needs the lmdb package); prepare CelebA-HQ-256 "
-                       f"({EXPECTED_COUNTS['celeba256']['train']}/{EXPECTED_COUNTS['celeba256']['test']} "
-                       f"train/validation) there; download=True cannot fetch it")
+                       f"{lmdb_path} (needs the lmdb package); prepare CelebA-HQ-256 ({counts}) there "
+                       f"(a miniature: lsgm make-data); download=True cannot fetch it")
 
 
 def _check_image(path, image: np.ndarray) -> torch.Tensor:

@@ -10,7 +10,18 @@ import numpy as np
 import torch
 from torchvision.datasets.utils import download_url
 
-from lsgm.data.common import ImageDataset, check_count, corrupt, missing, one_line, parse_file, require_root, verify_md5
+from lsgm.data.common import (
+    ImageDataset,
+    check_count,
+    corrupt,
+    is_official,
+    missing,
+    missing_unofficial,
+    one_line,
+    parse_file,
+    require_root,
+    verify_md5,
+)
 from lsgm.datasets_info import DatasetInfo
 
 # Official MD5 checksums. Source: torchvision 0.29.2 (`CIFAR10.tgz_md5`, `CIFAR10.train_list/test_list`),
@@ -33,30 +44,39 @@ CIFAR10_FILES: dict[str, tuple[str, ...]] = {
 }
 
 
-def load(info: DatasetInfo, split: str, root, download: bool, flip: bool) -> ImageDataset:
+def load(info: DatasetInfo, split: str, root, download: bool, flip: bool,
+         expected_size: int | None = None) -> ImageDataset:
     """8-bit RGB images with their labels; random horizontal flips when ``flip``."""
-    images, labels = _load_cifar10(require_root(info.name, root), split, download)
+    images, labels = _load_cifar10(require_root(info.name, root), split, download, expected_size)
     return ImageDataset(images, labels, flip=flip)
 
 
-def _load_cifar10(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``[N, 3, 32, 32]`` uint8 and labels ``[N]``; every batch file is MD5-verified.
+def _load_cifar10(root: Path, split: str, download: bool,
+                  expected_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``[N, 3, 32, 32]`` uint8 and labels ``[N]``; every batch file is MD5-verified at the official size.
 
     If batch files are missing, ``<root>/cifar-10-python.tar.gz`` is used (fetched first when
-    ``download``): its MD5 is verified, then it is extracted.
+    ``download``): its MD5 is verified, then it is extracted. A split of a non-official ``expected_size`` (a
+    miniature) has no official checksum to match: its batches are verified by unpickling, array shapes and the
+    count, and it is never downloaded.
     """
+    official = is_official("cifar10", split, expected_size)
     folder = root / CIFAR10_FOLDER
     names = CIFAR10_FILES[split]
     if not all((folder / n).exists() for n in names):
-        _cifar10_from_archive(root, download)
-    batches = [_cifar10_batch(folder / n) for n in names]
+        if not official and not (root / CIFAR10_ARCHIVE).exists():
+            raise missing_unofficial("cifar10", folder, [n for n in names if not (folder / n).exists()], split,
+                                     expected_size)
+        _cifar10_from_archive(root, download, official)
+    batches = [_cifar10_batch(folder / n, official) for n in names]
     images = torch.cat([b[0] for b in batches])
     labels = torch.cat([b[1] for b in batches])
-    check_count("cifar10", split, len(images), folder)
+    check_count("cifar10", split, len(images), folder, None if official else expected_size)
     return images, labels
 
 
-def _cifar10_from_archive(root: Path, download: bool) -> None:
+def _cifar10_from_archive(root: Path, download: bool, official: bool = True) -> None:
+    """Extract ``<root>/cifar-10-python.tar.gz``, MD5-verified (and fetched when ``download``) if ``official``."""
     archive = root / CIFAR10_ARCHIVE
     if download and not archive.exists():
         try:
@@ -66,7 +86,8 @@ def _cifar10_from_archive(root: Path, download: bool) -> None:
                            f"by hand; download failed: {one_line(err)}") from err
     if not archive.exists():
         raise missing("cifar10", root, {CIFAR10_ARCHIVE: f"md5 {CIFAR10_ARCHIVE_MD5}"}, CIFAR10_URL)
-    verify_md5("cifar10", archive, CIFAR10_ARCHIVE_MD5)
+    if official:
+        verify_md5("cifar10", archive, CIFAR10_ARCHIVE_MD5)
     try:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(root, filter="data")
@@ -74,11 +95,14 @@ def _cifar10_from_archive(root: Path, download: bool) -> None:
         raise corrupt("cifar10", archive, one_line(err)) from err
 
 
-def _cifar10_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """One verified pickle batch: images ``[n, 3, 32, 32]`` uint8, labels ``[n]`` int64."""
+def _cifar10_batch(path: Path, official: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One verified pickle batch: images ``[n, 3, 32, 32]`` uint8, labels ``[n]`` int64 (MD5 if ``official``)."""
     if not path.exists():
+        if not official:
+            raise corrupt("cifar10", path.parent.parent / CIFAR10_ARCHIVE, f"{path.name} is not in the archive")
         raise missing("cifar10", path.parent, {path.name: f"md5 {CIFAR10_MD5[path.name]}"}, CIFAR10_URL)
-    verify_md5("cifar10", path, CIFAR10_MD5[path.name])
+    if official:
+        verify_md5("cifar10", path, CIFAR10_MD5[path.name])
     entry = parse_file(path, "cifar10", _unpickle)
     data, labels = np.asarray(entry.get("data")), np.asarray(entry.get("labels"), dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):

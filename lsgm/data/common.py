@@ -2,6 +2,10 @@
 
 Files are checksum- or parse-verified; a missing or corrupt file raises :class:`DatasetError` with one line
 naming the file, the folder and the fix.
+
+A split of a non-official size (``expected_size``, the run config's ``data.n_train`` / ``data.n_test``, e.g. a
+miniature written by ``lsgm make-data``) cannot match the official checksums, which are of the official release:
+its files are verified by parsing, array shapes and the count only, and it is never downloaded.
 """
 
 from __future__ import annotations
@@ -83,11 +87,31 @@ def missing(name: str, folder: Path, files: dict[str, str], source: str, hint: s
     return DatasetError(f"{name}: missing {listed}; put them in {folder} (from {source}) {hint}")
 
 
-def check_count(name: str, split: str, n: int, where: Path) -> None:
-    expected = EXPECTED_COUNTS[name][split]
-    if n != expected:
-        raise DatasetError(f"{name}: {split} split in {where} has {n} images, expected {expected}; "
-                           f"the data is incomplete or not the official release: delete it and re-fetch it")
+def is_official(name: str, split: str, expected_size: int | None) -> bool:
+    """Whether ``split`` is expected at its official size (``expected_size`` None or equal to it): only then do the
+    official checksums apply and may the official files be downloaded."""
+    return expected_size is None or expected_size == EXPECTED_COUNTS[name][split]
+
+
+def check_count(name: str, split: str, n: int, where: Path, expected_size: int | None = None) -> None:
+    """``n`` images must be the official count, or ``expected_size`` when one is given (a non-official split)."""
+    if expected_size is None:
+        expected = EXPECTED_COUNTS[name][split]
+        if n != expected:
+            raise DatasetError(f"{name}: {split} split in {where} has {n} images, expected {expected}; "
+                               f"the data is incomplete or not the official release: delete it and re-fetch it "
+                               f"(a split of another size, e.g. a miniature, needs data.n_{split})")
+    elif n != expected_size:
+        raise DatasetError(f"{name}: {split} split in {where} has {n} images, expected {expected_size} "
+                           f"(data.n_{split}); the data is incomplete or of another size: rewrite it "
+                           f"(lsgm make-data) or set data.n_{split} to its size")
+
+
+def missing_unofficial(name: str, folder: Path, files, split: str, expected_size: int) -> DatasetError:
+    """The files of a non-official ``split`` are missing: no official source has them, so there is no download."""
+    return DatasetError(f"{name}: missing {', '.join(files)} of a {expected_size}-image {split} split (not the "
+                        f"official size, so never downloaded); put them in {folder}, e.g. with lsgm make-data "
+                        f"--dataset {name} --root ROOT")
 
 
 def one_line(err: BaseException) -> str:

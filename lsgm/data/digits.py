@@ -22,8 +22,10 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_PER_CLASS = 30
 
 
-def load(info: DatasetInfo, split: str, root, download: bool, flip: bool) -> ImageDataset:
-    """``digits`` (grey levels) or ``digits_binary`` (dynamically binarized); never flipped."""
+def load(info: DatasetInfo, split: str, root, download: bool, flip: bool,
+         expected_size: int | None = None) -> ImageDataset:
+    """``digits`` (grey levels) or ``digits_binary`` (dynamically binarized); never flipped. ``expected_size`` is
+    ignored: the split is fixed (1,497 / 300)."""
     images, labels = _load_digits(split)
     return ImageDataset(images, labels, max_value=16, binarize=info.binary)
 

@@ -11,7 +11,18 @@ import torch
 from torchvision.datasets import MNIST
 from torchvision.datasets import mnist as mnist_reader
 
-from lsgm.data.common import ImageDataset, check_count, corrupt, missing, one_line, parse_file, require_root, verify_md5
+from lsgm.data.common import (
+    ImageDataset,
+    check_count,
+    corrupt,
+    is_official,
+    missing,
+    missing_unofficial,
+    one_line,
+    parse_file,
+    require_root,
+    verify_md5,
+)
 from lsgm.datasets_info import DatasetInfo
 
 # Official MD5 checksums. Source: torchvision 0.29.2 (`torchvision.datasets.MNIST.resources`), i.e. the values
@@ -29,39 +40,48 @@ MNIST_FILES: dict[str, tuple[str, str]] = {  # split -> (images, labels), uncomp
 }
 
 
-def load(info: DatasetInfo, split: str, root, download: bool, flip: bool) -> ImageDataset:
+def load(info: DatasetInfo, split: str, root, download: bool, flip: bool,
+         expected_size: int | None = None) -> ImageDataset:
     """Train or test images padded by 2 pixels (28 -> 32), binarized on every access; never flipped."""
-    images, labels = _load_mnist(require_root(info.name, root), split, download)
+    images, labels = _load_mnist(require_root(info.name, root), split, download, expected_size)
     return ImageDataset(images, labels, pad=2, binarize=True)
 
 
-def _load_mnist(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_mnist(root: Path, split: str, download: bool,
+                expected_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``[N, 1, 28, 28]`` uint8 and labels ``[N]`` from the IDX files of ``split``.
 
     A ``.gz`` file present in the raw folder is always verified against its official MD5 (and
     extracted when the uncompressed file is missing); the uncompressed files are verified by parsing
-    (IDX header and size) and by the expected image count.
+    (IDX header and size) and by the expected image count. A split of a non-official ``expected_size`` (a
+    miniature) cannot match the official MD5s: its ``.gz`` files are only extracted (a truncated one fails its
+    CRC), and it is never downloaded.
     """
+    official = is_official("mnist", split, expected_size)
     raw = root / "MNIST" / "raw"
     names = MNIST_FILES[split]
-    if download and not all((raw / n).exists() or (raw / f"{n}.gz").exists() for n in names):
+    if official and download and not all((raw / n).exists() or (raw / f"{n}.gz").exists() for n in names):
         _download_mnist(root, raw, split)
-    paths = [_mnist_file(raw, n, split) for n in names]
+    paths = [_mnist_file(raw, n, split, None if official else expected_size) for n in names]
     images = parse_file(paths[0], "mnist", mnist_reader.read_image_file)
     labels = parse_file(paths[1], "mnist", mnist_reader.read_label_file)
     if images.shape[1:] != (28, 28) or len(labels) != len(images) or bool((labels > 9).any()):
         raise corrupt("mnist", raw, f"images {tuple(images.shape)} do not match labels {tuple(labels.shape)}")
-    check_count("mnist", split, len(images), raw)
+    check_count("mnist", split, len(images), raw, None if official else expected_size)
     return images.unsqueeze(1), labels  # [N, 1, 28, 28], [N]
 
 
-def _mnist_file(raw: Path, name: str, split: str) -> Path:
-    """The uncompressed IDX file ``name``, after verifying (and if needed extracting) its ``.gz``."""
+def _mnist_file(raw: Path, name: str, split: str, unofficial_size: int | None = None) -> Path:
+    """The uncompressed IDX file ``name``, after verifying (and if needed extracting) its ``.gz`` (no MD5 for a
+    split of a non-official size ``unofficial_size``)."""
     path, gz = raw / name, raw / f"{name}.gz"
     if gz.exists():
-        verify_md5("mnist", gz, MNIST_MD5[gz.name])
+        if unofficial_size is None:
+            verify_md5("mnist", gz, MNIST_MD5[gz.name])
         if not path.exists():
             _gunzip("mnist", gz, path)
+    if not path.exists() and unofficial_size is not None:
+        raise missing_unofficial("mnist", raw, [f"{name}.gz"], split, unofficial_size)
     if not path.exists():
         wanted = {f"{n}.gz": f"md5 {MNIST_MD5[n + '.gz']}" for n in MNIST_FILES[split]}
         raise missing("mnist", raw, wanted, MNIST_URLS[0])

@@ -11,7 +11,17 @@ import numpy as np
 import torch
 from scipy.io import loadmat
 
-from lsgm.data.common import DatasetError, ImageDataset, check_count, missing, one_line, parse_file, require_root
+from lsgm.data.common import (
+    DatasetError,
+    ImageDataset,
+    check_count,
+    is_official,
+    missing,
+    missing_unofficial,
+    one_line,
+    parse_file,
+    require_root,
+)
 from lsgm.datasets_info import DatasetInfo
 
 # OMNIGLOT (IWAE split). No official checksum is published for chardata.mat and we do not know one
@@ -22,21 +32,29 @@ OMNIGLOT_FILE = "chardata.mat"
 OMNIGLOT_KEYS = {"train": "data", "test": "testdata"}
 
 
-def load(info: DatasetInfo, split: str, root, download: bool, flip: bool) -> ImageDataset:
+def load(info: DatasetInfo, split: str, root, download: bool, flip: bool,
+         expected_size: int | None = None) -> ImageDataset:
     """Unlabelled images padded by 2 pixels (28 -> 32), binarized on every access; never flipped."""
-    return ImageDataset(_load_omniglot(require_root(info.name, root), split, download), None, pad=2, binarize=True)
+    images = _load_omniglot(require_root(info.name, root), split, download, expected_size)
+    return ImageDataset(images, None, pad=2, binarize=True)
 
 
-def _load_omniglot(root: Path, split: str, download: bool) -> torch.Tensor:
-    """Images ``[N, 1, 28, 28]`` uint8 from ``chardata.mat``, reshaped as the official code does."""
+def _load_omniglot(root: Path, split: str, download: bool, expected_size: int | None = None) -> torch.Tensor:
+    """Images ``[N, 1, 28, 28]`` uint8 from ``chardata.mat``, reshaped as the official code does.
+
+    A split of a non-official ``expected_size`` (a miniature) is checked against that count and never downloaded.
+    """
+    official = is_official("omniglot", split, expected_size)
     path = root / "omniglot" / OMNIGLOT_FILE
-    if download and not path.exists():
+    if official and download and not path.exists():
         _fetch_omniglot(path)
+    if not path.exists() and not official:
+        raise missing_unofficial("omniglot", path.parent, [OMNIGLOT_FILE], split, expected_size)
     if not path.exists():
         raise missing("omniglot", path.parent, {OMNIGLOT_FILE: "verified by parsing and array shapes"},
                        OMNIGLOT_URL)
     arrays = parse_file(path, "omniglot", _read_chardata)
-    check_count("omniglot", split, arrays[split].shape[1], path)
+    check_count("omniglot", split, arrays[split].shape[1], path, None if official else expected_size)
     flat = arrays[split].astype(np.float32)  # [784, N]
     images = (255 * flat.reshape(28, 28, -1).transpose(2, 1, 0)).astype(np.uint8)  # [N, 28, 28]
     return torch.from_numpy(images).unsqueeze(1)  # [N, 1, 28, 28]

@@ -11,8 +11,8 @@ from torch.utils.data import Dataset
 from lsgm.data.common import DatasetError
 from lsgm.datasets_info import DATASETS, DatasetInfo
 
-# loader(info, split, root, download, flip) -> map-style dataset of (x, label)
-Loader = Callable[[DatasetInfo, str, "str | os.PathLike | None", bool, bool], Dataset]
+# loader(info, split, root, download, flip, expected_size) -> map-style dataset of (x, label)
+Loader = Callable[[DatasetInfo, str, "str | os.PathLike | None", bool, bool, "int | None"], Dataset]
 
 # Dataset name -> the module (under lsgm.data) whose ``load`` reads it. Imported on first use: torchvision and
 # scipy cost seconds per process, and every DAG job is a process (the digits stand-ins need neither).
@@ -44,6 +44,7 @@ def get_dataset(
     root: str | os.PathLike | None = None,
     download: bool = False,
     augment: bool = True,
+    expected_size: int | None = None,
 ) -> Dataset:
     """The ``split`` of dataset ``name`` as a map-style dataset of ``(x, label)`` items.
 
@@ -63,8 +64,16 @@ def get_dataset(
     under ``root`` (``MNIST/raw``, ``omniglot/chardata.mat``, ``cifar-10-batches-py``,
     ``celeba256/{train,validation}``); files are checksum- or parse-verified, and missing or corrupt
     files raise :class:`DatasetError` naming the file, the folder and the fix.
+
+    ``expected_size``: the split's image count when it is not the official one (a miniature, ``lsgm make-data``;
+    the run config's ``data.n_train`` / ``data.n_test``). The official checksums are of the official release, so
+    such a split is verified by parsing, array shapes and that count, and never downloaded; None (the official
+    size) keeps every official check. The digits stand-ins ignore it.
     """
     info = dataset_info(name)
     if split not in ("train", "test"):
         raise DatasetError(f"split must be 'train' or 'test', got {split!r}")
-    return loader(name)(info, split, root, download, augment and split == "train")
+    if expected_size is not None and (isinstance(expected_size, bool) or not isinstance(expected_size, int)
+                                      or expected_size < 1):
+        raise DatasetError(f"expected_size must be an integer >= 1 or None, got {expected_size!r}")
+    return loader(name)(info, split, root, download, augment and split == "train", expected_size)

@@ -86,12 +86,13 @@ class _Uint8Images(Dataset):
         return to_rgb(quantize_uint8(x)[None])[0]
 
 
-def reference_dataset(name: str, split: str = "train", root: str | None = None):
-    """The images reference statistics are computed on: no augmentation, never binarized."""
+def reference_dataset(name: str, split: str = "train", root: str | None = None, expected_size: int | None = None):
+    """The images reference statistics are computed on: no augmentation, never binarized. ``expected_size``: the
+    split's image count when it is not the official one (a miniature)."""
     from lsgm.data import DatasetError, get_dataset
 
     try:
-        dataset = get_dataset(name, split, root=root, download=False, augment=False)
+        dataset = get_dataset(name, split, root=root, download=False, augment=False, expected_size=expected_size)
     except DatasetError as err:
         raise EvalError(str(err)) from err
     if getattr(dataset, "binarize", False):
@@ -101,9 +102,10 @@ def reference_dataset(name: str, split: str = "train", root: str | None = None):
 
 def compute_reference_stats(dataset: str, extractor: Extractor, root: str | None = None, batch_size: int = 200,
                             max_samples: int | None = None, split: str = "train",
-                            device: torch.device | str = "cpu") -> dict:
-    """Statistics of ``extractor``'s features over the ``split`` of ``dataset``, with versioned metadata."""
-    source = reference_dataset(dataset, split, root)
+                            device: torch.device | str = "cpu", expected_size: int | None = None) -> dict:
+    """Statistics of ``extractor``'s features over the ``split`` of ``dataset``, with versioned metadata
+    (``expected_size``: the split's count when it is not the official one, e.g. a miniature)."""
+    source = reference_dataset(dataset, split, root, expected_size)
     count = len(source) if max_samples is None else min(max_samples, len(source))
     cuda = torch.device(device).type == "cuda"
     feats = get_featuresdict_from_dataset(_Uint8Images(source, count), extractor.module, batch_size, cuda,
@@ -239,6 +241,8 @@ def _stats_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", help=f"path of {INCEPTION_FILE} (offline); also ${INCEPTION_ENV}")
     p.add_argument("--root", help="dataset folder (paper-scale datasets)")
     p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--split-size", type=int, default=None, metavar="N",
+                   help="the split's image count when it is not the official one (a miniature: data.n_train)")
     p.add_argument("--max-samples", type=int, default=None, help="default: the whole split")
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--device", default="auto")
@@ -250,10 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     """``lsgm fid-stats``: write reference statistics (exit 2 with a one-line error on bad input)."""
     args = _stats_parser().parse_args(argv)
     try:
+        if args.split_size is not None and args.split_size < 1:
+            raise EvalError(f"--split-size must be >= 1, got {args.split_size}")
         device = resolve_device(args.device)
         extractor = make_extractor(args.features, args.classifier, args.inception_weights, device)
         stats = compute_reference_stats(args.dataset, extractor, root=args.root, batch_size=args.batch_size,
-                                        max_samples=args.max_samples, split=args.split, device=device)
+                                        max_samples=args.max_samples, split=args.split, device=device,
+                                        expected_size=args.split_size)
     except EvalError as err:
         print(f"lsgm fid-stats: error: {err}", file=sys.stderr)
         return 2

@@ -156,7 +156,8 @@ def _test_loader(run: LoadedRun, split: str, batch_size: int, root: str | None) 
     from lsgm.data import DatasetError, get_dataset
 
     try:
-        dataset = get_dataset(run.cfg.data.name, split, root=root or run.cfg.data.root, download=False, augment=False)
+        dataset = get_dataset(run.cfg.data.name, split, root=root or run.cfg.data.root, download=False, augment=False,
+                              expected_size=run.cfg.data.split_size(split))
     except DatasetError as err:
         raise EvalError(str(err)) from err
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False)

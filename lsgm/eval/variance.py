@@ -280,7 +280,8 @@ def encoder_latents(run: LoadedRun, settings: VarianceSettings, device: torch.de
     """z0 [N, C, H, W]: one posterior sample of each of N fixed images of the split (a seeded choice of indices)."""
     from lsgm.data import get_dataset
 
-    data = get_dataset(run.cfg.data.name, settings.split, root=run.cfg.data.root, download=False, augment=False)
+    data = get_dataset(run.cfg.data.name, settings.split, root=run.cfg.data.root, download=False, augment=False,
+                       expected_size=run.cfg.data.split_size(settings.split))
     if len(data) < settings.n_latents:
         raise EvalError(f"n_latents = {settings.n_latents} > {len(data)} images in the {settings.split} split")
     gen = _generator(settings.seed, "images", torch.device("cpu"))

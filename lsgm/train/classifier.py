@@ -51,9 +51,10 @@ class LabelledLoader(InfiniteLoader):
         return LabelledBatch(x, y)
 
 
-def grey_dataset(name: str, split: str, root: str | None, download: bool, augment: bool):
+def grey_dataset(name: str, split: str, root: str | None, download: bool, augment: bool,
+                 expected_size: int | None = None):
     """A labelled split as grey levels: binary datasets are NOT binarized (see the module docstring)."""
-    dataset = get_dataset(name, split, root=root, download=download, augment=augment)
+    dataset = get_dataset(name, split, root=root, download=download, augment=augment, expected_size=expected_size)
     if getattr(dataset, "binarize", False):
         dataset.binarize = False
     return dataset
@@ -71,7 +72,8 @@ class ClassifierTask:
         self.run, self.cfg, self.info = run, cfg, dataset_info(cfg.data.name)
         self.net = run.wrap(build_classifier(self.info))
         self.opt = make_optimizer(unwrap(self.net).parameters(), cfg.train.score_optim)
-        train = grey_dataset(cfg.data.name, "train", cfg.data.root, cfg.data.download, augment=True)
+        train = grey_dataset(cfg.data.name, "train", cfg.data.root, cfg.data.download, augment=True,
+                             expected_size=cfg.data.n_train)
         t = cfg.train
         self.loader = LabelledLoader(train, run.per_process_batch, cfg.seed, run.dist.rank, run.dist.world_size,
                                      cfg.data.num_workers, run.device.type == "cuda")
@@ -98,7 +100,8 @@ class ClassifierTask:
     def validate(self) -> dict:
         net = unwrap(self.net).eval()
         cfg = self.cfg
-        test = grey_dataset(cfg.data.name, "test", cfg.data.root, cfg.data.download, augment=False)
+        test = grey_dataset(cfg.data.name, "test", cfg.data.root, cfg.data.download, augment=False,
+                            expected_size=cfg.data.n_test)
         correct = 0
         with fixed_rng(cfg.seed + 1, self.run.device):
             for start in range(0, len(test), 256):

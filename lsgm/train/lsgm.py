@@ -130,7 +130,8 @@ class LSGMTask:
         self.active_kl = None
         if obj.drop_inactive_var:
             vae.to(run.device).eval()
-            train_set = get_dataset(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download)
+            train_set = get_dataset(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download,
+                                    expected_size=cfg.data.n_train)
             with fixed_rng(cfg.seed + 2, run.device):
                 loader = torch.utils.data.DataLoader(train_set, batch_size=run.per_process_batch, shuffle=False)
                 batches = (x.to(run.device) for i, (x, _) in zip(range(cfg.train.val_batches), loader))
@@ -148,7 +149,7 @@ class LSGMTask:
         self.modules = {"vae": unwrap(self.vae), "score": unwrap(self.score)}
         self.emas = {"score": self.ema}
         self.loader = run.make_loader(get_dataset(cfg.data.name, "train", root=cfg.data.root,
-                                                  download=cfg.data.download))
+                                                  download=cfg.data.download, expected_size=cfg.data.n_train))
         self.score_by_q = self.train_vae and q_trains_score(obj.weighting, obj.q_objective)
         self.meta = self._meta(vae_path, stage1)
 

@@ -49,7 +49,7 @@ class SGMTask:
         self.opt = make_optimizer(trainable(unwrap(self.net)), cfg.train.score_optim)
         self.ema = EMA(unwrap(self.net), cfg.train.ema_decay)
         self.loader = run.make_loader(get_dataset(cfg.data.name, "train", root=cfg.data.root,
-                                                  download=cfg.data.download))
+                                                  download=cfg.data.download, expected_size=cfg.data.n_train))
         self.modules, self.optimizers, self.emas = {"score": unwrap(self.net)}, {"score": self.opt}, {"score": self.ema}
         self.meta = {"stage": "sgm", "data_space": "2x - 1 in [-1, 1]" if cfg.data.centered else "x in [0, 1]", "sampler": self.sampler.name,
                      "optimizer": {"score": cfg.train.score_optim.name},

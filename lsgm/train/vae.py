@@ -33,7 +33,8 @@ from lsgm.train.schedules import lr_at, stage1_kl_coeff, stage2_kl_coeff
 def validation_batches(run: Run, n_batches: int):
     """The first ``n_batches`` test batches (fixed order), on the run's device."""
     cfg, size = run.cfg, run.per_process_batch
-    data = get_dataset(cfg.data.name, "test", root=cfg.data.root, download=cfg.data.download, augment=False)
+    data = get_dataset(cfg.data.name, "test", root=cfg.data.root, download=cfg.data.download, augment=False,
+                       expected_size=cfg.data.n_test)
     n = min(len(data), n_batches * size)
     for start in range(0, n, size):
         idx = range(start, min(start + size, n))
@@ -52,7 +53,7 @@ class VAETask:
         self.vae = run.wrap(vae)
         self.opt = make_optimizer(trainable(unwrap(self.vae)), cfg.train.vae_optim)
         self.loader = run.make_loader(get_dataset(cfg.data.name, "train", root=cfg.data.root,
-                                                  download=cfg.data.download))
+                                                  download=cfg.data.download, expected_size=cfg.data.n_train))
         self.alphas = kl_balance_alphas(cfg.vae.num_latent_scales, cfg.vae.num_groups_per_scale)
         self.modules, self.optimizers, self.emas = {"vae": unwrap(self.vae)}, {"vae": self.opt}, {}
         self.meta = {"stage": "vae", "optimizer": {"vae": f"{cfg.train.vae_optim.name} (coupled L2 weight decay"
