@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 
 from lsgm.config import ConfigError, RunConfig, from_dict
-from lsgm.data import EXPECTED_COUNTS, DatasetError, get_dataset, miniature
+from lsgm.data import EXPECTED_COUNTS, DatasetError, get_dataset, md5sum, miniature
 from lsgm.io import file_sha256
 
 SIZES = {"cifar10": (10, 4), "mnist": (12, 6), "omniglot": (6, 4), "celeba256": (3, 2)}
@@ -80,14 +80,8 @@ def test_loader_reads_the_miniature_with_its_size(minis, name):
         zip(("train", "test"), SIZES[name]))
     for entry in manifest["files"]:
         path = minis / entry["path"]
-        assert path.stat().st_size == entry["bytes"] and data_md5(path) == entry["md5"]
+        assert path.stat().st_size == entry["bytes"] and md5sum(path) == entry["md5"]
     assert {"commit", "versions", "device"} <= set(manifest["provenance"])
-
-
-def data_md5(path) -> str:
-    from lsgm.data import md5sum
-
-    return md5sum(path)
 
 
 @pytest.mark.parametrize("name", ["mnist", "omniglot"])
@@ -199,7 +193,7 @@ def test_miniature_without_its_size_is_refused(minis, name):
     assert "\n" not in str(err.value) and "lsgm make-data" in str(err.value)
 
 
-def test_official_size_given_explicitly_keeps_the_official_checks(minis, monkeypatch):
+def test_official_size_given_explicitly_keeps_the_official_checks(minis):
     """expected_size equal to the official count is the official split: its MD5s still apply."""
     with pytest.raises(DatasetError, match="md5"):
         get_dataset("cifar10", "test", root=minis, expected_size=EXPECTED_COUNTS["cifar10"]["test"])
@@ -306,8 +300,9 @@ def test_inception_stub_loads_through_make_extractor(inception):
     assert sidecar["seed"] == 0 and sidecar["sha256"] == file_sha256(inception)
     extractor = make_extractor("inception", inception_weights=str(inception))  # torch-fidelity loads it strictly
     assert extractor.checksum == sidecar["sha256"] and extractor.dim == 2048
+    generator = torch.Generator().manual_seed(0)
     for side in (32, 256):
-        images = torch.randint(0, 256, (2, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        images = torch.randint(0, 256, (2, 3, side, side), dtype=torch.uint8, generator=generator)  # [2, 3, H, W]
         features = extractor(images)
         assert features.shape == (2, 2048) and torch.isfinite(features).all()
         assert features.std(0).max() > 0  # not a constant map
