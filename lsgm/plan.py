@@ -689,7 +689,8 @@ class Plan:
     def variance_settings(self) -> dict:
         """``scales.S.eval.variance`` (n_latents, n_draws, n_t_draws, batch_size, seed; ranges checked): the flags of
         ``lsgm report variance`` (:func:`eval_args`); absent keys take the CLI's defaults."""
-        settings = {"variance": dict(self.sc["eval"].get("variance") or {})}
+        settings = {"variance": deep_merge(self.sc["eval"].get("variance") or {},
+                                           (self.shrink.get("eval") or {}).get("variance"))}
         check_eval_settings(settings, f"scales.{self.scale}")
         return settings["variance"]
 

@@ -89,7 +89,7 @@ def _mnist_file(raw: Path, name: str, split: str, unofficial_size: int | None = 
 
 
 def _gunzip(name: str, gz: Path, out: Path) -> None:
-    tmp = out.with_name(out.name + ".part")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.part")  # per process: parallel jobs may extract at once
     try:
         with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst)
