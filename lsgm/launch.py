@@ -1,10 +1,16 @@
 """``lsgm launch``: start one ``lsgm`` command on a run's processes, from the launch geometry as data.
 
 The plan gives every multi-process training job ``lsgm launch --nodes N --nproc-per-node P [--gpu] -- <command>``
-(:meth:`lsgm.plan.Run.launcher`); this module turns that into the process tree and ``exec``s it, so signals
-(Slurm's SIGTERM / SIGUSR1 before a time limit or on requeue) reach ``srun`` / ``torchrun`` directly:
+(:meth:`lsgm.plan.Run.launcher`); this module turns that into the process tree and ``exec``s it.
 
-- one node: ``torchrun --standalone --nnodes=1 --nproc_per_node=P -m lsgm <command>``;
+Inside a Slurm allocation every launch is a job step of its own (``srun``), so the trainer (or torchrun, which
+forwards it to its workers) is a step's task: Slurm 22.05's cgroup tracker delivers SIGTERM (requeue, scancel, time
+limit, the profile's ``--signal=TERM@300``) only to the steps' tasks, and the executor plugin's own step runs an inner
+snakemake that does not pass it on (measured on the local cluster: without a step of its own the trainer got no
+signal before SIGKILL). ``--overlap`` lets the step share the CPUs of that plugin step.
+
+- one process: ``lsgm <command>`` (in an allocation: ``srun --overlap --ntasks=1 ... python -m lsgm <command>``);
+- one node: ``torchrun --standalone --nnodes=1 --nproc_per_node=P -m lsgm <command>`` (in an allocation, as a step);
 - several nodes inside a Slurm allocation of at least N nodes: ``srun`` starts one ``torchrun`` per node
   (``--ntasks-per-node=1``, the node's CPUs and, with ``--gpu``, its P GPUs), and they meet at a c10d rendezvous
   on the allocation's first node (port 29500 + job id mod 1000, so jobs sharing a node differ);
@@ -46,20 +52,29 @@ def allocated_nodes(env: dict) -> int:
     return int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 0) if env.get("SLURM_JOB_ID") else 0
 
 
+def own_step(cmd: list[str], env: dict) -> list[str]:
+    """``cmd`` as a job step of its own when this process runs in a Slurm allocation (see the module docstring)."""
+    if not allocated_nodes(env):
+        return cmd
+    cpus = env.get("SLURM_CPUS_PER_TASK", "1")
+    return ["srun", "--overlap", "--nodes=1", "--ntasks=1", f"--cpus-per-task={cpus}", *cmd]
+
+
 def build(nodes: int, nproc_per_node: int, gpu: bool, command: list[str], env: dict) -> tuple[list[str], str]:
     """(argv to exec, one line saying which layout it is)."""
     world = nodes * nproc_per_node
     if world == 1:
-        return [sys.executable, "-m", "lsgm", *command], "one process"
+        return own_step([sys.executable, "-m", "lsgm", *command], env), "one process"
     if nodes == 1:
-        return torchrun(1, nproc_per_node, command), f"one node x {nproc_per_node} processes"
+        return own_step(torchrun(1, nproc_per_node, command), env), f"one node x {nproc_per_node} processes"
     have = allocated_nodes(env)
     if have < nodes:
         where = "no Slurm allocation" if not have else f"a Slurm allocation of {have} node(s)"
         return (torchrun(1, world, command),
                 f"{nodes} nodes x {nproc_per_node} processes wanted, {where}: all {world} processes on this machine")
     cpus = int(env.get("SLURM_CPUS_PER_TASK", "1")) * nproc_per_node  # the job has one task per process
-    srun = ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus}", "--kill-on-bad-exit=1"]
+    # no --kill-on-bad-exit: a rank that stopped for a checkpoint must not kill the rank still writing it
+    srun = ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus}"]
     if gpu:
         srun.append(f"--gres=gpu:{nproc_per_node}")
     rdzv = f"{first_node(env['SLURM_JOB_NODELIST'])}:{RDZV_PORT + int(env['SLURM_JOB_ID']) % 1000}"

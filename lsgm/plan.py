@@ -75,7 +75,7 @@ DERIVED_OWN_KEYS = ("data_root", "resources", "launch")
 
 
 # The slurm executor-plugin resources a job declares (workflow/rules/common.smk asks the plan for each one).
-TRAIN_RESOURCE_KEYS = ("gpu", "nodes", "tasks_per_node", "gres", "mpi", "cpus_per_task", "mem_mb", "runtime")
+TRAIN_RESOURCE_KEYS = ("gpu", "nodes", "tasks_per_node", "tasks", "gres", "mpi", "cpus_per_task", "mem_mb", "runtime")
 EVAL_RESOURCE_KEYS = ("gpu", "cpus_per_task", "mem_mb", "runtime")
 
 
@@ -212,13 +212,12 @@ class Run:
         return f"checkpoints/{self.scale}/{self.stem}-{self.fingerprint}"
 
     def launcher(self) -> str:
-        """The command prefix that starts ``lsgm`` on this run's processes: the plain console script for one process;
-        else ``lsgm launch`` with the geometry (:mod:`lsgm.launch`: torchrun on one node; on several nodes one
-        torchrun per node started by srun, meeting at a c10d rendezvous on the allocation's first node)."""
-        if self.gpus <= 1:
-            return "lsgm"
-        gpu = " --gpu" if self.gpu else ""
-        return f"lsgm launch --nodes {self.nodes} --nproc-per-node {self.gpus_per_node}{gpu} --"
+        """The command prefix that starts ``lsgm`` on this run's processes: ``lsgm launch`` with the geometry
+        (:mod:`lsgm.launch`: one process, or torchrun on one node, each as a Slurm step of its own in an allocation so
+        that preemption signals reach it; on several nodes one torchrun per node started by srun, meeting at a c10d
+        rendezvous on the allocation's first node)."""
+        gpu = " --gpu" if self.gpu and self.gpus else ""
+        return f"lsgm launch --nodes {self.nodes} --nproc-per-node {max(1, self.gpus_per_node)}{gpu} --"
 
     def resources(self) -> dict:
         """Slurm executor-plugin resources of the training job from the scale's per-GPU ``threads`` / ``mem_mb``.
@@ -231,10 +230,11 @@ class Run:
             if self.gpu and self.gpus_per_node < 2:
                 raise PlanError(f"{self.kind} run {self.name}: {self.nodes} nodes x {self.gpus_per_node} GPU is not a "
                                 "supported layout; raise max_gpus_per_node or lower max_nodes")
-            res.update(nodes=self.nodes, tasks_per_node=self.gpus_per_node, cpus_per_task=per_gpu["threads"],
-                       mpi="srun")
-            if self.gpu:
-                res["gres"] = f"gpu:{self.gpus_per_node}"
+            res.update(nodes=self.nodes, cpus_per_task=per_gpu["threads"], mpi="srun")
+            if self.gpu:  # tasks_per_node (> 1): the plugin would turn `tasks` into --ntasks-per-gpu for a GPU job
+                res.update(tasks_per_node=self.gpus_per_node, gres=f"gpu:{self.gpus_per_node}")
+            else:  # the plugin refuses tasks_per_node = 1 for an srun (mpi) job; tasks = one per process
+                res["tasks"] = self.nodes * self.gpus_per_node
         else:
             res.update(cpus_per_task=per_gpu["threads"] * g, gpu=(self.gpus or None) if self.gpu else None)
         return res

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from lsgm import launch
@@ -17,11 +19,10 @@ def _hostnames(monkeypatch):
 
 def test_two_nodes_in_an_allocation_start_one_torchrun_per_node_at_a_c10d_rendezvous():
     cmd, layout = launch.build(2, 8, True, CMD, SLURM)
-    assert cmd[:6] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=64", "--kill-on-bad-exit=1",
-                       "--gres=gpu:8"]
-    assert cmd[6:13] == ["torchrun", "--nnodes=2", "--nproc_per_node=8", "--rdzv_backend=c10d", "--rdzv_id=1234",
+    assert cmd[:5] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=64", "--gres=gpu:8"]
+    assert cmd[5:12] == ["torchrun", "--nnodes=2", "--nproc_per_node=8", "--rdzv_backend=c10d", "--rdzv_id=1234",
                          "--rdzv_endpoint=n1:29734", "-m"]
-    assert cmd[13:] == ["lsgm", *CMD] and layout == "2 nodes x 8 processes"
+    assert cmd[12:] == ["lsgm", *CMD] and layout == "2 nodes x 8 processes"
 
 
 def test_cpu_processes_ask_for_no_gpus():
@@ -37,9 +38,16 @@ def test_a_multi_node_recipe_without_its_nodes_runs_all_processes_here(env):
     assert "all 2 processes on this machine" in layout
 
 
-def test_one_node_is_standalone_torchrun():
-    cmd, _ = launch.build(1, 4, True, CMD, SLURM)
-    assert cmd == ["torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=4", "-m", "lsgm", *CMD]
+def test_one_node_is_standalone_torchrun_as_a_step_of_its_own_in_an_allocation():
+    """Slurm signals only the steps' tasks, and the executor plugin's step is an inner snakemake that does not pass
+    SIGTERM on: the trainer (or torchrun) must be a step's task to checkpoint before SIGKILL."""
+    torchrun = ["torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=4", "-m", "lsgm", *CMD]
+    assert launch.build(1, 4, True, CMD, {})[0] == torchrun
+    one = {**SLURM, "SLURM_JOB_NUM_NODES": "1"}
+    step = ["srun", "--overlap", "--nodes=1", "--ntasks=1", "--cpus-per-task=8"]
+    assert launch.build(1, 4, True, CMD, one)[0] == [*step, *torchrun]
+    assert launch.build(1, 1, False, CMD, one)[0] == [*step, sys.executable, "-m", "lsgm", *CMD]
+    assert launch.build(1, 1, False, CMD, {})[0] == [sys.executable, "-m", "lsgm", *CMD]
 
 
 def test_bad_geometry_is_one_line(capsys):

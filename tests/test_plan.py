@@ -151,7 +151,8 @@ def test_miniature_is_the_resolved_paper_scale_with_sizes_changed_only():
         assert per * accum * small.nodes == small.config["train"]["global_batch"]
     assert {k for k, r in mini.runs.items() if r.nodes == 2} == {k for k, r in paper.runs.items() if r.nodes == 2}
     assert mini.runs[("lsgm", "cifar10", "fid", 0)].launcher() == "lsgm launch --nodes 2 --nproc-per-node 1 --"
-    assert "gres" not in mini.runs[("lsgm", "cifar10", "fid", 0)].resources()
+    two_node = mini.runs[("lsgm", "cifar10", "fid", 0)].resources()
+    assert "gres" not in two_node and two_node["tasks"] == 2 and two_node["nodes"] == 2 and two_node["mpi"] == "srun"
 
 
 @pytest.mark.parametrize("path, value, key", [

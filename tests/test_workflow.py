@@ -102,7 +102,7 @@ def test_slurm_profile_resolves_and_requests_gpus():
             assert fields["slurm_partition"] and fields["slurm_account"]
             assert "tasks" not in fields  # would start one copy of the command per GPU
             if rule == "train":  # the profile's set-resources reach every training job
-                assert fields["slurm_extra"] == "--signal=USR1@300", fields
+                assert fields["slurm_extra"] == "--signal=TERM@300", fields
             n_trained += rule.startswith("train")
         if rule in ("tables", "figure4", "run_config"):
             assert res is None or "gpu=" not in res.group(1)
