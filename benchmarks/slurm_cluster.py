@@ -123,9 +123,9 @@ def multi_node_runs(work: Path) -> list[dict]:
     out = []
     for path in sorted((work / "results" / "mini" / "runs").rglob("run.json")):
         training = json.loads(path.read_text())["training"]
-        if len(set(training.get("hosts", []))) > 1:
+        if len(set(training.get("hosts", []))) > 1:  # torchrun's c10d rendezvous assigns ranks to nodes freely
             out.append({"run": str(path.parent.relative_to(work / "results" / "mini" / "runs")),
-                        "hosts": training["hosts"], "world_size": training["world_size"],
+                        "hosts": sorted(training["hosts"]), "world_size": training["world_size"],
                         "slurm_job_id": training["slurm_job_id"], "grad_accum": training["grad_accum"]})
     return out
 
@@ -174,14 +174,14 @@ def preemption(base: Path) -> dict:
     for name in ("slurm", "local"):
         works[name] = copy_workflow(base / f"preempt-{name}")
         (works[name] / "preempt.yaml").write_text(yaml.safe_dump(PREEMPT_OVERLAY))
-    extra = ("--configfile", "config.yaml", "preempt.yaml")
-    rc, seconds, _ = run_snakemake(works["local"], "--cores", "2", *SCALE, *extra, *PREEMPT_TARGETS.values(),
+    extra = ("--configfile", "preempt.yaml")  # merged over config.yaml (targets first: these options take lists)
+    rc, seconds, _ = run_snakemake(works["local"], *PREEMPT_TARGETS.values(), "--cores", "2", *SCALE, *extra,
                                    log="snakemake.log", timeout=1800)
     assert rc == 0, (works["local"] / "snakemake.log").read_text()[-3000:]
     record["uninterrupted_local_seconds"] = round(seconds, 1)
     start = time.time()
-    proc = start_snakemake(works["slurm"], "--profile", "slurm", *CLUSTER_ARGS, *SCALE, *extra,
-                           *PREEMPT_TARGETS.values(), log="snakemake.log")
+    proc = start_snakemake(works["slurm"], *PREEMPT_TARGETS.values(), "--profile", "slurm", *CLUSTER_ARGS, *SCALE,
+                           *extra, log="snakemake.log")
     for how, target in PREEMPT_TARGETS.items():
         stem = target.removeprefix("results/mini/runs/").removesuffix("/model.pt")
         wait_for(lambda: checkpoint_of(works["slurm"], target), 900, f"the first checkpoint of {stem}")

@@ -47,9 +47,25 @@ def first_node(nodelist: str) -> str:
     return out.stdout.split()[0]
 
 
+def allocation(env: dict) -> dict:
+    """The Slurm allocation this process runs in, with the environment variables the launch needs
+    (``SLURM_JOB_NUM_NODES``, ``SLURM_JOB_NODELIST``, ``SLURM_CPUS_PER_TASK``); {} outside one. The executor plugin's
+    job step removes every SLURM_* variable but the job id from the job's environment, so what is missing is read
+    from ``scontrol show job``."""
+    if not env.get("SLURM_JOB_ID"):
+        return {}
+    if env.get("SLURM_JOB_NUM_NODES") and env.get("SLURM_JOB_NODELIST"):
+        return env
+    out = subprocess.run(["scontrol", "show", "job", "-o", env["SLURM_JOB_ID"]], check=True, capture_output=True,
+                         text=True).stdout
+    fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
+    return {**env, "SLURM_JOB_NUM_NODES": fields["NumNodes"], "SLURM_JOB_NODELIST": fields["NodeList"],
+            "SLURM_CPUS_PER_TASK": env.get("SLURM_CPUS_PER_TASK") or fields.get("CPUs/Task", "1")}
+
+
 def allocated_nodes(env: dict) -> int:
-    """Nodes of the Slurm allocation this process runs in (0 outside one)."""
-    return int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 0) if env.get("SLURM_JOB_ID") else 0
+    """Nodes of the Slurm allocation described by ``env`` (:func:`allocation`; 0 outside one)."""
+    return int(env.get("SLURM_JOB_NUM_NODES") or 0) if env.get("SLURM_JOB_ID") else 0
 
 
 def own_step(cmd: list[str], env: dict) -> list[str]:
@@ -102,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print("lsgm launch: error: --nodes and --nproc-per-node must be >= 1 and a command must follow '--'",
               file=sys.stderr)
         return 2
-    cmd, layout = build(args.nodes, args.nproc_per_node, args.gpu, command, dict(os.environ))
+    cmd, layout = build(args.nodes, args.nproc_per_node, args.gpu, command, allocation(dict(os.environ)))
     print(f"lsgm launch: {layout}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
     if args.dry_run:
         return 0

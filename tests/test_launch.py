@@ -55,3 +55,17 @@ def test_bad_geometry_is_one_line(capsys):
     assert launch.main(["--nodes", "1", "--nproc-per-node", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("lsgm launch: error:") for line in err)
+
+
+def test_the_allocation_is_read_from_scontrol_when_the_plugin_stripped_the_environment(monkeypatch):
+    """The executor plugin's job step keeps only SLURM_JOB_ID (measured on the local cluster); a 2-node job must still
+    find its nodes, or it silently runs both processes on one node."""
+    class Done:
+        stdout = "JobId=7 JobName=x NumNodes=2 NumCPUs=2 CPUs/Task=1 NodeList=n[1-2] Command=(null)\n"
+    calls = []
+    monkeypatch.setattr(launch.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or Done())
+    env = launch.allocation({"SLURM_JOB_ID": "7", "PATH": "/bin"})
+    assert calls == [["scontrol", "show", "job", "-o", "7"]]
+    assert (env["SLURM_JOB_NUM_NODES"], env["SLURM_JOB_NODELIST"], env["SLURM_CPUS_PER_TASK"]) == ("2", "n[1-2]", "1")
+    assert launch.build(2, 1, False, CMD, env)[0][0] == "srun"
+    assert launch.allocation({}) == {}
