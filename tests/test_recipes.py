@@ -11,13 +11,12 @@ Torch-free and fast.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lsgm import recipes
+from lsgm import launch, recipes
 from lsgm.config import split_batch
 from lsgm.plan import Plan
 
@@ -155,7 +154,7 @@ def test_resolved_paper_run_equals_the_official_command(paper, kind, name):
 
 
 @pytest.mark.parametrize("kind, name", sorted(MAIN))
-def test_launch_keeps_the_official_global_batch(paper, kind, name):
+def test_launch_keeps_the_official_global_batch(paper, kind, name, monkeypatch):
     """Items 1 and 7: processes x per-process batch x accumulation is the official global batch, and the launcher
     starts exactly that many processes (one torchrun per node across nodes, as the official 2 x 8 GPU runs)."""
     recipe = MAIN[(kind, name)]
@@ -171,12 +170,17 @@ def test_launch_keeps_the_official_global_batch(paper, kind, name):
     # with max_gpus_per_node 8 every official run fits: the official geometry exactly, no accumulation
     assert (job["nodes"], job["gpus"], job["per_gpu_batch"], job["grad_accum"]) == \
         (a["num_proc_node"], official_gpus, a["batch_size"], 1)
-    launch = run.launcher()
-    nproc = int(re.search(r"--nproc_per_node=(\d+)", launch).group(1)) if official_gpus > 1 else 1
-    nnodes = int(re.search(r"--nnodes=(\d+)", launch).group(1)) if official_gpus > 1 else 1
-    assert nproc * nnodes == official_gpus
-    if a["num_proc_node"] > 1:
-        assert launch.startswith(f"srun --nodes={a['num_proc_node']} --ntasks-per-node=1") and "c10d" in launch
+    # the launcher's geometry, and the process tree it becomes in a Slurm allocation of those nodes (lsgm.launch)
+    prefix = run.launcher().split()
+    assert prefix[:2] == ["lsgm", "launch"] and prefix[-1] == "--" and "--gpu" in prefix
+    nnodes, nproc = (int(prefix[prefix.index(flag) + 1]) for flag in ("--nodes", "--nproc-per-node"))
+    assert nproc * nnodes == official_gpus and nnodes == a["num_proc_node"]
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": str(nnodes), "SLURM_JOB_NODELIST": "g1", "SLURM_CPUS_PER_TASK": "8"}
+    monkeypatch.setattr(launch, "first_node", lambda nodelist: "g1")
+    cmd = " ".join(launch.build(nnodes, nproc, True, ["train-x"], env)[0])
+    if nnodes > 1:
+        assert cmd.startswith(f"srun --nodes={nnodes} --ntasks-per-node=1") and "--rdzv_backend=c10d" in cmd
+    assert (f"--nproc_per_node={nproc}" in cmd) == (official_gpus > 1)
 
 
 def test_fewer_gpus_keep_the_global_batch_by_accumulation():
