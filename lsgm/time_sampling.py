@@ -2,12 +2,15 @@
 
 Every objective here estimates an integral over t in [t_eps, 1] of the form
 
-    int_{t_eps}^1 w(t)/2 * h(t) dt,   h(t) = E || eps - eps_theta(z_t, t) ||^2,
+    int_{t_eps}^1 c_w w(t) * h(t) dt,   h(t) = E || eps - eps_theta(z_t, t) ||^2,
 
 with w one of the paper's weightings (Table 1): w_ll = g^2 / sigma_t^2 (maximum likelihood),
-w_un = 1 (unweighted) or w_re = g^2 (reweighted). A sampler draws t ~ r(t) on [t_eps, 1] and returns
+w_un = 1 (unweighted) or w_re = g^2 (reweighted), and c_w the official code's prefactor of that weighting
+(``P_OBJECTIVE_SCALE``): 1/2 for w_ll and w_re (the 1/2 of Theorem 1), 1 for w_un (the official ``drop_all_*``
+modes drop every prefactor, the 1/2 included: weight x density = 1). A sampler draws t ~ r(t) on [t_eps, 1] and
+returns
 
-    weight_p = w(t)    / (2 r(t))   -> E[weight_p * h(t)] = int w/2 h dt     (score prior, objective (9))
+    weight_p = c_w w(t) / r(t)      -> E[weight_p * h(t)] = int c_w w h dt   (score prior, objective (9))
     weight_q = w_ll(t) / (2 r(t))   -> E[weight_q * h(t)] = int w_ll/2 h dt  (encoder, "rew." in Table 6)
 
 so that both estimates are unbiased for *any* proposal r. The proposals are U[t_eps, 1] and the
@@ -38,9 +41,16 @@ class TimeSample:
     """A batch of diffusion times and their importance weights, all of shape [B]."""
 
     t: torch.Tensor
-    weight_p: torch.Tensor  # w(t) / (2 r(t)): weight of ||eps - eps_theta||^2 in the score prior's loss
+    weight_p: torch.Tensor  # c_w w(t) / r(t): weight of ||eps - eps_theta||^2 in the score prior's loss
     weight_q: torch.Tensor  # w_ll(t) / (2 r(t)): weight in the encoder's cross entropy ("rew.")
     t_eps: float  # the lower end of the time interval (the cross entropy's constant depends on it)
+
+
+# The score objective's prefactor per weighting, as the official code has it (reference section 3.3): Theorem 1's
+# 1/2 for w_ll (``ll_*``) and w_re (``drop_sigma2t_*``); none for w_un (``drop_all_*``: weight 1, or 1 / r_un(t)).
+# w_un's loss is no likelihood, so the prefactor changes no optimum; it sets the data term's size against the score
+# network's spectral regulariser and Adam's eps, which is why it is the official one.
+P_OBJECTIVE_SCALE = {"ll": 0.5, "un": 1.0, "re": 0.5}
 
 
 def weighting_fn(weighting: str, sde: SDE, t: torch.Tensor) -> torch.Tensor:
@@ -83,9 +93,10 @@ class TimeSampler(ABC):
         """Inverse CDF: rho in [0, 1] -> t in [t_eps, 1]."""
 
     def weights(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight_p, weight_q) at times t (float64)."""
+        """(weight_p, weight_q) at times t (float64): c_w w(t) / r(t) and w_ll(t) / (2 r(t))."""
         r = self.density(t)
-        return weighting_fn(self.weighting, self.sde, t) / (2 * r), weighting_fn("ll", self.sde, t) / (2 * r)
+        scale = P_OBJECTIVE_SCALE[self.weighting]
+        return scale * weighting_fn(self.weighting, self.sde, t) / r, weighting_fn("ll", self.sde, t) / (2 * r)
 
     def sample(self, batch: int, generator: torch.Generator | None = None, device=None,
                dtype: torch.dtype = torch.float32) -> TimeSample:

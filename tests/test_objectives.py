@@ -90,17 +90,19 @@ def test_constant_equals_full_cross_entropy_for_exact_normal_score_at_t_eps():
 @pytest.mark.parametrize("w", ["ll", "un", "re"])
 def test_sgm_loss_is_unbiased_for_its_weighting(w):
     """With the Normal score on q = N(mu, s^2), E||eps - sigma z_t||^2 = D[(1 - sigma^2)^2 + sigma^2 m^2 (mu^2 + s^2)];
-    uniform and importance-sampled losses estimate the same int w/2 h dt."""
+    uniform and importance-sampled losses estimate the same int c_w w h dt (c_w the official prefactor)."""
     from scipy import integrate
 
-    from lsgm.time_sampling import weighting_fn
+    from lsgm.time_sampling import P_OBJECTIVE_SCALE, weighting_fn
 
     def h(t):
         t = torch.tensor(t, dtype=torch.float64)
         var, m2 = VP.var(t), VP.mean_coeff(t) ** 2
         return float(D * ((1 - var) ** 2 + var * m2 * (MU**2 + S**2)))
 
-    exact = integrate.quad(lambda t: float(weighting_fn(w, VP, torch.tensor(t, dtype=torch.float64))) / 2 * h(t), 1e-2, 1, limit=200)[0]
+    scale = P_OBJECTIVE_SCALE[w]
+    exact = integrate.quad(lambda t: scale * float(weighting_fn(w, VP, torch.tensor(t, dtype=torch.float64))) * h(t),
+                           1e-2, 1, limit=200)[0]
     for sampling in ("uniform", "is"):
         z0, gen = sample_q(100000, seed=5)
         loss = sgm_loss(z0, normal_score(VP), VP, make_time_sampler(w, sampling, VP, 1e-2), generator=gen)

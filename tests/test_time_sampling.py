@@ -1,5 +1,6 @@
 """Time samplers: histograms match r(t) (KS), densities are normalised and proportional to
-w(t)(1 - sigma_t^2), and the weighted estimates of int w/2 h dt are unbiased (against quadrature)."""
+w(t)(1 - sigma_t^2), the weighted estimates of int c_w w h dt are unbiased (against quadrature), and the score
+objective's weights equal the official code's for all six (weighting, sampling) modes."""
 
 import math
 
@@ -10,6 +11,7 @@ from scipy import integrate, stats
 
 from lsgm.sde import VESDE, VPSDE, GeometricVPSDE
 from lsgm.time_sampling import (
+    P_OBJECTIVE_SCALE,
     UnweightedVPSampler,
     make_q_sampler,
     make_time_sampler,
@@ -80,13 +82,13 @@ TEST_FUNCTIONS = {
 @pytest.mark.parametrize("h_name", TEST_FUNCTIONS)
 @pytest.mark.parametrize("name,sde,t_eps,w,s", MODES, ids=IDS)
 def test_weighted_estimates_are_unbiased(name, sde, t_eps, w, s, h_name):
-    """E[weight_p h(t)] = int w/2 h dt and E[weight_q h(t)] = int w_ll/2 h dt (within 5 standard errors)."""
+    """E[weight_p h(t)] = int c_w w h dt and E[weight_q h(t)] = int w_ll/2 h dt (within 5 standard errors)."""
     h = TEST_FUNCTIONS[h_name]
     sampler = make_time_sampler(w, s, sde, t_eps)
     ts = sampler.sample(200000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    for weights, weighting in ((ts.weight_p, w), (ts.weight_q, "ll")):
+    for weights, weighting, scale in ((ts.weight_p, w, P_OBJECTIVE_SCALE[w]), (ts.weight_q, "ll", 0.5)):
         values = (weights * h(ts.t, sde)).numpy()
-        exact = _quad(_f64(lambda t: weighting_fn(weighting, sde, t) / 2 * h(t, sde)), t_eps, 1.0)
+        exact = _quad(_f64(lambda t: scale * weighting_fn(weighting, sde, t) * h(t, sde)), t_eps, 1.0)
         stderr = values.std() / math.sqrt(len(values))
         assert abs(values.mean() - exact) < 5 * stderr + 1e-9 * abs(exact), (weighting, values.mean(), exact, stderr)
 
@@ -95,7 +97,42 @@ def test_uniform_weights_include_the_one_minus_t_eps_factor():
     """The official code drops (1 - t_eps) from the uniform weights; ours is exact."""
     sampler = make_time_sampler("un", "uniform", VP, 0.2)
     ts = sampler.sample(4)
-    torch.testing.assert_close(ts.weight_p, torch.full((4,), 0.5 * 0.8))
+    torch.testing.assert_close(ts.weight_p, torch.full((4,), 0.8))  # w_un: no 1/2 (official drop_all_uniform)
+
+
+# The official `_iw_quantities_vpsdelike` modes (reference doc section 3.4), written from their formulas: iw_sample_p
+# -> (weighting, sampling, w_p(t), w_q(t)) with v = sigma_t^2, v_eps / v_1 = sigma^2 at t_eps / 1, g2 = g(t)^2. The
+# drop_all_iw normaliser Z is re-derived here by quadrature of int (1 - sigma_s^2) ds, not the official const_norm
+# (whose exp(b/2) factor is 0.23 % off). The uniform modes' official weights lack r(t) = 1/(1 - t_eps): ours are
+# the official ones times (1 - t_eps) (reference section 3.6; exact at t_eps = 0).
+def _official_modes(sde, t_eps):
+    v_eps, v_1 = (float(sde.var(torch.tensor(x, dtype=torch.float64))) for x in (t_eps, 1.0))
+    z = _quad(lambda t: 1 - float(sde.var(torch.tensor(t, dtype=torch.float64))), t_eps, 1.0)
+    return {
+        "ll_uniform": ("ll", "uniform", lambda v, g2: g2 / (2 * v), lambda v, g2: g2 / (2 * v)),
+        "ll_iw": ("ll", "is", lambda v, g2: 0.5 * math.log(v_1 / v_eps) / (1 - v),
+                  lambda v, g2: 0.5 * math.log(v_1 / v_eps) / (1 - v)),
+        "drop_all_uniform": ("un", "uniform", lambda v, g2: torch.ones_like(v), lambda v, g2: g2 / (2 * v)),
+        "drop_all_iw": ("un", "is", lambda v, g2: z / (1 - v), lambda v, g2: z / (1 - v) * g2 / (2 * v)),
+        "drop_sigma2t_uniform": ("re", "uniform", lambda v, g2: g2 / 2, lambda v, g2: g2 / (2 * v)),
+        "drop_sigma2t_iw": ("re", "is", lambda v, g2: 0.5 * (v_1 - v_eps) / (1 - v),
+                            lambda v, g2: 0.5 * (v_1 - v_eps) / (1 - v) / v),
+    }
+
+
+@pytest.mark.parametrize("mode", ["ll_uniform", "ll_iw", "drop_all_uniform", "drop_all_iw", "drop_sigma2t_uniform",
+                                  "drop_sigma2t_iw"])
+@pytest.mark.parametrize("sde,t_eps", [(VP, 1e-2), (GEO, 1e-2)], ids=["vp", "geo"])
+def test_weights_equal_the_official_modes(mode, sde, t_eps):
+    if sde is GEO and mode == "drop_all_iw":
+        pytest.skip("drop_all_iw is VPSDE-only in the official code (and here, lsgm.methods)")
+    weighting, sampling, w_p, w_q = _official_modes(sde, t_eps)[mode]
+    t = torch.linspace(t_eps, 1.0, 257, dtype=torch.float64)
+    ours_p, ours_q = make_time_sampler(weighting, sampling, sde, t_eps).weights(t)
+    v, g2 = sde.var(t), sde.g2(t)
+    factor = (1 - t_eps) if sampling == "uniform" else 1.0
+    torch.testing.assert_close(ours_p, factor * w_p(v, g2), rtol=1e-9, atol=0)
+    torch.testing.assert_close(ours_q, factor * w_q(v, g2), rtol=1e-9, atol=0)
 
 
 def test_r_un_normaliser_is_exact_not_the_official_constant():
