@@ -47,6 +47,40 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+@dataclass(frozen=True)
+class FIDReference:
+    """How a dataset's FID/FD reference statistics are computed: the splits (concatenated, in this order), the bit
+    depth the images are read at (8: the files' own; a training loader's bit reduction is not applied), at most
+    ``max_samples`` images, no augmentation, binary data as grey levels (never binarized). ``source`` says where
+    the specification comes from (the official ``scripts/precompute_fid_statistics.py``, or our choice)."""
+
+    splits: tuple[str, ...]
+    bits: int = 8
+    max_samples: int = 50_000
+    source: str = "official scripts/precompute_fid_statistics.py"
+
+    @property
+    def tag(self) -> str:
+        """The specification in a file name: ``train-8bit``, ``train+test-8bit``."""
+        return f"{'+'.join(self.splits)}-{self.bits}bit"
+
+
+_OFFICIAL = "official scripts/precompute_fid_statistics.py"
+# The official script reads the training split of cifar10 and mnist and the training + validation splits of
+# celeba_256 and omniglot (CelebA-HQ-256: 27,000 + 3,000 = 30,000 images), through its generic transform at 8 bits
+# (reference doc section 6.2). The offline stand-ins follow the cifar10 rule (our choice: they have no official one).
+FID_REFERENCE: dict[str, FIDReference] = {
+    "cifar10": FIDReference(("train",), source=f"{_OFFICIAL}: the 50,000 training images"),
+    "celeba256": FIDReference(("train", "test"), source=f"{_OFFICIAL}: train + validation (30,000 images) at 8 "
+                                                         "bits, not the training loader's 5 bits"),
+    "mnist": FIDReference(("train",), source=f"{_OFFICIAL}: the training split, grey levels"),
+    "omniglot": FIDReference(("train", "test"), source=f"{_OFFICIAL}: train + test, grey levels"),
+    "digits": FIDReference(("train",), source="ours (offline stand-in, no official statistics): the training split"),
+    "digits_binary": FIDReference(("train",), source="ours (offline stand-in, no official statistics): the training "
+                                                     "split, grey levels"),
+}
+
+
 def offline_standin(name: str) -> str:
     """The offline dataset that stands in for ``name`` below the paper scale: the binarized digits for binary data
     (MNIST, OMNIGLOT), the grey-level digits otherwise (CIFAR-10, CelebA-HQ-256)."""

@@ -11,6 +11,10 @@ This is the cross entropy of q(z_{t_eps}) against the model's p(z_{t_eps}); as t
 sigma_1^2), i.e. its constant is D/2 log(2 pi e sigma^2(t_eps)); we keep the exact Gaussian term (it differs
 by 1/2 m_1^2 ||z_0||^2 + O(D (1 - sigma_1^2)^2), tiny for the VPSDE) so the estimator is exact for any
 z_0 -- this deviation is recorded in every run's metadata.
+
+That cross entropy is of the noised latent z_{t_eps} = m z_0 + sigma eps, while the reconstruction and log q use
+z_0. A NELBO with it is an upper bound on -log p(x) only with :func:`truncation_term`, -D log m(t_eps) (zero where
+m(t_eps) = 1: the VESDE, or t_eps = 0); the evaluation's DSM prior term adds it (``lsgm.eval.nll``).
 """
 
 from __future__ import annotations
@@ -107,6 +111,19 @@ def cross_entropy_const(z0: torch.Tensor, sde: SDE, t_eps: float) -> torch.Tenso
         ce_terminal = (0.5 * dims * (LOG_2PI + math.log(prior_var) + var_1 / prior_var)
                        + 0.5 * m1_sq / prior_var * sum_except_batch(z0.pow(2)))
     return ce_terminal + 0.5 * dims * math.log(var_eps / var_1)
+
+
+def truncation_term(sde: SDE, t_eps: float, dims: int) -> float:
+    """-D log m(t_eps) (= D/2 int_0^{t_eps} beta(t) dt for the VPSDE), in nats: what turns Theorem 1's cross entropy
+    of z_{t_eps} into a bound term for z_0.
+
+    Why: take z_{t_eps} ~ q(z_{t_eps} | z_0) = N(m z_0, sigma^2 I) as one more latent variable, with the generative
+    step z_0 | z_{t_eps} ~ N(z_{t_eps} / m, sigma^2 / m^2 I) after the score prior's z_{t_eps}. The ELBO of that
+    model is  reconstruction + log q(z_0|x) + E[-log p(z_{t_eps})] + E[log q(z_{t_eps}|z_0) - log p(z_0|z_{t_eps})],
+    and the last expectation is exactly -D log m (the two Gaussians differ only by the change of variables z_0 ->
+    m z_0). ``tests/test_objectives.py`` checks the bound against the exact log-likelihood of a Gaussian model."""
+    m = float(sde.mean_coeff(torch.tensor(float(t_eps), dtype=torch.float64)))
+    return -dims * math.log(m)
 
 
 def denoising_l2(z0: torch.Tensor, eps_fn: EpsFn, sde: SDE, t: torch.Tensor,

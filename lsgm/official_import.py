@@ -364,7 +364,7 @@ def ncsnpp_keymap(score: nn.Module) -> KeyMap:
     resblocks (each followed by attention at the attention resolutions) and a down resblock (not after the last
     level), the middle Res-Attn-Res, per level (coarsest first) num_res_blocks + 1 resblocks, attention, an up
     resblock (not at the finest level), then the output GroupNorm and conv."""
-    from lsgm.nets.ncsnpp import AttnBlock
+    from lsgm.nets.ncsnpp import AttnBlock, FourierEmbedding
 
     km, net = KeyMap(), score.backbone
     km.add("mixing_logit", ("mixing_logit",))
@@ -373,6 +373,9 @@ def ncsnpp_keymap(score: nn.Module) -> KeyMap:
     def om() -> str:  # the next official module's prefix
         return f"all_modules.{next(idx)}"
 
+    if isinstance(net.time_embed, FourierEmbedding):  # LSGM's RandomFourierEmbedding: w [1, D/2], no all_modules slot
+        km.add("backbone.time_embed.w", ("temb_fun.w",), lambda w: w.reshape(-1),
+               "RandomFourierEmbedding.w [1, D/2] -> FourierEmbedding.w [D/2] (sin/cos(2 pi t w), the same map)")
     km.same(net.temb_mlp[0], "backbone.temb_mlp.0", om())
     km.same(net.temb_mlp[2], "backbone.temb_mlp.2", om())
     km.same(net.conv_in, "backbone.conv_in", om())

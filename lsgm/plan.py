@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 
 from lsgm import recipes
 from lsgm.config import ConfigError, RunConfig, from_dict, split_batch, to_dict
-from lsgm.datasets_info import DATASETS, EXPECTED_COUNTS
+from lsgm.datasets_info import DATASETS, EXPECTED_COUNTS, FID_REFERENCE
+from lsgm.eval import settings as eval_settings
 from lsgm.methods import Cell
 
 SCALES = ("smoke", "quick", "paper", "mini")
@@ -43,15 +44,7 @@ EVALUATIONS = (*METRICS, "samples")
 SAMPLES_FROM_FID = ("tolerance", "t_eps", "batch_size", "temperature", "vae_temperature", "bn_mode", "sampler",
                     "pc_steps", "snr")
 STAGES = {"vae": "stage1", "lsgm": "stage2"}
-# Allowed ranges of the evaluation settings (scales.S.eval and their overrides): (low, high, open low?)
-EVAL_RANGES = {"tolerance": (0.0, 1.0, True), "t_eps": (0.0, 1.0, True), "iw_samples": (1, math.inf, False),
-               "inner": (1, math.inf, False), "batch_size": (1, math.inf, False), "n_batches": (1, math.inf, False),
-               "n_samples": (2, math.inf, False), "temperature": (0.0, math.inf, True),
-               "vae_temperature": (0.0, math.inf, True),
-               "fd_samples": (0, math.inf, False), "pc_steps": (1, math.inf, False),
-               "tolerances": (0.0, 1.0, True), "snr": (0.0, math.inf, True),
-               "n_latents": (2, math.inf, False), "n_draws": (2, math.inf, False), "n_t_draws": (2, math.inf, False),
-               "n": (1, math.inf, False), "nrow": (1, math.inf, False)}
+# The evaluation settings' types, defaults and ranges: lsgm.eval.settings (one home; the CLI is built from it too).
 
 
 # A scale with ``base: B`` (the paper scale in miniature, ``mini``) is scale B resolved in full, then its ``shrink``
@@ -132,18 +125,13 @@ def short_hash(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def check_eval_settings(settings: dict, where: str) -> None:
-    """One line naming the key, the value and the allowed range for an evaluation setting out of range."""
-    for metric, values in settings.items():
-        for key, value in values.items():
-            if key not in EVAL_RANGES or value is None:
-                continue
-            lo, hi, lo_open = EVAL_RANGES[key]
-            for v in value if isinstance(value, list) else [value]:
-                bad = not isinstance(v, (int, float)) or isinstance(v, bool) or v > hi or (v <= lo if lo_open else v < lo)
-                if bad:
-                    raise PlanError(f"{where}: eval.{metric}.{key} = {v!r} is out of range; allowed: "
-                                    f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi < math.inf else ']'}")
+def check_eval_settings(settings: dict, where: str) -> dict:
+    """Every block of ``{evaluation: {key: value}}`` checked against :mod:`lsgm.eval.settings` (PlanError, one line
+    naming ``where.eval.<evaluation>.<key>``, the value and what is allowed, or the closest known key)."""
+    try:
+        return {m: eval_settings.check_block(m, values, f"{where}: eval.{m}") for m, values in settings.items()}
+    except eval_settings.SettingError as err:
+        raise PlanError(str(err)) from None
 
 
 @dataclass
@@ -381,20 +369,45 @@ class Plan:
                 train.setdefault(opt, {})["warmup_steps"] = int(spec["warmup_epochs"] * per_epoch)
         return spec.get("epochs", off.epochs if off is not None else None)
 
-    def _eval_settings(self, kind: str, spec: dict, official: str | None, where: str, name: str | None) -> dict:
-        layers = [self.sc["eval"], self.sc["defaults"].get(kind, {}).get("eval")]
-        if self.base == "paper" and official is not None and kind == "lsgm":
-            layers.append(_with_samples(recipes.eval_settings(official)))
-        if official is not None and kind == "sgm":  # score_sde's PC sampler; its step count at the paper scale only
+    def _official_eval_layer(self, kind: str, official: str | None) -> tuple[dict | None, str | None]:
+        """The one place the official evaluation commands enter: (settings per evaluation, what they are), for an
+        LSGM at the paper scale (its NVlabs/LSGM evaluation commands) and a pixel SGM (score_sde's PC sampler; its
+        step count at the paper scale only); else (None, None)."""
+        if official is None:
+            return None, None
+        if self.base == "paper" and kind == "lsgm":
+            return _with_samples(recipes.eval_settings(official)), f"the official evaluation command of {official}"
+        if kind == "sgm":
             pc = _with_samples(recipes.score_sde_config(official)[2])
-            layers.append(pc if self.base == "paper" else
-                          {m: {k: v for k, v in settings.items() if k != "pc_steps"} for m, settings in pc.items()})
-        layers.append(spec.get("eval"))
-        layers += self._shrink_layers(kind, name, "eval")
+            if self.base != "paper":
+                pc = {m: {k: v for k, v in settings.items() if k != "pc_steps"} for m, settings in pc.items()}
+            return pc, f"score_sde's sampler of {official}"
+        return None, None
+
+    def _eval_settings(self, kind: str, spec: dict, official: str | None, where: str, name: str | None) -> dict:
+        """The run's settings per evaluation: the scale's ``eval``, the kind's ``defaults.<kind>.eval``, the official
+        layer, the run's own ``eval``, a derived scale's ``shrink``. A scale- or kind-level value the official layer
+        replaces by another would take no effect for this run: refused, naming the key and where to deviate."""
+        home = f"scales.{self.base}"  # a derived scale's eval blocks are its base's
+        scale_layers = {f"{home}.eval": self.sc["eval"],
+                        f"{home}.defaults.{kind}.eval": self.sc["defaults"].get(kind, {}).get("eval")}
+        own = f"{home}.table6.eval" if spec is self.sc.get("table6") else f"{home}.runs.{kind}.{name}.eval"
+        official_layer, what = self._official_eval_layer(kind, official)
+        for key_path, layer in scale_layers.items():
+            for metric, values in (layer or {}).items():
+                for key, value in (values or {}).items():
+                    theirs = (official_layer or {}).get(metric, {})
+                    if value is not None and key in theirs and theirs[key] != value:
+                        raise PlanError(f"{key_path}.{metric}.{key} = {value!r} takes no effect for {where}: "
+                                        f"{what} sets {key} = {theirs[key]!r}; remove the key, or set "
+                                        f"{own}.{metric}.{key} to deviate from the official value")
+        layers = [*scale_layers.values(), official_layer, spec.get("eval"), *self._shrink_layers(kind, name, "eval")]
         base = deep_merge(*layers)
-        settings = {m: dict(base.get(m, {})) for m in EVALUATIONS}
-        check_eval_settings(settings, where)
-        return settings
+        unknown = sorted(set(base) - set(EVALUATIONS) - {"variance"})
+        if unknown:
+            raise PlanError(f"{where}: unknown evaluation {unknown[0]!r}"
+                            f"{eval_settings.closest(unknown[0], EVALUATIONS)}; known: {', '.join(EVALUATIONS)}")
+        return check_eval_settings({m: dict(base.get(m, {})) for m in EVALUATIONS}, where)
 
     def _make(self, kind, name, dataset, seed, rec: dict, spec: dict, evals, where, extra=None,
               official: str | None = None, cell: bool = False, shrink: bool = True) -> Run:
@@ -627,7 +640,8 @@ class Plan:
         features = fd["features"].get(dataset)
         if features is None:
             raise PlanError(f"{where}: FD/FID on dataset {dataset!r} needs scales.{self.scale}.fd.features.{dataset}")
-        return f"results/{self.scale}/fid_stats/{dataset}-{features}-{fd['version']}.pt"
+        reference = FID_REFERENCE[dataset].tag  # the official splits and bit depth (lsgm.datasets_info)
+        return f"results/{self.scale}/fid_stats/{dataset}-{reference}-{features}-{fd['version']}.pt"
 
     def eval_resources(self) -> dict:
         """Slurm resources of an evaluation job (also reference statistics and the FD classifier): the scale's
@@ -691,8 +705,7 @@ class Plan:
         ``lsgm report variance`` (:func:`eval_args`); absent keys take the CLI's defaults."""
         settings = {"variance": deep_merge(self.sc["eval"].get("variance") or {},
                                            (self.shrink.get("eval") or {}).get("variance"))}
-        check_eval_settings(settings, f"scales.{self.scale}")
-        return settings["variance"]
+        return check_eval_settings(settings, f"scales.{self.scale}")["variance"]
 
     def trained_models(self) -> list[Run]:
         """The vae, lsgm and sgm runs the DAG trains: those with evaluations and their backbones (a backbone no
@@ -725,12 +738,14 @@ class Plan:
         jobs = [{"target": self.stats_path(d), "kind": "fid_stats", "run": d, "settings": {}, **common}
                 for d in sorted({r.dataset for r in self.runs.values() if {"fid", "cost"} & set(r.evals)})]
         for run in self.training_runs():
-            jobs += [{"target": run.metrics_path(m), "kind": m, "run": run.stem, "settings": run.eval_settings[m],
-                      **common} for m in run.evals]
+            jobs += [{"target": run.metrics_path(m), "kind": m, "run": run.stem,
+                      "settings": resolved_settings(m, run.eval_settings[m]), **common} for m in run.evals]
+        by_grid = {r.samples_path: r for r in self.trained_models()}
         jobs += [{"target": path, "kind": "samples", "run": path.split("/samples/", 1)[1].removesuffix(".png"),
-                  "settings": {}, **common} for path in self.samples_targets()]
+                  "settings": resolved_settings("samples", by_grid[path].eval_settings["samples"]) if path in by_grid
+                  else {}, **common} for path in self.samples_targets()]
         jobs.append({"target": f"results/{self.scale}/variance.csv", "kind": "variance", "run": "table6 cells",
-                     "settings": self.variance_settings(), **common})
+                     "settings": resolved_settings("variance", self.variance_settings()), **common})
         return jobs
 
     def training_runs(self) -> list[Run]:
@@ -744,6 +759,11 @@ def _with_samples(official: dict) -> dict:
     tolerance, end time, temperatures, BN mode, batch), so a sample grid shows what the FID measured."""
     fid = official.get("fid", {})
     return {**official, "samples": {k: v for k, v in fid.items() if k in SAMPLES_FROM_FID}}
+
+
+def resolved_settings(evaluation: str, settings: dict) -> dict:
+    """What an evaluation job runs with: its settings over the command's defaults (:mod:`lsgm.eval.settings`)."""
+    return {**eval_settings.defaults(evaluation), **{k: v for k, v in settings.items() if v is not None}}
 
 
 def eval_args(settings: dict) -> str:
@@ -844,6 +864,29 @@ def warn_unset_account(profile: str) -> None:
               "account there before `snakemake --profile slurm`", file=sys.stderr)
 
 
+def load_config(path: str, overlays: list[str] = ()) -> dict:
+    """config.yaml (whole) with ``overlays`` merged over it as Snakemake merges ``--configfile``; PlanError (one
+    line naming the file) for a file that is unreadable, no mapping, or an overlay passed as the whole config."""
+    import yaml
+
+    def read(name: str) -> dict:
+        try:
+            with open(name, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh)
+        except (OSError, yaml.YAMLError) as err:
+            raise PlanError(f"{name}: {str(err).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise PlanError(f"{name}: not a YAML mapping")
+        return data
+
+    config = read(path)
+    missing = [k for k in ("scales", "recipes") if k not in config]
+    if missing:
+        raise PlanError(f"{path}: not a whole config (no {', '.join(missing)}); pass a partial file as "
+                        f"--configfile {path} to overlay config.yaml")
+    return deep_merge(config, *(read(name) for name in overlays))
+
+
 def main(argv: list[str] | None = None) -> int:
     """``lsgm plan --scale S [--json] [--config config.yaml] [--max-gpus-per-node N] [--max-nodes N]``."""
     import argparse
@@ -854,7 +897,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lsgm plan", description="every training job of one scale of the DAG, resolved "
                                 "(what will this cost before I submit)")
     p.add_argument("--scale", choices=SCALES, default="paper")
-    p.add_argument("--config", default="config.yaml", help="the workflow's config.yaml")
+    p.add_argument("--config", default="config.yaml", help="the workflow's whole config.yaml")
+    p.add_argument("--configfile", nargs="+", default=[], metavar="FILE",
+                   help="overlays merged over --config in order, as `snakemake --configfile FILE` does")
     p.add_argument("--json", action="store_true", help="JSON with every job's fully resolved run config")
     p.add_argument("--max-gpus-per-node", type=int, default=None)
     p.add_argument("--max-nodes", type=int, default=None)
@@ -866,16 +911,18 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     try:
-        with open(args.config, encoding="utf-8") as fh:
-            config = yaml.safe_load(fh)
+        config = load_config(args.config, args.configfile)
         if args.max_gpus_per_node:
             config["max_gpus_per_node"] = args.max_gpus_per_node
         if args.max_nodes:
             config["max_nodes"] = args.max_nodes
         plan = Plan(config, args.scale)
         warn_unset_account(args.profile)
-    except (OSError, yaml.YAMLError, PlanError, KeyError) as err:
+    except PlanError as err:
         print(f"lsgm plan: error: {err}", file=sys.stderr)
+        return 2
+    except KeyError as err:  # a required key the schema would name (snakemake validates config.yaml first)
+        print(f"lsgm plan: error: the config lacks the key {err}; compare it with config.yaml", file=sys.stderr)
         return 2
     measured, source = load_measured()
     if args.json:

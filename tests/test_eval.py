@@ -345,3 +345,61 @@ def test_cost_warms_up_once_per_evaluation_and_times_the_same_samples(tmp_path, 
     assert calls == [(1e-2, 0, 2), (1e-2, 2, 2), (1e-2, 4, 2), (1e-1, 2, 2), (1e-1, 4, 2)]
     assert [r["n_batches"] for r in rec["metrics"]["rows"]] == [2, 2]
     assert rec["settings"]["warmup_batches"] == 1
+
+
+# ------------------------------------------------------------------------------- nelbo_bound, closed form
+def test_nelbo_bound_is_an_upper_bound_of_the_exact_log_likelihood():
+    """A Gaussian LSGM with every density known: prior p(z_eps) = N(0, I) (exact score eps = sigma_t z_t of the
+    VPSDE), generative step z_0 | z_eps = N(z_eps / m, sigma^2 / m^2 I) (:func:`lsgm.objectives.truncation_term`),
+    decoder N(z_0, tau^2 I), so p(x) = N(0, (S + tau^2) I) with S = (1 + sigma^2) / m^2, and the exact posterior as
+    encoder. At t_eps = 0.26 (m^2 = 0.497): E[nelbo_bound] - (-log p(x)) = D/2 (2 sigma^2 - log(1 + sigma^2)) >= 0
+    (the KL of the forward kernel to the true posterior of z_eps); without the truncation term (the old
+    ``nelbo_bound``) the difference is -D (artanh sigma^2 - sigma^2) < 0: below the exact -log p(x), so no bound."""
+    from types import SimpleNamespace
+
+    from lsgm.objectives import gaussian_log_prob, truncation_term
+    from lsgm.sde import VPSDE
+
+    sde, t_eps, tau, dims, n = VPSDE(0.1, 20.0, 0.0), 0.26, 0.5, 8, 4000
+    tt = torch.tensor(t_eps, dtype=torch.float64)
+    var, m = float(sde.var(tt)), float(sde.mean_coeff(tt))
+    s = (1 + var) / m**2
+    a, b = s / (s + tau**2), s * tau**2 / (s + tau**2)  # q(z0 | x) = N(a x, b): the exact posterior
+
+    def encoder(x, generator=None):
+        z0 = a * x + math.sqrt(b) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        zeros = torch.zeros(x.shape[0], dtype=x.dtype)
+        log_sd = torch.full_like(x, 0.5 * math.log(b))
+        return SimpleNamespace(z0=z0, log_q_z0=gaussian_log_prob(z0, a * x, log_sd), lower_log_q=zeros,
+                               lower_cross_entropy=zeros,
+                               reconstruction=-gaussian_log_prob(x, z0, torch.full_like(x, math.log(tau))))
+
+    run = SimpleNamespace(vae=encoder, score=lambda z_t, t: append_sigma(sde, t, z_t), sde=sde,
+                          cfg=SimpleNamespace(sde=SimpleNamespace(t_eps=t_eps)))
+    x = math.sqrt(s + tau**2) * torch.randn(n, 2, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    truth = -gaussian_log_prob(x, torch.zeros_like(x), torch.full_like(x, 0.5 * math.log(s + tau**2)))
+    ps = PriorSettings("dsm", t_eps=t_eps, tolerance=1e-5, solver="dopri5", probe="gaussian", inner=1, t_draws=8)
+    bound = batch_terms(run, x, ps, iw_samples=1, seed=0, batch_index=0).nelbo_bound
+    old = bound - truncation_term(sde, t_eps, dims)
+
+    for value, exact in ((bound, dims / 2 * (2 * var - math.log(1 + var))), (old, -dims * (math.atanh(var) - var))):
+        gap = value - truth
+        se = float(gap.std()) / math.sqrt(n)
+        assert abs(float(gap.mean()) - exact) < 5 * se, (float(gap.mean()), exact, se)
+    assert float((bound - truth).mean()) > 10 * float((bound - truth).std()) / math.sqrt(n)  # a bound
+    assert float((old - truth).mean()) < -3 * float((old - truth).std()) / math.sqrt(n)  # the old one: below -log p
+
+
+def append_sigma(sde, t, z_t):
+    """The exact eps-prediction sigma_t z_t of N(0, I) marginals (VPSDE)."""
+    return sde.var(t).sqrt().view(-1, *([1] * (z_t.dim() - 1))).to(z_t) * z_t
+
+
+def test_truncation_term_vanishes_where_the_mean_coefficient_is_one():
+    from lsgm.objectives import truncation_term
+    from lsgm.sde import VESDE, GeometricVPSDE, VPSDE
+
+    assert truncation_term(VESDE(0.01, 50.0), 1e-5, 100) == 0.0
+    assert truncation_term(GeometricVPSDE(3e-5, 0.999, 3e-5), 0.0, 100) == pytest.approx(0.0, abs=1e-12)
+    vp = VPSDE(0.1, 20.0, 0.0)  # D/2 int_0^eps beta = D/2 (beta_0 eps + (beta_1 - beta_0) eps^2 / 2)
+    assert truncation_term(vp, 1e-2, 3072) == pytest.approx(3072 / 2 * (0.1e-2 + 19.9e-4 / 2), rel=1e-9)

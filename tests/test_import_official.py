@@ -514,3 +514,27 @@ def test_stage2_vae_fields_come_from_the_args_or_vae_checkpoint(tmp_path):
     other = save_stage1(tmp_path / "other.pt", stage1_args({**STAGE2_VAE, "num_latent_per_group": 5}), {})
     with pytest.raises(oi.OfficialImportError, match="disagrees .* num_latent_per_group"):
         oi.import_checkpoint(tmp_path / "checkpoint.pt", vae_checkpoint=other)
+
+
+def test_a_fourier_time_embedding_is_mapped_and_embeds_as_lsgms(tmp_path):
+    """LSGM's RandomFourierEmbedding (``temb_fun.w`` [1, D/2], ``cat(sin, cos)(t (w 2 pi))``): mapped, not refused
+    (the translation once refused every Fourier score network), and our embedding of it is LSGM's formula."""
+    blob, _, _, _ = stage2_blob()
+    args = vars(blob["args"])
+    args.update(embedding_type="fourier", embedding_scale=16.0)
+    w = torch.randn(1, args["embedding_dim"] // 2, generator=torch.Generator().manual_seed(9)) * 16.0
+    blob["dae_state_dict"]["temb_fun.w"] = w
+    blob.pop("dae_optimizer")
+    torch.save(blob, tmp_path / "checkpoint_fid.pt")
+    model = oi.import_checkpoint(tmp_path / "checkpoint_fid.pt")
+    assert model["config"]["score"]["embedding_type"] == "fourier"
+    torch.save(model, tmp_path / "model.pt")
+    run = load_run(tmp_path / "model.pt")
+    t = torch.tensor([1e-5, 0.3, 1.0])
+    emb = t[:, None] @ (w * 2 * 3.14159265359)  # LSGM's forward, verbatim arithmetic
+    torch.testing.assert_close(run.score.backbone.time_embed(t), torch.cat([torch.sin(emb), torch.cos(emb)], dim=1),
+                               rtol=1e-5, atol=1e-4)
+    blob["dae_state_dict"].pop("temb_fun.w")  # args say Fourier, the weights lack it: one line naming the key
+    torch.save(blob, tmp_path / "no_w.pt")
+    with pytest.raises(oi.OfficialImportError, match=r"lacks 1 key\(s\) its args imply: temb_fun\.w"):
+        oi.import_checkpoint(tmp_path / "no_w.pt")

@@ -3,7 +3,7 @@
 A miniature is written in the official file formats, so these tests run the real loaders (``get_dataset``) on the
 real formats end to end, with the size given as ``expected_size`` (config ``data.n_train`` / ``data.n_test``); the
 official checks (MD5, official counts) must still refuse the same files when no size is given. Also: random
-Inception-v3 weights that torch-fidelity's extractor loads, ``lsgm fid-stats --split-size`` on a miniature, and a
+Inception-v3 weights that torch-fidelity's extractor loads, ``lsgm fid-stats --n-train/--n-test`` on a miniature, and a
 training run plus its evaluation on a miniature through the config fields.
 """
 
@@ -318,7 +318,7 @@ def test_inception_stub_is_deterministic_and_kept_out_of_the_hub_cache(inception
         miniature.write_inception_stub(tmp_path / "hub" / "checkpoints" / "w.pth")
 
 
-def test_fid_stats_on_a_miniature_with_split_size(minis, inception, tmp_path, capsys):
+def test_fid_stats_on_a_miniature_with_split_sizes(minis, inception, tmp_path, capsys):
     from lsgm.eval import fid
 
     out = tmp_path / "stats.pt"
@@ -326,10 +326,30 @@ def test_fid_stats_on_a_miniature_with_split_size(minis, inception, tmp_path, ca
             str(minis), "--batch-size", "10", "--device", "cpu", "--out", str(out)]
     assert fid.main(argv) == 2  # the official checks refuse the miniature
     assert "md5" in capsys.readouterr().err and not out.exists()
-    assert fid.main([*argv, "--split-size", "10"]) == 0
+    assert fid.main([*argv, "--n-train", str(SIZES["cifar10"][0])]) == 0
     stats = fid.load_stats(out)
-    assert stats["n"] == 10 and stats["mu"].shape == (2048,) and torch.isfinite(stats["sigma"]).all()
+    assert stats["n"] == SIZES["cifar10"][0] and stats["mu"].shape == (2048,) and torch.isfinite(stats["sigma"]).all()
     assert stats["extractor"]["checksum"] == file_sha256(inception)
+    assert stats["reference"]["splits"] == ["train"] and stats["reference"]["official"]
+
+
+def test_celeba_reference_is_train_plus_validation_at_8_bits(minis, inception, tmp_path):
+    """The official precompute_fid_statistics.py reads CelebA-HQ-256's training AND validation images through its
+    generic transform (8 bits); the training loader reduces them to 5 bits (32 levels)."""
+    from lsgm.eval import fid
+
+    n_train, n_test = SIZES["celeba256"]
+    images = fid.reference_dataset("celeba256", "test", str(minis), n_test, bits=8)
+    training = fid.reference_dataset("celeba256", "test", str(minis), n_test, bits=5)
+    assert len(torch.unique(images[0][0] * 255)) > 32 >= len(torch.unique(training[0][0] * 31))
+    out = tmp_path / "celeba.pt"
+    assert fid.main(["--dataset", "celeba256", "--features", "inception", "--inception-weights", str(inception),
+                     "--root", str(minis), "--n-train", str(n_train), "--n-test", str(n_test), "--batch-size", "4",
+                     "--device", "cpu", "--out", str(out)]) == 0
+    stats = fid.load_stats(out)
+    assert stats["n"] == n_train + n_test and stats["split"] == "train+test"
+    assert stats["reference"]["bits"] == 8 and stats["reference"]["official"]
+    assert stats["name"].startswith("celeba256-train+test-8bit-n")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -221,6 +221,24 @@ def test_evaluation_settings_equal_the_official_evaluation_commands(paper, name)
         assert run.eval_settings["fid"]["t_eps"] == 1e-6 and run.eval_settings["nll"]["t_eps"] == 1e-6
 
 
+# The official scripts/precompute_fid_statistics.py (reference doc section 6.2), written out here independently of
+# lsgm.datasets_info: the splits it reads per dataset (CelebA-HQ-256 and OMNIGLOT: train + validation), the files'
+# 8 bits through its generic transform, at most 50,000 images.
+OFFICIAL_FID_REFERENCE = {"cifar10": ("train",), "celeba256": ("train", "test"), "mnist": ("train",),
+                          "omniglot": ("train", "test")}
+
+
+@pytest.mark.parametrize("dataset", sorted(OFFICIAL_FID_REFERENCE))
+def test_fid_reference_statistics_follow_the_official_script(paper, dataset):
+    from lsgm.datasets_info import FID_REFERENCE
+
+    spec = FID_REFERENCE[dataset]
+    assert (spec.splits, spec.bits, spec.max_samples) == (OFFICIAL_FID_REFERENCE[dataset], 8, 50_000)
+    if dataset in paper.sc["fd"]["features"]:  # the paper scale's FID: the DAG asks for exactly these statistics
+        path = paper.stats_path(dataset)
+        assert path.startswith(f"results/paper/fid_stats/{dataset}-{'+'.join(spec.splits)}-8bit-"), path
+
+
 def test_table6_cells_follow_their_sde_recipe(paper):
     """Each Table 6 cell: the CIFAR-10 FID stage-2 recipe with its own objective and its SDE's official parameters."""
     vp, geo = official_args("cifar10_fid", "stage2"), official_args("cifar10_nll", "stage2")

@@ -24,7 +24,7 @@ from lsgm.eval import cli as eval_cli
 from lsgm.eval.common import load_run
 from lsgm.eval.generate import make_sampling, sample_batch
 from lsgm.eval.samples import PADDING, grid_size, sidecar_path
-from lsgm.plan import Plan, eval_args
+from lsgm.plan import Plan, eval_args, resolved_settings
 from lsgm.score import build_score
 from lsgm.sde import make_sde
 from lsgm.utils import atomic_torch_save
@@ -160,7 +160,8 @@ def test_plan_has_one_grid_per_trained_model_at_its_first_seed(scale):
         fid = run.eval_settings["fid"]
         if run.kind == "sgm":  # the pixel SGM's own sampler, as its FD
             assert args.sampler == "pc" == fid["sampler"] and args.pc_steps and args.snr == fid["snr"]
-        elif run.kind == "lsgm" and scale == "paper":  # the official FID's ODE settings
+        elif run.kind == "lsgm" and scale == "paper":  # the official FID's ODE settings (defaults without an FID)
+            fid = resolved_settings("fid", fid)
             assert (args.tolerance, args.t_eps) == (fid["tolerance"], fid["t_eps"])
         elif run.kind == "lsgm":  # looser than the FD's at the offline scales, to stay cheap
             assert args.tolerance == 1e-3

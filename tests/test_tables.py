@@ -32,7 +32,7 @@ from lsgm.report.tables import (
 COMMIT = "c0ffee1"
 NO_CELL = {"sde": None, "weighting": None, "sampling": None, "q_objective": None}
 LSGM_NLL = {"prior": "ode", "iw_samples": 1, "inner": 1, "tolerance": 1e-5, "solver": "dopri5", "t_eps": 1e-5,
-            "t_draws": 16, "n_examples": 300}
+            "t_draws": 16, "n_examples": 300, "nelbo_bound_t_eps": 0.01}
 VAE_NLL = {"prior": "normal", "iw_samples": 1, "inner": None, "tolerance": None, "n_examples": 300}
 FD_SETTINGS = {"n_samples": 500, "tolerance": 1e-5, "solver": "dopri5",
                "feature_extractor": {"name": "lsgm-classifier", "metric_name": "fd_digits"}}
@@ -222,9 +222,9 @@ def test_nelbo_beside_nll_for_every_row_with_the_estimator_columns(tables):
     text = printed(tables["table2"])
     assert text.loc["LSGM, recipe fid", "NELBO (bpd)"] == "2.20 ± 0.10"  # nelbo_bound = NLL + 0.1
     assert text.loc["VAE backbone (recipe balanced)", "NELBO (bpd)"] == "2.45 ± 0.10"  # its NELBO
-    assert list(text.loc["LSGM, recipe fid", ["K", "M", "prior term", "ODE tol."]]) == ["1", "1", "ode", "1e-05"]
-    assert list(text.loc["VAE backbone (recipe balanced)", ["K", "M", "prior term", "ODE tol."]]) == \
-        ["1", "—", "normal", "—"]
+    estimator = ["K", "M", "prior term", "ODE tol.", "t_eps (NLL)", "t_eps (NELBO)"]
+    assert list(text.loc["LSGM, recipe fid", estimator]) == ["1", "1", "ode", "1e-05", "1e-05", "0.01"]
+    assert list(text.loc["VAE backbone (recipe balanced)", estimator]) == ["1", "—", "normal", "—", "—", "—"]
     cap = tables["table2"].attrs["caption"]
     assert "fallback" not in cap and "t_draws=16" in cap
 

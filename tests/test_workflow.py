@@ -72,7 +72,7 @@ def test_offline_scales_plan_the_whole_dag(scale):
     assert counts["train_classifier"] == 1 and counts["fid_stats"] == 1
     assert counts["tables"] == 5 and counts["figure4"] == 1
     assert {"eval_nll", "eval_fid", "eval_cost", "run_config"} <= set(counts)
-    assert f"results/{scale}/fid_stats/digits-classifier-v1.pt" in text
+    assert f"results/{scale}/fid_stats/digits-train-8bit-classifier-v1.pt" in text
     # the n/a cells of Table 6 are not planned, the others are
     assert "geometric-w_un-is-" not in text and "geometric-w_ll-is-" not in text
     assert "vpsde-w_un-is-q_rew" in text and "geometric-w_re-is-q_ll_is" in text
@@ -88,7 +88,8 @@ def test_slurm_profile_resolves_and_requests_gpus():
     counts, text = dry_run("--profile", "slurm")
     assert trained(text)["lsgm"] == MAIN_LSGMS + TABLE6_CELLS
     assert counts["fid_stats"] == 2 and "train_classifier" not in counts  # Inception at paper scale
-    assert "results/paper/fid_stats/cifar10-inception-v1.pt" in text
+    assert "results/paper/fid_stats/cifar10-train-8bit-inception-v1.pt" in text
+    assert "--dataset celeba256 --split train+test --bits 8" in text  # the official reference (train + validation)
     jobs = re.findall(r"rule (\w+):\n(.*?)(?=\n\[|\Z)", text, flags=re.S)
     n_trained = 0
     for rule, body in jobs:

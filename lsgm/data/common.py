@@ -40,9 +40,20 @@ class ImageDataset(Dataset):
     def __init__(self, images, labels: torch.Tensor | None, *, max_value: int = 255, pad: int = 0,
                  flip: bool = False, bits: int = 8, binarize: bool = False):
         self.images, self.labels = images, labels
-        self.shift = 8 - bits
-        self.max_value = max_value if bits == 8 else 2**bits - 1
+        self._raw_max = max_value
+        self.set_bits(bits)
         self.pad, self.flip, self.binarize = pad, flip, binarize
+
+    @property
+    def bits(self) -> int:
+        return 8 - self.shift
+
+    def set_bits(self, bits: int) -> None:
+        """Read the images at ``bits`` bits (8: as stored); FID reference statistics read the files' own depth."""
+        if not 1 <= bits <= 8:
+            raise DatasetError(f"bits must be in [1, 8], got {bits}")
+        self.shift = 8 - bits
+        self.max_value = self._raw_max if bits == 8 else 2**bits - 1
 
     def __len__(self) -> int:
         return len(self.images)

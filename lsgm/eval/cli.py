@@ -13,110 +13,55 @@ import argparse
 import json
 import sys
 
+from lsgm.eval.settings import SETTINGS, SettingError, add_arguments, check_args
+
 EXIT_BAD_INPUT = 2
-# The one home of the evaluation defaults (the library takes every setting as a required argument; the DAG passes
-# each one from config.yaml; the benchmarks import these): the official ODE tolerance, end time and solver
-# (evaluate_vada.py), the Hutchinson probe, and score_sde's PC corrector signal-to-noise ratio.
-ODE_TOLERANCE = 1e-5
-ODE_T_EPS = 1e-5
-ODE_SOLVER = "dopri5"
-PROBE = "gaussian"
-PC_SNR = 0.16
+# The evaluation defaults live in lsgm.eval.settings (the one home of every setting: type, default, range); these
+# names are kept for the benchmarks.
+ODE_TOLERANCE = SETTINGS["fid"]["tolerance"].default
+ODE_T_EPS = SETTINGS["fid"]["t_eps"].default
+ODE_SOLVER = SETTINGS["fid"]["solver"].default
+PROBE = SETTINGS["nll"]["probe"].default
+PC_SNR = SETTINGS["fid"]["snr"].default
+COST_TOLERANCES = SETTINGS["cost"]["tolerances"].default
 
 
 def _common(p: argparse.ArgumentParser, out: str = "metrics JSON to write (atomically)") -> None:
     p.add_argument("--model", required=True, nargs="+", help="DIR/model.pt of a training run (one or more)")
     p.add_argument("--out", required=True, nargs="+", help=f"{out}, one per --model")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ema", dest="ema", action="store_true", default=True, help="use the EMA weights (default)")
     p.add_argument("--no-ema", dest="ema", action="store_false")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
 
-def _generation(p: argparse.ArgumentParser) -> None:
-    """How samples are generated (every command that samples: fid, cost, samples)."""
-    p.add_argument("--solver", default=ODE_SOLVER, help="torchdiffeq method")
-    p.add_argument("--t-eps", type=float, default=ODE_T_EPS, help=f"ODE end time (official ode_eps {ODE_T_EPS:g})")
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="scale of the top latent's starting noise (official --temp)")
-    p.add_argument("--vae-temperature", type=float, default=1.0,
-                   help="scale of the decoder's lower-scale groups (official --vae_temp)")
-    p.add_argument("--bn-mode", default="eval", choices=["eval", "train"])
-
-
-def _one_sampler(p: argparse.ArgumentParser) -> None:
-    """One sampler setting (fid, samples; cost sweeps several)."""
-    p.add_argument("--tolerance", type=float, default=ODE_TOLERANCE, help="ODE rtol = atol")
-    p.add_argument("--sampler", default="ode", choices=["ode", "pc"],
-                   help="pixel SGM: 'pc' samples with predictor-corrector (the original SGM's FID protocol)")
-    p.add_argument("--pc-steps", type=int, default=None, help="PC steps (with --sampler pc)")
-    p.add_argument("--snr", type=float, default=PC_SNR, help="PC corrector signal-to-noise ratio")
-
-
-def _sampling(p: argparse.ArgumentParser) -> None:
-    """Generation and the features of the FD/FID (fid, cost)."""
+def _features(p: argparse.ArgumentParser) -> None:
+    """The reference statistics and the features of the FD/FID (fid, cost)."""
     p.add_argument("--stats", help="reference statistics (lsgm fid-stats)")
-    _generation(p)
     p.add_argument("--classifier", help="override the classifier model.pt recorded in the statistics")
     p.add_argument("--inception-weights", help="weights-inception-2015-12-05-6726825d.pth (offline); "
                    "also $LSGM_INCEPTION_WEIGHTS")
 
 
-def _n_batches(value: str) -> int | None:
-    return None if value == "all" else int(value)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lsgm evaluate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-
-    nll = sub.add_parser("nll", help="NELBO split into named terms and the importance-weighted NLL")
-    _common(nll)
-    nll.add_argument("--prior", default="ode", choices=["ode", "dsm"], help="LSGM prior term (VAE: its Normal prior)")
-    nll.add_argument("--iw-samples", type=int, default=1, help="K importance samples")
-    nll.add_argument("--inner", type=int, default=1, help="M ODE solves per encoder sample (mean, std. error)")
-    nll.add_argument("--batch-size", type=int, default=128)
-    nll.add_argument("--tolerance", type=float, default=ODE_TOLERANCE, help="ODE rtol = atol")
-    nll.add_argument("--t-eps", type=float, default=None,
-                     help=f"default: {ODE_T_EPS:g} (ode), the training t_eps (dsm)")
-    nll.add_argument("--probe", default=PROBE, choices=["gaussian", "rademacher"])
-    nll.add_argument("--solver", default=ODE_SOLVER)
-    nll.add_argument("--t-draws", type=int, default=16,
-                     help="time draws per encoder sample of the DSM prior term (--prior dsm, and nelbo_bound)")
-    nll.add_argument("--n-batches", type=_n_batches, default=None, help="N or 'all' (default)")
-    nll.add_argument("--split", default="test", choices=["test", "train"])
-    nll.add_argument("--root", help="dataset folder (default: the run's data.root)")
-
-    fid = sub.add_parser("fid", help="FID (Inception) or FD (classifier features) of generated samples")
-    _common(fid)
-    _sampling(fid)
-    fid.add_argument("--batch-size", type=int, default=64)
-    fid.add_argument("--n-samples", type=int, default=50_000)
-    _one_sampler(fid)
-
-    cost = sub.add_parser("cost", help="NFE, seconds per batch and FD per tolerance / PC step count")
-    _common(cost)
-    _sampling(cost)
-    cost.add_argument("--batch-size", type=int, default=16)
-    cost.add_argument("--tolerances", type=float, nargs="+", default=[ODE_TOLERANCE, 1e-4, 1e-3, 1e-2])
-    cost.add_argument("--n-batches", type=int, default=20, help="timed batches (after one warm-up batch)")
-    cost.add_argument("--fd-samples", type=int, default=1000, help="samples for the FD at each setting (0: none)")
-    cost.add_argument("--fd-batch-size", type=int, default=100)
-    cost.add_argument("--pc-steps", type=int, nargs="*", default=None, help="pixel SGM: PC step counts")
-    cost.add_argument("--sampler", dest="samplers", nargs="+", choices=["ode", "pc"], default=None,
-                      help="pixel SGM: which samplers (default both)")
-    cost.add_argument("--snr", type=float, default=PC_SNR)
-
+    helps = {"nll": "NELBO split into named terms and the importance-weighted NLL",
+             "fid": "FID (Inception) or FD (classifier features) of generated samples",
+             "cost": "NFE, seconds per batch and FD per tolerance / PC step count"}
+    for command in ("nll", "fid", "cost"):
+        p = sub.add_parser(command, help=helps[command])
+        _common(p)
+        add_arguments(p, command)
+        if command == "nll":
+            p.add_argument("--root", help="dataset folder (default: the run's data.root)")
+        else:
+            _features(p)
     samples = sub.add_parser("samples", help="a PNG grid of samples (decoder means) and its sidecar JSON",
                              description="A grid of --n samples drawn as `lsgm evaluate fid` draws them, written to "
                              "--out (PNG) with the settings, checkpoint and provenance in --out with suffix .json. "
                              "A diverged run gives a placeholder PNG (exit 0).")
     _common(samples, out="PNG to write (atomically); its sidecar JSON beside it (suffix .json)")
-    _generation(samples)
-    _one_sampler(samples)
-    samples.add_argument("--n", type=int, default=64, help="samples in the grid")
-    samples.add_argument("--nrow", type=int, default=8, help="samples per grid row")
-    samples.add_argument("--batch-size", type=int, default=64)
+    add_arguments(samples, "samples")
     return parser
 
 
@@ -179,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.model) != len(args.out):
         parser.error(f"{len(args.model)} --model but {len(args.out)} --out: give one metrics file per model")
+    try:
+        check_args(args.what, args, "command line")
+    except SettingError as err:
+        print(f"lsgm evaluate {args.what}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     from lsgm.data import DatasetError
     from lsgm.eval.common import EvalError, write_metrics
 

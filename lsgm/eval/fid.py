@@ -6,8 +6,10 @@ Protocol (reference doc section 6.2, with the official flaws fixed):
 - features: :mod:`lsgm.eval.features` (Inception-v3 pool3 at paper scale, the offline classifier
   otherwise; the metric is then named ``fd_<dataset>``, never ``fid``).
 - statistics: pooled over ALL samples (the official code averages per-GPU covariances), Fréchet distance
-  by torch-fidelity's ``fid_statistics_to_metric``; reference statistics once per dataset on the training
-  split (binary data as grey levels, never binarized), stored with versioned metadata and validated on load.
+  by torch-fidelity's ``fid_statistics_to_metric``; reference statistics once per dataset as the official
+  ``scripts/precompute_fid_statistics.py`` computes them (:data:`lsgm.datasets_info.FID_REFERENCE`: CIFAR-10 and
+  MNIST the training split, CelebA-HQ-256 and OMNIGLOT train + validation, all at the files' 8 bits, binary data as
+  grey levels, at most 50,000 images), the specification in the file's name and metadata, validated on load.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 from torch_fidelity.metric_fid import (
     KEY_METRIC_FID,
     fid_features_to_statistics,
@@ -47,10 +49,11 @@ from lsgm.eval.generate import (
     sample_batch,
     sampling_settings,
 )
+from lsgm.datasets_info import FID_REFERENCE, FIDReference
 from lsgm.io import provenance
 from lsgm.utils import atomic_torch_save
 
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: the official reference specification (splits, bits) in the name and metadata
 
 
 # --------------------------------------------------------------------------------------------------
@@ -86,35 +89,57 @@ class _Uint8Images(Dataset):
         return to_rgb(quantize_uint8(x)[None])[0]
 
 
-def reference_dataset(name: str, split: str = "train", root: str | None = None, expected_size: int | None = None):
-    """The images reference statistics are computed on: no augmentation, never binarized. ``expected_size``: the
-    split's image count when it is not the official one (a miniature)."""
+def reference_dataset(name: str, split: str = "train", root: str | None = None, expected_size: int | None = None,
+                      bits: int = 8):
+    """One split of the images reference statistics are computed on: no augmentation, never binarized, read at
+    ``bits`` bits. ``expected_size``: the split's image count when it is not the official one (a miniature)."""
     from lsgm.data import DatasetError, get_dataset
 
     try:
         dataset = get_dataset(name, split, root=root, download=False, augment=False, expected_size=expected_size)
+        if getattr(dataset, "binarize", False):
+            dataset.binarize = False  # grey levels (probabilities), as the official statistics
+        if getattr(dataset, "bits", 8) != bits:
+            dataset.set_bits(bits)  # CelebA-HQ-256: the files' 8 bits, not the training loader's 5
     except DatasetError as err:
         raise EvalError(str(err)) from err
-    if getattr(dataset, "binarize", False):
-        dataset.binarize = False  # grey levels (probabilities), as the official statistics
     return dataset
 
 
+def reference_spec(dataset: str, splits: tuple[str, ...] | None = None, bits: int | None = None) -> FIDReference:
+    """The official reference specification of ``dataset`` (:data:`FID_REFERENCE`), with ``splits`` / ``bits``
+    overriding it where given (the statistics then record that they deviate)."""
+    if dataset not in FID_REFERENCE:
+        raise EvalError(f"no FID reference specification for dataset {dataset!r}; known: {', '.join(FID_REFERENCE)}")
+    spec = FID_REFERENCE[dataset]
+    if splits is None and bits is None:
+        return spec
+    return FIDReference(tuple(splits or spec.splits), spec.bits if bits is None else bits, spec.max_samples,
+                        source=f"ours, deviating from {spec.tag} ({spec.source})")
+
+
 def compute_reference_stats(dataset: str, extractor: Extractor, root: str | None = None, batch_size: int = 200,
-                            max_samples: int | None = None, split: str = "train",
-                            device: torch.device | str = "cpu", expected_size: int | None = None) -> dict:
-    """Statistics of ``extractor``'s features over the ``split`` of ``dataset``, with versioned metadata
-    (``expected_size``: the split's count when it is not the official one, e.g. a miniature)."""
-    source = reference_dataset(dataset, split, root, expected_size)
-    count = len(source) if max_samples is None else min(max_samples, len(source))
+                            max_samples: int | None = None, spec: FIDReference | None = None,
+                            device: torch.device | str = "cpu", sizes: dict[str, int] | None = None) -> dict:
+    """Statistics of ``extractor``'s features over the reference images of ``dataset`` (``spec``: its splits and
+    bit depth, default the official :func:`reference_spec`), with versioned metadata. ``sizes``: a split's image
+    count where it is not the official one (a miniature: ``{"train": n_train, "test": n_test}``)."""
+    spec = spec or reference_spec(dataset)
+    parts = [reference_dataset(dataset, split, root, (sizes or {}).get(split), spec.bits) for split in spec.splits]
+    source = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    limit = spec.max_samples if max_samples is None else max_samples
+    count = min(limit, len(source))
     cuda = torch.device(device).type == "cuda"
     feats = get_featuresdict_from_dataset(_Uint8Images(source, count), extractor.module, batch_size, cuda,
                                           save_cpu_ram=True, verbose=False)[extractor.layer]
     stats = feature_statistics(feats)
     return {
         "version": STATS_VERSION,
-        "name": f"{dataset}-{split}-n{count}-{extractor.features}-{extractor.checksum[:8]}-v{STATS_VERSION}",
-        "dataset": dataset, "split": split, "n": count,
+        "name": f"{dataset}-{spec.tag}-n{count}-{extractor.features}-{extractor.checksum[:8]}-v{STATS_VERSION}",
+        "dataset": dataset, "split": "+".join(spec.splits), "n": count,
+        "reference": {"splits": list(spec.splits), "bits": spec.bits, "max_samples": limit, "tag": spec.tag,
+                      "source": spec.source, "official": spec == FID_REFERENCE.get(dataset),
+                      "split_sizes": {p: len(d) for p, d in zip(spec.splits, parts)}},
         "extractor": extractor.describe(),
         "mu": torch.from_numpy(np.asarray(stats["mu"], dtype=np.float64)),
         "sigma": torch.from_numpy(np.asarray(stats["sigma"], dtype=np.float64)),
@@ -122,7 +147,7 @@ def compute_reference_stats(dataset: str, extractor: Extractor, root: str | None
     }
 
 
-_STATS_KEYS = ("version", "name", "dataset", "split", "n", "extractor", "mu", "sigma")
+_STATS_KEYS = ("version", "name", "dataset", "split", "n", "reference", "extractor", "mu", "sigma")
 
 
 def load_stats(path: str | Path) -> dict:
@@ -207,7 +232,7 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: floa
         "seeding": "per-sample generator seeded by (seed, sample index)", "decoder": "mean",
         "quantization": "uint8 round(255 x)", "feature_extractor": extractor.describe(),
         "reference": {"path": str(stats_path), "name": stats["name"], "dataset": stats["dataset"],
-                      "split": stats["split"], "n": stats["n"]},
+                      "split": stats["split"], "n": stats["n"], **stats["reference"]},
         "statistics": "pooled mean/covariance over all samples; torch-fidelity fid_statistics_to_metric",
         "torch_fidelity_extractor": extractor.name,
     }
@@ -232,19 +257,41 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: floa
 # --------------------------------------------------------------------------------------------------
 
 
+def _splits(value: str) -> tuple[str, ...] | None:
+    if value == "official":
+        return None
+    parts = tuple(value.split("+"))
+    if not parts or any(p not in ("train", "test") for p in parts) or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(f"{value!r}: use official, train, test or train+test")
+    return parts
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def _stats_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lsgm fid-stats", description="reference feature statistics for FID/FD "
-                                "(training split, computed once per dataset)")
+    p = argparse.ArgumentParser(prog="lsgm fid-stats", description="reference feature statistics for FID/FD, "
+                                "computed once per dataset as the official precompute_fid_statistics.py does")
     p.add_argument("--dataset", required=True)
     p.add_argument("--features", required=True, choices=["inception", "classifier"])
     p.add_argument("--classifier", help="classifier model.pt (lsgm train-classifier) for --features classifier")
     p.add_argument("--inception-weights", help=f"path of {INCEPTION_FILE} (offline); also ${INCEPTION_ENV}")
     p.add_argument("--root", help="dataset folder (paper-scale datasets)")
-    p.add_argument("--split", default="train", choices=["train", "test"])
-    p.add_argument("--split-size", type=int, default=None, metavar="N",
-                   help="the split's image count when it is not the official one (a miniature: data.n_train)")
-    p.add_argument("--max-samples", type=int, default=None, help="default: the whole split")
-    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--split", type=_splits, default=None, metavar="official|train|test|train+test",
+                   help="the splits (default official: lsgm.datasets_info.FID_REFERENCE; another choice is recorded "
+                        "as a deviation in the statistics)")
+    p.add_argument("--bits", type=int, default=None, choices=range(1, 9), metavar="1..8",
+                   help="bit depth the images are read at (default official: 8)")
+    p.add_argument("--n-train", type=_positive, default=None, metavar="N",
+                   help="the training split's image count when it is not the official one (a miniature)")
+    p.add_argument("--n-test", type=_positive, default=None, metavar="N",
+                   help="the test split's image count when it is not the official one (a miniature)")
+    p.add_argument("--max-samples", type=_positive, default=None, help="default: the specification's 50,000")
+    p.add_argument("--batch-size", type=_positive, default=200)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
     return p
@@ -254,16 +301,16 @@ def main(argv: list[str] | None = None) -> int:
     """``lsgm fid-stats``: write reference statistics (exit 2 with a one-line error on bad input)."""
     args = _stats_parser().parse_args(argv)
     try:
-        if args.split_size is not None and args.split_size < 1:
-            raise EvalError(f"--split-size must be >= 1, got {args.split_size}")
+        spec = reference_spec(args.dataset, args.split, args.bits)
         device = resolve_device(args.device)
         extractor = make_extractor(args.features, args.classifier, args.inception_weights, device)
+        sizes = {k: v for k, v in (("train", args.n_train), ("test", args.n_test)) if v is not None}
         stats = compute_reference_stats(args.dataset, extractor, root=args.root, batch_size=args.batch_size,
-                                        max_samples=args.max_samples, split=args.split, device=device,
-                                        expected_size=args.split_size)
+                                        max_samples=args.max_samples, spec=spec, device=device, sizes=sizes)
     except EvalError as err:
         print(f"lsgm fid-stats: error: {err}", file=sys.stderr)
         return 2
     atomic_torch_save(stats, Path(args.out))
-    print(json.dumps({"out": args.out, "name": stats["name"], "n": stats["n"], "extractor": stats["extractor"]}))
+    print(json.dumps({"out": args.out, "name": stats["name"], "n": stats["n"], "reference": stats["reference"],
+                      "extractor": stats["extractor"]}))
     return 0

@@ -9,12 +9,15 @@ with the prior term CE(z_0) = -log p(z_0) from
 - ``ode``: the probability-flow ODE (``ode_log_likelihood``; Hutchinson probe drawn ONCE per solve, the
   batch solved as one system, its size recorded), averaged over M inner solves with their standard error;
 - ``dsm``: Theorem 1's denoising bound with the likelihood-weighted importance sampler r_ll(t), averaged
-  over ``t_draws`` time draws;
+  over ``t_draws`` time draws, plus ``truncation_term`` (-D log m(t_eps)): Theorem 1 gives the cross entropy of
+  z_{t_eps}, and the term makes the NELBO with it an upper bound for every SDE and t_eps (zero where m(t_eps) = 1);
 - the stage-1 VAE: its Normal prior, ``normal_cross_entropy``.
 
 ``nelbo_bound`` is the NELBO whose prior term is always the ``dsm`` bound (the training t_eps, ``t_draws`` time
 draws): an upper bound on -log p(x) in expectation over the encoder, time and noise draws, unlike the ODE terms
-(ODE error, Hutchinson noise); for a VAE it is its NELBO.
+(ODE error, Hutchinson noise); for a VAE it is its NELBO. An importance-weighted NLL (K > 1) with the ``dsm`` prior
+term is refused: the noise of its time draws sits inside the logsumexp, which biases it low (below the bound it
+estimates), so it would be neither a bound nor an estimate.
 
 log p(x) ~= logsumexp_k(-NELBO_k) - log K. With K = 1 the NLL equals the NELBO (LSGM#13 is avoided by
 returning named fields). Units: bits/dim over ``DatasetInfo.eval_dims`` for continuous data (CelebA-HQ-256
@@ -33,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from lsgm.eval.common import EvalError, LoadedRun, load_run, metrics_record, resolve_device, sample_seed
 from lsgm.likelihood import iw_nll, nats_to_bpd, ode_log_likelihood
-from lsgm.objectives import nelbo_terms, normal_cross_entropy, prior_cross_entropy
+from lsgm.objectives import nelbo_terms, normal_cross_entropy, prior_cross_entropy, truncation_term
 from lsgm.time_sampling import make_time_sampler
 
 
@@ -68,7 +71,8 @@ def prior_term(run: LoadedRun, z0: torch.Tensor, ps: PriorSettings, gen: torch.G
             raise EvalError(f"DSM prior term: {err} (pass --t-eps)") from err
         with torch.no_grad():
             draws = [prior_cross_entropy(z0, run.score, run.sde, sampler, generator=gen) for _ in range(ps.t_draws)]
-        return PriorTerm(torch.stack(draws).mean(0), None)
+        truncation = truncation_term(run.sde, ps.t_eps, z0[0].numel())
+        return PriorTerm(torch.stack(draws).mean(0) + truncation, None)
     solves = [ode_log_likelihood(z0, run.score, run.sde, ps.t_eps, rtol=ps.tolerance, atol=ps.tolerance,
                                  probe=ps.probe, generator=gen, method=ps.solver) for _ in range(ps.inner)]
     ce = -torch.stack([s.logp for s in solves])  # (M, B)
@@ -176,6 +180,9 @@ def evaluate_nll(model: str, *, prior: str, iw_samples: int, inner: int, toleran
     if iw_samples < 1 or inner < 1:
         raise EvalError("--iw-samples and --inner must be >= 1")
     kind = "normal" if run.kind == "vae" else prior
+    if kind == "dsm" and iw_samples > 1:
+        raise EvalError(f"--iw-samples {iw_samples} with --prior dsm: the DSM prior term's time-draw noise inside the "
+                        "logsumexp biases the NLL low; use --iw-samples 1 (the NELBO) or --prior ode")
     if t_eps is None and kind == "dsm":
         t_eps = run.cfg.sde.t_eps
     ps = PriorSettings(kind, t_eps=t_eps, tolerance=tolerance, solver=solver, probe=probe, inner=inner,
@@ -187,9 +194,12 @@ def evaluate_nll(model: str, *, prior: str, iw_samples: int, inner: int, toleran
         "probe": probe if kind == "ode" else None, "probe_per": "solve" if kind == "ode" else None,
         "t_eps": t_eps if kind in ("ode", "dsm") else None, "t_draws": t_draws if kind in ("ode", "dsm") else None,
         "dsm_sampler": "ll/is" if kind in ("ode", "dsm") else None, "batch_size": batch_size,
-        "nelbo_bound": {"normal": "the NELBO (exact Normal prior)", "dsm": "the NELBO (DSM prior term)",
+        "nelbo_bound": {"normal": "the NELBO (exact Normal prior)",
+                        "dsm": "the NELBO (DSM prior term with the truncation term -D log m(t_eps))",
                         "ode": f"the NELBO with the DSM prior term (r_ll importance-sampled t in [training t_eps "
-                               f"{run.cfg.sde.t_eps:g}, 1], {t_draws} draws per encoder sample)"}[kind],
+                               f"{run.cfg.sde.t_eps:g}, 1], {t_draws} draws per encoder sample, plus the "
+                               f"truncation term -D log m(t_eps))"}[kind],
+        "nelbo_bound_t_eps": None if kind == "normal" else (run.cfg.sde.t_eps if kind == "ode" else t_eps),
         "ode_system": "one ODE per batch (NFE depends on the batch size)" if kind == "ode" else None,
         "n_batches": n_batches, "split": split, "seed": seed, "bn_mode": "eval", "temperature": 1.0,
         "unit": data.unit, "eval_dims": data.eval_dims,
@@ -204,6 +214,8 @@ def evaluate_nll(model: str, *, prior: str, iw_samples: int, inner: int, toleran
     run.vae.eval()
     if run.score is not None:
         run.score.eval()
+        settings["truncation_nats"] = truncation_term(run.sde, settings["nelbo_bound_t_eps"],
+                                                      math.prod(run.vae.latent_shape))
     torch.manual_seed(seed)  # dynamic binarization of the test data draws from torch's global generator
     batches = []
     try:

@@ -264,8 +264,11 @@ def stage2_config(run: OfficialRun) -> tuple[dict, list[str]]:
     for flag, value in fixed.items():
         if float(a[flag]) != value:
             raise RecipeError(f"{run.recipe}.stage2: --{flag} {a[flag]} is not modelled (only {value})")
-    if a["embedding_type"] != "positional" or a["progressive"] != "none" or a["progressive_input"] != "none":
-        raise RecipeError(f"{run.recipe}.stage2: progressive / fourier score networks are not modelled")
+    if a["embedding_type"] not in ("positional", "fourier"):
+        raise RecipeError(f"{run.recipe}.stage2: --embedding_type {a['embedding_type']} is not modelled "
+                          "(positional, fourier)")
+    if a["progressive"] != "none" or a["progressive_input"] != "none":
+        raise RecipeError(f"{run.recipe}.stage2: progressive score networks are not modelled")
     deviations = [
         "recipe: no in-training ODE evaluation (--train_ode_eps/--train_ode_solver_tol) and no checkpoint_fid / "
         "checkpoint_nll selection; the final EMA weights are evaluated",

@@ -27,13 +27,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lsgm.eval import settings as eval_settings
 from lsgm.io import git_commit
 
 REQUIRED = ("kind", "run", "run.name", "run.model", "run.dataset", "status", "metrics")
 REQUIRED_BY_KIND = {"nll": (), "fid": ("settings",), "cost": ("metrics.rows",)}
 KINDS = {"tables": ("nll", "fid"), "figure4": ("cost",), "variance": ()}
 # the variance measurement's defaults (config.yaml scales.S.eval.variance overrides them in the workflow)
-VARIANCE_DEFAULTS = {"n_latents": 16, "n_draws": 64, "n_t_draws": 20000, "batch_size": 1024, "seed": 0}
+VARIANCE_DEFAULTS = eval_settings.defaults("variance")  # n_latents, n_draws, n_t_draws, batch_size, seed
 
 
 class MetricsError(ValueError):
@@ -103,8 +104,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dataset-map", default=None, help="JSON {tableN: run.dataset} (inline or file)")
     parser.add_argument("--rows", default=None, help="JSON {tableN: [run names]} (inline or file)")
     parser.add_argument("--commit", default=None, help="default: the commit of this source tree")
-    for key, value in VARIANCE_DEFAULTS.items():
-        parser.add_argument("--" + key.replace("_", "-"), type=int, default=value, help=f"variance (default {value})")
+    eval_settings.add_arguments(parser, "variance")
     parser.add_argument("--device", default="auto", help="variance: cpu | cuda | auto")
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                         help="variance: the score's EMA weights (default) or its raw weights")

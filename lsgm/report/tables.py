@@ -52,11 +52,12 @@ NOT_COMPARABLE_DATA = "not comparable (stand-in data)"
 NOT_COMPARABLE_MINI = "not comparable (miniature)"  # the paper's data and recipes, at toy sizes (scale mini)
 NOT_COMPARABLE_FD = "not comparable (FD, not FID)"
 MARK = "†"
-ESTIMATOR = {"K": "iw_samples", "M": "inner", "prior term": "prior", "ODE tol.": "tolerance"}
+ESTIMATOR = {"K": "iw_samples", "M": "inner", "prior term": "prior", "ODE tol.": "tolerance", "t_eps (NLL)": "t_eps",
+             "t_eps (NELBO)": "nelbo_bound_t_eps"}
 COMPARED = {"nll": "NLL", "fid": "FID"}  # the metrics a row of ours is compared on with its paper counterpart
 BACKBONE_COLUMN = "no score prior"
 SEED_COLUMNS = ("table", "section", "row", "column", "run", "seed", "metric", "value", "eval_stderr", "K", "M",
-                "prior", "estimator", "tolerance", "t_draws", "n_examples", "n_samples", "status", "commit")
+                "prior", "estimator", "tolerance", "t_eps", "t_draws", "n_examples", "n_samples", "status", "commit")
 
 
 # ----------------------------------------------------------------------------- published numbers
@@ -290,6 +291,7 @@ def seed_record(table: str, label: str, column: str, entry: dict, kind: str, key
             "M": settings.get("inner") if nll_doc and ode else None,
             "prior": _setting(doc, "prior") if nll_doc else None,
             "estimator": estimator(doc, key, run["model"]), "tolerance": settings.get("tolerance") if ode else None,
+            "t_eps": settings.get("nelbo_bound_t_eps" if key == "nelbo_bound" else "t_eps") if nll_doc else None,
             "t_draws": settings.get("t_draws") if key == "nelbo_bound" else None,
             "n_examples": settings.get("n_examples", doc.get("metrics", {}).get("n_examples")),
             "n_samples": settings.get("n_samples"), "status": doc.get("status"),
@@ -711,8 +713,10 @@ def nelbo_line(unit: str, nll_docs: list[dict]) -> str:
     parts = []
     if bound:
         parts.append("LSGM rows: the prior cross entropy is the denoising score matching bound of Theorem 1 "
-                     "(likelihood weighting, importance-sampled t, "
-                     f"{unique_settings(bound, ('t_draws',)).replace('—', 't_draws not recorded')})")
+                     "(likelihood weighting, importance-sampled t in [t_eps, 1], "
+                     f"{unique_settings(bound, ('t_draws',)).replace('—', 't_draws not recorded')}) plus the "
+                     "truncation term -D log m(t_eps) that makes it a bound on -log p(z0) for every SDE and t_eps "
+                     "(column t_eps (NELBO))")
     if any(d["run"]["model"] == "vae" for d in nll_docs):
         parts.append("VAE rows: the exact N(0, I) prior")
     if fallback:
@@ -737,7 +741,8 @@ def nll_line(unit: str, nll_docs: list[dict]) -> str:
                  "logsumexp bias for K > 1)")
     if vae:
         line += "; VAE rows: the importance-weighted bound with the exact N(0, I) prior (an upper bound)"
-    return line + ". Columns K, M, prior term, ODE tol.: the NLL estimator of each row (its nll files' settings)."
+    return line + (". Columns K, M, prior term, ODE tol., t_eps (NLL): the NLL estimator of each row (its nll files' "
+                   "settings); t_eps (NELBO): the lower time of the NELBO's Theorem 1 integral.")
 
 
 def compare_lines(table: str, meta: dict, published: dict, why_not: str | None) -> list[str]:

@@ -65,6 +65,8 @@ wildcard_constraints:
     seed=r"\d+",
     table=r"table\d+",
     features="inception|classifier",
+    splits=r"(train|test)(\+(train|test))?",
+    bits="[1-8]",
     version="[A-Za-z0-9]+",
 
 

@@ -35,27 +35,30 @@ rule inception_random:
 
 
 rule fid_stats:
-    """Reference feature statistics, cached under a versioned name (dataset-features-version.pt)."""
+    """Reference feature statistics, cached under a versioned name (dataset-splits-bits-features-version.pt): the
+    official specification of the dataset (lsgm.datasets_info.FID_REFERENCE; the plan asks for it)."""
     input:
         classifier=classifier_for_stats,
         data=data_for,
         inception=inception_for,
     output:
-        "results/{scale}/fid_stats/{dataset}-{features}-{version}.pt",
+        "results/{scale}/fid_stats/{dataset}-{splits}-{bits}bit-{features}-{version}.pt",
     params:
         classifier=lambda wc, input: f"--classifier {input.classifier}" if input.classifier else "",
         root=lambda wc: f"--root {r}" if (r := PLANS[wc.scale].sc.get("data_root")) else "",
-        size=lambda wc: f" --split-size {s[0]}" if (s := PLANS[wc.scale].sc.get("data_sizes", {}).get(wc.dataset)) else "",
+        size=lambda wc: (f" --n-train {s[0]} --n-test {s[1]}"
+                         if (s := PLANS[wc.scale].sc.get("data_sizes", {}).get(wc.dataset)) else ""),
         inception=inception_flag,
     log:
-        "logs/{scale}/fid_stats/{dataset}-{features}-{version}.log",
+        "logs/{scale}/fid_stats/{dataset}-{splits}-{bits}bit-{features}-{version}.log",
     benchmark:
-        "results/{scale}/benchmarks/fid_stats/{dataset}-{features}-{version}.tsv"
+        "results/{scale}/benchmarks/fid_stats/{dataset}-{splits}-{bits}bit-{features}-{version}.tsv"
     threads: eval_threads
     resources:
         **EVAL_RESOURCES,
     shell:
-        "OMP_NUM_THREADS={threads} lsgm fid-stats --dataset {wildcards.dataset} --features {wildcards.features} {params.classifier}"
+        "OMP_NUM_THREADS={threads} lsgm fid-stats --dataset {wildcards.dataset} --split {wildcards.splits}"
+        " --bits {wildcards.bits} --features {wildcards.features} {params.classifier}"
         " {params.root}{params.size}{params.inception} --out {output} > {log} 2>&1"
 
 
