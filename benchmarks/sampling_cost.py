@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lsgm.config import RunConfig, apply_overrides, save_run_config
-from lsgm.eval.cli import ODE_SOLVER, ODE_T_EPS, ODE_TOLERANCE, PC_SNR
+from lsgm.eval.cli import COST_TOLERANCES, ODE_SOLVER, ODE_T_EPS, PC_SNR
 from lsgm.eval.common import load_run, resolve_device
 from lsgm.eval.generate import Sampling, sample_batch
 from lsgm.io import atomic_write_json, provenance
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lsgm", default=DEFAULT_LSGM)
     p.add_argument("--sgm", default=DEFAULT_SGM)
-    p.add_argument("--tolerances", type=float, nargs="+", default=[ODE_TOLERANCE, 1e-4, 1e-3, 1e-2])
+    p.add_argument("--tolerances", type=float, nargs="+", default=COST_TOLERANCES)
     p.add_argument("--pc-steps", type=int, nargs="*", default=[100, 1000])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-batches", type=int, default=5)
