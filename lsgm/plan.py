@@ -274,6 +274,7 @@ class Plan:
         # list it take recipe OTHER's rows (the label names OTHER), which also runs NAME's evaluations. {(kind, name): other}
         self.same_as: dict[tuple[str, str], str] = {}
         self._check_datasets()
+        self._check_eval_blocks(config["scales"][scale], f"scales.{scale}")
         self.cells = self._parse_cells()
         self._build()
         self._check_references()
@@ -290,6 +291,24 @@ class Plan:
         for dataset in self.sc["fd"]["features"]:
             if dataset not in self.sc["datasets"].values():
                 raise PlanError(f"{where}.fd.features: {dataset!r} is not a dataset of this scale ({where}.datasets)")
+
+    def _check_eval_blocks(self, preset: dict, where: str) -> None:
+        """Every ``eval`` block of the scale's own preset, each layer on its own, so an unknown key or a bad value is
+        named where it is written (the merged settings of each run are checked again, combinations included)."""
+        blocks = {f"{where}.eval": preset.get("eval"), f"{where}.table6.eval": (preset.get("table6") or {}).get("eval"),
+                  f"{where}.shrink.eval": (preset.get("shrink") or {}).get("eval")}
+        for section in ("defaults", "runs"):
+            for kind, entries in (preset.get(section) or {}).items():
+                items = {kind: entries} if section == "defaults" else entries or {}
+                for name, entry in items.items():
+                    path = f"{where}.{section}.{kind}" if section == "defaults" else f"{where}.runs.{kind}.{name}"
+                    blocks[f"{path}.eval"] = (entry or {}).get("eval")
+        for path, block in blocks.items():
+            for metric, values in (block or {}).items():
+                try:
+                    eval_settings.check_block(metric, values or {}, f"{path}.{metric}", combinations=False)
+                except eval_settings.SettingError as err:
+                    raise PlanError(str(err)) from None
 
     def _dataset(self, paper_dataset: str, where: str) -> str:
         mapping = self.sc["datasets"]
@@ -739,10 +758,11 @@ class Plan:
                 for d in sorted({r.dataset for r in self.runs.values() if {"fid", "cost"} & set(r.evals)})]
         for run in self.training_runs():
             jobs += [{"target": run.metrics_path(m), "kind": m, "run": run.stem,
-                      "settings": resolved_settings(m, run.eval_settings[m]), **common} for m in run.evals]
+                      "settings": resolved_settings(m, run.eval_settings[m], run.kind), **common} for m in run.evals]
         by_grid = {r.samples_path: r for r in self.trained_models()}
         jobs += [{"target": path, "kind": "samples", "run": path.split("/samples/", 1)[1].removesuffix(".png"),
-                  "settings": resolved_settings("samples", by_grid[path].eval_settings["samples"]) if path in by_grid
+                  "settings": resolved_settings("samples", by_grid[path].eval_settings["samples"], by_grid[path].kind)
+                  if path in by_grid
                   else {}, **common} for path in self.samples_targets()]
         jobs.append({"target": f"results/{self.scale}/variance.csv", "kind": "variance", "run": "table6 cells",
                      "settings": resolved_settings("variance", self.variance_settings()), **common})
@@ -761,9 +781,12 @@ def _with_samples(official: dict) -> dict:
     return {**official, "samples": {k: v for k, v in fid.items() if k in SAMPLES_FROM_FID}}
 
 
-def resolved_settings(evaluation: str, settings: dict) -> dict:
-    """What an evaluation job runs with: its settings over the command's defaults (:mod:`lsgm.eval.settings`)."""
-    return {**eval_settings.defaults(evaluation), **{k: v for k, v in settings.items() if v is not None}}
+def resolved_settings(evaluation: str, settings: dict, kind: str | None = None) -> dict:
+    """What an evaluation job runs with: its settings over the command's defaults (:mod:`lsgm.eval.settings`), the
+    ones a ``kind`` model does not use left out."""
+    out = {**eval_settings.defaults(evaluation), **{k: v for k, v in settings.items() if v is not None}}
+    used = eval_settings.applicable(evaluation, kind) if kind else out
+    return {k: v for k, v in out.items() if k in used}
 
 
 def eval_args(settings: dict) -> str:

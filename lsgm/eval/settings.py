@@ -190,16 +190,29 @@ def defaults(command: str) -> dict[str, Any]:
     return {name: s.default for name, s in SETTINGS[command].items()}
 
 
+# What a model kind does not use: a VAE has no score prior (no ODE, no DSM term, no PC sampler); an LSGM samples
+# with the ODE only.
+_UNUSED = {"vae": {"prior", "inner", "tolerance", "tolerances", "t_eps", "probe", "solver", "t_draws", "sampler",
+                   "pc_steps", "samplers", "snr"},
+           "lsgm": {"sampler", "pc_steps", "samplers", "snr"}, "sgm": set(), "classifier": set()}
+
+
+def applicable(command: str, kind: str) -> list[str]:
+    """The settings of ``command`` that a ``kind`` model's evaluation uses (``lsgm plan`` shows these)."""
+    return [name for name in SETTINGS[command] if name not in _UNUSED.get(kind, set())]
+
+
 def closest(name: str, known) -> str:
     """'; did you mean X?' for a misspelled name, else ''."""
     match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
-def check_block(command: str, block: dict, where: str) -> dict:
-    """Validate one settings block (``config.yaml``'s ``scales.S.eval.<command>`` after merging, or a job's):
-    every key known, every value of its type and range, the combinations allowed. Returns the block with values of
-    their declared type; raises SettingError naming ``where.key``."""
+def check_block(command: str, block: dict, where: str, combinations: bool = True) -> dict:
+    """Validate one settings block (``config.yaml``'s ``scales.S.eval.<command>``, or a job's merged settings):
+    every key known, every value of its type and range, and (``combinations``: a whole job's settings, not one layer
+    of them) the combinations allowed. Returns the block with values of their declared type; raises SettingError
+    naming ``where.key``."""
     if command not in SETTINGS:
         raise SettingError(f"{where}: unknown evaluation {command!r}{closest(command, SETTINGS)}; known: "
                            f"{', '.join(COMMANDS)}")
@@ -215,7 +228,8 @@ def check_block(command: str, block: dict, where: str) -> dict:
             text = str(err)  # "<value> is out of range; ..." or, for one item of a list, "<item> ..."
             raise SettingError(f"{where}.{key} = {text}" if text.startswith(repr(value)) else
                                f"{where}.{key} = {value!r}: {text}") from None
-    check_combination(command, {**defaults(command), **{k: v for k, v in out.items() if v is not None}}, where)
+    if combinations:
+        check_combination(command, {**defaults(command), **{k: v for k, v in out.items() if v is not None}}, where)
     return out
 
 
