@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -351,12 +352,26 @@ def _check_field(f: dataclasses.Field, value: Any, where: str) -> None:
         raise ConfigError(f"{where} = {value!r} is out of range; allowed: {bounds}")
 
 
+def did_you_mean(unknown: list[str], allowed: list[str]) -> str:
+    """``" did you mean 'x'?"`` naming the closest allowed key of each unknown one that has one (difflib), else ``""``."""
+    pairs = [(key, close[0]) for key in unknown if (close := difflib.get_close_matches(str(key), allowed, n=1))]
+    if not pairs:
+        return ""
+    if len(unknown) == 1:
+        return f" did you mean {pairs[0][1]!r}?"
+    return " did you mean " + ", ".join(f"{good!r} for {bad!r}" for bad, good in pairs) + "?"
+
+
+def _unknown_keys(where: str, unknown: list[str], allowed: list[str]) -> ConfigError:
+    return ConfigError(f"{where}: unknown key(s) {unknown};{did_you_mean(unknown, allowed)} allowed: {allowed}")
+
+
 def _build(cls: type, data: dict, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {list(fields)}")
+        raise _unknown_keys(where, unknown, list(fields))
     kwargs = {}
     for key, value in data.items():
         kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
@@ -379,7 +394,7 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {[f.name for f in dataclasses.fields(cls)]}")
+        raise _unknown_keys(where, unknown, [f.name for f in dataclasses.fields(cls)])
     return _build(cls, _merge(to_dict(cls()), data), where)
 
 
@@ -417,6 +432,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
                 raise ConfigError(f"override {item!r}: no section {part!r}")
             node = node[part]
         if parts[-1] not in node:
-            raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r}; allowed: {sorted(node)}")
+            raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r};{did_you_mean([parts[-1]], sorted(node))} "
+                              f"allowed: {sorted(node)}")
         node[parts[-1]] = yaml.safe_load(raw)
     return from_dict(RunConfig, data)

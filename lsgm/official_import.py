@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from lsgm.io import file_sha256
-from lsgm.utils import UnsafeFileError, load_data_file
+from lsgm.utils import UserFileError, load_torch_file
 
 MAPPING_VERSION = 1
 # utils.override_architecture_fields: the NVAE fields train_vada.py copies from the VAE checkpoint's args
@@ -65,14 +65,11 @@ def _first(keys, n: int = FIRST) -> str:
 def load_official(path: str | Path) -> dict:
     """``torch.load`` of an official checkpoint as data: tensors, plain containers and ``argparse.Namespace``."""
     path = Path(path)
-    if not path.is_file():
-        raise OfficialImportError(f"{path} does not exist")
     try:
-        blob = load_data_file(path, allowed=(argparse.Namespace,))
-    except UnsafeFileError as err:
+        blob = load_torch_file(path, "checkpoint", "pass an NVlabs/LSGM train_vae.py / train_vada.py checkpoint",
+                               allowed=(argparse.Namespace,))
+    except UserFileError as err:
         raise OfficialImportError(str(err)) from None
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise OfficialImportError(f"{path} is not a readable torch checkpoint ({type(err).__name__})") from None
     if not isinstance(blob, dict):
         raise OfficialImportError(f"{path} is not an NVlabs/LSGM checkpoint (a {type(blob).__name__}, not a dict)")
     return blob
@@ -578,6 +575,7 @@ def import_checkpoint(path: str | Path, vae_checkpoint: str | Path | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lsgm.io import OutputError, check_output
     from lsgm.utils import atomic_torch_save
 
     p = argparse.ArgumentParser(prog="lsgm import-official",
@@ -593,8 +591,9 @@ def main(argv: list[str] | None = None) -> int:
                                                         "--root to lsgm evaluate nll)")
     a = p.parse_args(argv)
     try:
+        check_output(a.out)
         model = import_checkpoint(a.checkpoint, a.vae_checkpoint, a.name, a.data_root)
-    except OfficialImportError as err:
+    except (OfficialImportError, OutputError) as err:
         print(f"lsgm import-official: error: {err}", file=sys.stderr)
         return 2
     atomic_torch_save(model, Path(a.out))

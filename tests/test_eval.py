@@ -403,3 +403,151 @@ def test_truncation_term_vanishes_where_the_mean_coefficient_is_one():
     assert truncation_term(GeometricVPSDE(3e-5, 0.999, 3e-5), 0.0, 100) == pytest.approx(0.0, abs=1e-12)
     vp = VPSDE(0.1, 20.0, 0.0)  # D/2 int_0^eps beta = D/2 (beta_0 eps + (beta_1 - beta_0) eps^2 / 2)
     assert truncation_term(vp, 1e-2, 3072) == pytest.approx(3072 / 2 * (0.1e-2 + 19.9e-4 / 2), rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ faults, bad input
+class _Computed(Exception):
+    """Raised by a stand-in for the work a command does: the test fails if the work started."""
+
+
+def _work(*args, **kwargs):
+    raise _Computed("the command started its work before checking its outputs")
+
+
+def _unwritable_case(tmp_path: Path, monkeypatch, command: str) -> tuple[list[str], Path]:
+    """(argv of ``lsgm <command>`` whose output lies under a regular file, that output); the command's work is
+    replaced by :func:`_work`."""
+    from lsgm.data import miniature
+    from lsgm import official_import
+    from lsgm.report import cli as report_cli
+    from lsgm.train import cli as train_cli
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where a folder should be\n")
+    out = blocker / "sub" / "out"
+    model = str(_lsgm_run(tmp_path))
+    monkeypatch.setattr(eval_cli, "run_evaluation", _work)
+    monkeypatch.setattr(fid_mod, "make_extractor", _work)
+    monkeypatch.setattr(train_cli, "Run", _work)
+    monkeypatch.setattr(report_cli, "load_metrics", _work)
+    monkeypatch.setattr(report_cli, "run_variance", _work)
+    monkeypatch.setattr(miniature, "write_miniature", _work)
+    monkeypatch.setattr(official_import, "import_checkpoint", _work)
+    what = command.split()[-1]
+    stats = ["--stats", str(tmp_path / "stats.pt")] if what in ("fid", "cost") else []
+    argv = {
+        "evaluate": ["evaluate", what, "--model", model, "--out", f"{out}.{'png' if what == 'samples' else 'json'}",
+                     *stats],
+        "fid-stats": ["fid-stats", "--dataset", "digits", "--features", "inception", "--out", f"{out}.pt"],
+        "train-vae": ["train-vae", "--config", str(_write_vae_config(tmp_path)), "--out", str(out)],
+        "report": ["report", what, "--metrics", str(tmp_path / "m.json"), "--scale", "smoke", "--out-dir", str(out)],
+        "make-data": ["make-data", "--dataset", "mnist", "--root", str(out), "--n-train", "8", "--n-test", "8"],
+        "import-official": ["import-official", str(tmp_path / "checkpoint.pt"), "--out", f"{out}.pt"],
+    }[command.split()[0]]
+    if command == "report variance":
+        argv[2] = "--models"
+    return argv, out
+
+
+def _write_vae_config(tmp_path: Path) -> Path:
+    path = tmp_path / "vae.yaml"
+    save_run_config(_cfg("vae"), path)
+    return path
+
+
+UNWRITABLE = ["evaluate nll", "evaluate fid", "evaluate cost", "evaluate samples", "fid-stats", "train-vae",
+              "report tables", "report figure4", "report variance", "make-data", "import-official"]
+
+
+@pytest.mark.parametrize("command", UNWRITABLE)
+def test_an_unwritable_output_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, command):
+    """Every command checks that it can write its outputs before it works (a 50,000-sample FID must not end in a
+    PermissionError traceback): exit 2, one line naming the path."""
+    from lsgm.cli import main
+
+    argv, out = _unwritable_case(tmp_path, monkeypatch, command)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "a-file") in err, err
+    assert "is a file" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_a_folder_without_write_permission_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(eval_cli, "run_evaluation", _work)
+    locked.chmod(0o555)
+    try:
+        assert eval_cli.main(["nll", "--model", str(_lsgm_run(tmp_path)), "--out", str(locked / "nll.json")]) == 2
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(locked) in err and "ermission denied" in err, err
+
+
+NOT_TORCH = {"text": b"this is a text file, not a checkpoint\n",
+             "random": bytes((i * 7919 + 13) % 251 for i in range(4096))}
+
+
+@pytest.mark.parametrize("content", sorted(NOT_TORCH))
+def test_a_non_torch_model_file_says_it_is_not_a_model_file(tmp_path, capsys, content):
+    """Not 'holds objects other than tensors ... would run code': that is for a pickle with classes in it."""
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(NOT_TORCH[content])
+    out = tmp_path / "nll.json"
+    assert eval_cli.main(["nll", "--model", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a model file" in err and "run code" not in err, err
+    assert not out.exists()
+
+
+def test_a_truncated_model_file_is_called_corrupt(tmp_path, capsys):
+    model = _lsgm_run(tmp_path)
+    model.write_bytes(model.read_bytes()[:1000])
+    assert eval_cli.main(["nll", "--model", str(model), "--out", str(tmp_path / "nll.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "corrupted or truncated" in err and str(model) in err, err
+
+
+@pytest.fixture(scope="module")
+def stats_file(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("stats")
+    stats = tmp / "stats.pt"
+    assert fid_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier",
+                         str(_classifier_file(tmp / "c.pt")), "--max-samples", "32", "--out", str(stats)]) == 0
+    return stats
+
+
+def _damage(stats: dict, how: str) -> dict:
+    mu, sigma = stats["mu"], stats["sigma"]
+    if how == "short mu":
+        stats["mu"] = mu[:-1]
+    elif how == "non-square sigma":
+        stats["sigma"] = sigma[:, :-1]
+    elif how == "NaN":
+        stats["sigma"] = sigma.clone()
+        stats["sigma"][0, 0] = math.nan
+    elif how == "other D":
+        stats["mu"], stats["sigma"] = mu[:5].clone(), sigma[:5, :5].clone()
+    return stats
+
+
+@pytest.mark.parametrize("how, message", [("short mu", "shape"), ("non-square sigma", "shape"),
+                                          ("NaN", "NaN or inf"), ("other D", "features"),
+                                          ("random bytes", "is not a statistics file")])
+def test_bad_statistics_are_refused_before_sampling(tmp_path, monkeypatch, capsys, stats_file, how, message):
+    """Reference statistics with wrong shapes, NaN, a dimension the extractor does not give, or not a torch file: one
+    line at load, before any sample is drawn (not an AssertionError or LinAlgError after sampling)."""
+    bad = tmp_path / "stats.pt"
+    if how == "random bytes":
+        bad.write_bytes(NOT_TORCH["random"])
+    else:
+        torch.save(_damage(torch.load(stats_file, weights_only=True), how), bad)
+    monkeypatch.setattr(fid_mod, "sample_features", _work)
+    out = tmp_path / "fid.json"
+    code = eval_cli.main(["fid", "--model", str(_lsgm_run(tmp_path)), "--stats", str(bad), "--out", str(out),
+                          "--n-samples", "8", "--batch-size", "8"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and str(bad) in err and message in err, err
+    assert not out.exists()

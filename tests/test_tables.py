@@ -453,3 +453,25 @@ def test_miniature_rows_sit_beside_the_paper_but_are_never_compared():
     assert mine.loc["LSGM, recipe fid", "Δ NLL vs paper"] == "not comparable"
     assert mine.loc["LSGM, recipe fid", "reproduced"] == NOT_COMPARABLE_MINI
     assert "toy sizes" in df.attrs["caption"]
+
+
+def test_a_run_on_a_diverged_backbone_shows_the_reason(tmp_path):
+    """A diverged backbone makes the runs built on it NaN with the reason "backbone diverged" in the printed cell, the
+    caption and the per-seed CSV -- never a number of an earlier backbone."""
+    backbone = "backbone diverged: runs/vae/mnist-s0/model.pt ended with status 'diverged' (nan loss)"
+    lsgm = nll_docs("lsgm", "mnist", [85.0, 85.5], dataset="digits_binary", unit="nats", diverged=(0, 1))
+    for doc in lsgm:
+        doc["reason"] = backbone
+    vae = nll_docs("vae", "mnist", [88.0, 88.5], dataset="digits_binary", unit="nats", bound=False, diverged=(0,))
+    mixed = nll_docs("lsgm", "omniglot", [90.0, 91.0, 92.0], dataset="digits_binary", unit="nats", diverged=(0, 1))
+    mixed[0]["reason"] = backbone
+    df = build_tables([*lsgm, *vae, *mixed], "quick", COMMIT)["table5"]
+    text = printed(df)
+    assert text.loc["LSGM, recipe mnist", "NLL (nats)"] == "NaN (2 of 2 seeds: backbone diverged)"
+    assert text.loc["VAE backbone (recipe mnist)", "NLL (nats)"] == "NaN (1 of 2 seeds diverged)"
+    assert text.loc["LSGM, recipe omniglot", "NLL (nats)"] == "NaN (2 of 3 seeds diverged, 1 of them: backbone diverged)"
+    assert "backbone diverged: the stage-1 backbone of the run diverged" in df.attrs["caption"]
+    write_tables({"table5": df}, tmp_path)
+    seeds = pd.read_csv(tmp_path / "table5.seeds.csv", keep_default_na=False, dtype=str)
+    mine = seeds[(seeds["row"] == "LSGM, recipe mnist") & (seeds["metric"] == "nll")]
+    assert list(mine["status"]) == ["diverged"] * 2 and list(mine["reason"]) == [backbone] * 2

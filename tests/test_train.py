@@ -450,3 +450,130 @@ def test_selection_survives_a_kill_and_resume(tmp_path):
     sel_ref, sel_res = (json.loads((tmp_path / d / "run.json").read_text())["selection"] for d in ("ref", "victim"))
     assert sel_ref == sel_res and [s for s, _ in sel_ref["evaluations"]] == [3, 6, 9, 12]
     assert json.loads((tmp_path / "victim" / "run.json").read_text())["training"]["resumed_from_steps"][0] > 0
+
+
+# ------------------------------------------------------------------------------------------ faults and bad input
+@pytest.fixture(scope="module")
+def diverged_vae(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("diverged_vae")
+    cfg = write_config(tmp / "vae.yaml", "vae", train={"steps": 4, "force_nan_at_step": 0})
+    assert run_cli("train-vae", "--config", str(cfg), "--out", str(tmp / "run")) == 0
+    return tmp / "run" / "model.pt"
+
+
+@pytest.mark.parametrize("kind", ["lsgm", "vae"])
+def test_a_diverged_backbone_makes_the_run_on_it_a_diverged_outcome(diverged_vae, tmp_path, capsys, kind):
+    """An LSGM (or the control that continues a backbone) on a diverged stage-1 run is an outcome, never a failed job:
+    it trains nothing, writes its run files with status 'diverged' and a reason naming the backbone, and exits 0; its
+    evaluations are NaN with that reason."""
+    from lsgm.eval import cli as eval_cli
+
+    train = {"steps": 4, **STAGE2_OPTIM} if kind == "lsgm" else {"steps": 4, "continue_backbone": True}
+    cfg = write_config(tmp_path / "run.yaml", kind, train=train)
+    out = tmp_path / "run"
+    assert run_cli(f"train-{kind}", "--config", str(cfg), "--vae", str(diverged_vae), "--out", str(out)) == 0
+    info = assert_run_dir(out, status="diverged")
+    assert info["reason"].startswith("backbone diverged") and str(diverged_vae) in info["reason"]
+    assert "non-finite" in info["reason"] and info["step"] == 0  # the backbone's own reason; nothing trained
+    model = torch.load(out / "model.pt", weights_only=True)
+    assert model["state"] == {} and model["reason"] == info["reason"]
+    assert "backbone diverged" in capsys.readouterr().err
+    metrics = tmp_path / "nll.json"
+    assert eval_cli.main(["nll", "--model", str(out / "model.pt"), "--out", str(metrics)]) == 0
+    record = json.loads(metrics.read_text())
+    assert record["status"] == "diverged" and record["reason"] == info["reason"]
+    assert math.isnan(record["metrics"]["nll"])
+
+
+NOT_TORCH = {"text": b"this is a text file, not a checkpoint\n",
+             "random": bytes((i * 7919 + 13) % 251 for i in range(4096))}  # no zip (PK), no pickle (0x80) header
+
+
+@pytest.mark.parametrize("content", sorted(NOT_TORCH))
+def test_a_non_torch_vae_file_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, content):
+    """A text file or random bytes as --vae: one line saying it is not a model file (not 'would run code'), exit 2, and
+    no partial run folder (no OUT/config.yaml)."""
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(NOT_TORCH[content])
+    cfg = write_config(tmp_path / "lsgm.yaml", "lsgm", train={"steps": 2})
+    out = tmp_path / "run"
+    assert run_cli("train-lsgm", "--config", str(cfg), "--vae", str(bad), "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a model file" in err and str(bad) in err, err
+    assert "run code" not in err
+    assert not out.exists()
+
+
+def _train_keeping_checkpoints(tmp_path: Path, monkeypatch) -> tuple[list[str], Path]:
+    """A finished 6-step pixel SGM run whose resume checkpoints (steps 2 and 4) were kept; (argv, checkpoint dir)."""
+    from lsgm.train import loop
+
+    cfg = write_config(tmp_path / "sgm.yaml", "sgm", train={"steps": 6, "checkpoint_every_steps": 2})
+    argv = ["train-sgm", "--config", str(cfg), "--out", str(tmp_path / "run")]
+    with monkeypatch.context() as m:
+        m.setattr(loop, "remove_checkpoint", lambda run: None)
+        assert run_cli(*argv) == 0
+    for name in ("model.pt", "run.json"):  # as Snakemake deletes the outputs of a job it reruns
+        (tmp_path / "run" / name).unlink()
+    return argv, tmp_path / "run" / ".ckpt"
+
+
+@pytest.mark.parametrize("previous", [True, False])
+def test_a_corrupt_resume_checkpoint_is_set_aside(tmp_path, monkeypatch, capsys, previous):
+    """A corrupt ckpt.pt never blocks a run: it is renamed with a warning and training resumes from the checkpoint
+    kept before it (step 2), or without one restarts from step 0."""
+    argv, ckpt_dir = _train_keeping_checkpoints(tmp_path, monkeypatch)
+    ckpt = ckpt_dir / "ckpt.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # truncated
+    if not previous:
+        for other in ckpt_dir.glob("*.pt"):
+            if other != ckpt:
+                other.unlink()
+    capsys.readouterr()
+    assert run_cli(*argv) == 0
+    err = capsys.readouterr().err
+    info = assert_run_dir(tmp_path / "run")
+    assert info["training"]["resumed_from_steps"] == ([2] if previous else [])
+    aside = [p.name for p in ckpt_dir.iterdir() if p.name.startswith("ckpt.pt.corrupt")]
+    assert len(aside) == 1 and "set aside" in err and aside[0] in err, err
+    assert ("resuming from" if previous else "restarts from step 0") in err
+
+
+def _killed_writer(path: Path) -> Path:
+    """kill -9 a process in the middle of an atomic write of ``path``; the temp file it leaves behind."""
+    code = ("import time; from pathlib import Path; from lsgm.io import atomic_write\n"
+            "def write(tmp):\n    Path(tmp).write_bytes(b'x' * 4096); print('writing', flush=True); time.sleep(120)\n"
+            f"atomic_write(Path({str(path)!r}), write)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"writing"
+        before = set(path.parent.iterdir())
+    finally:
+        proc.kill()
+        proc.wait()
+    temps = [p for p in before if p.name.startswith(f".{path.name}.") and p.name.endswith(".tmp")]
+    assert len(temps) == 1 and temps[0].exists()
+    return temps[0]
+
+
+def test_temp_files_of_a_killed_save_are_removed_at_the_next_start(tmp_path):
+    """A kill during a checkpoint (or model.pt) save leaves a temp file; the next start of the run removes it -- only
+    our own pattern, only when its writer is dead: a live writer's temp file stays."""
+    ckpt_dir, out = tmp_path / "ckpt", tmp_path / "run"
+    stale = [_killed_writer(ckpt_dir / "ckpt.pt"), _killed_writer(out / "model.pt")]
+    live_code = ("import time; from pathlib import Path; from lsgm.io import atomic_write\n"
+                 "def write(tmp):\n    print(tmp, flush=True); time.sleep(120)\n"
+                 f"atomic_write(Path({str(ckpt_dir / 'other.pt')!r}), write)\n")
+    live = subprocess.Popen([sys.executable, "-c", live_code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE)
+    try:
+        live_tmp = Path(live.stdout.readline().decode().strip())
+        (ckpt_dir / "notes.tmp").write_text("not ours")
+        cfg = write_config(tmp_path / "sgm.yaml", "sgm", train={"steps": 2})
+        assert run_cli("train-sgm", "--config", str(cfg), "--out", str(out), "--ckpt-dir", str(ckpt_dir)) == 0
+        assert not any(p.exists() for p in stale)
+        assert live_tmp.exists() and (ckpt_dir / "notes.tmp").exists()
+    finally:
+        live.kill()
+        live.wait()

@@ -268,3 +268,54 @@ def test_snakemake_reads_the_default_profile_without_a_flag(monkeypatch):
     run_rules = [p.name for p in (ROOT / "workflow" / "rules").glob("*.smk")
                  if re.search(r"^\s+run:\s*$", p.read_text(), re.M)]
     assert run_rules, "no rule uses run: any more; force-use-threads can go from the default profile"
+
+
+# --------------------------------------------------------------------------- where a config value came from
+def test_nested_command_line_values_are_yaml_scalars():
+    """`--config 'scales={smoke: {...: 32}}'`: Snakemake reads nested values as strings; they are YAML scalars here."""
+    proc = snakemake("-n", "--config", "scale=smoke", "scales={smoke: {eval: {fid: {n_samples: 32, tolerance: 1e-3}}}}",
+                     check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-1500:]
+
+
+def test_a_misspelled_command_line_key_is_blamed_on_the_command_line_with_the_closest_key():
+    proc = snakemake("-n", "--config", "scale=smoke", "scales={smoke: {eval: {fid: {n_sample: 32}}}}", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert ("--config (command line): scales.smoke.eval.fid: Additional properties are not allowed ('n_sample' was "
+            "unexpected); did you mean 'n_samples'?") in out, out[-1500:]
+    assert "config.yaml:" not in out
+
+
+def test_an_overlay_error_is_labelled_with_its_file(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"scales": {"quick": {"eval": {"fid": {"n_samples": "many"}}}}}))
+    proc = snakemake("-n", "--configfile", str(overlay), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"{overlay}: scales.quick.eval.fid.n_samples: 'many' is not of type" in out, out[-1500:]
+
+
+BAD_BETA = {"scales": {"quick": {"runs": {"lsgm": {"mnist": {"config": {"sde": {"beta_max": -20}}}}}}}}
+
+
+@pytest.mark.parametrize("where", ["configfile", "command line"])
+def test_a_value_error_names_where_the_value_was_set(tmp_path, where):
+    if where == "configfile":
+        overlay = tmp_path / "overlay.yaml"
+        overlay.write_text(yaml.safe_dump(BAD_BETA))
+        proc, label = snakemake("-n", "--configfile", str(overlay), check=False), str(overlay)
+    else:
+        value = "{quick: {runs: {lsgm: {mnist: {config: {sde: {beta_max: -20}}}}}}}"
+        proc, label = snakemake("-n", "--config", f"scales={value}", check=False), "--config (command line)"
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "sde.beta_max = -20.0 is out of range" in out, out[-1500:]
+    assert f"{label}: " in out and "set at scales.quick.runs.lsgm.mnist.config.sde.beta_max" in out, out[-1500:]
+
+
+def test_a_misspelled_run_config_key_names_the_closest_one(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"scales": {"quick": {"runs": {"lsgm": {"mnist": {
+        "config": {"train": {"ema_decy": 0.99}}}}}}}}))
+    proc = snakemake("-n", "--configfile", str(overlay), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "unknown key(s) ['ema_decy']" in out and "did you mean 'ema_decay'?" in out, out[-1500:]

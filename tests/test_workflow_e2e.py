@@ -134,3 +134,30 @@ def test_one_sample_grid_per_trained_model(smoke_run):
         doc = json.loads(png.with_suffix(".json").read_text())
         assert png.name.endswith("-s0.png") and doc["kind"] == "samples" and doc["status"] in ("ok", "diverged")
         assert doc["image"]["placeholder"] == (doc["status"] == "diverged") and doc["provenance"]["commit"]
+
+
+@pytest.mark.slow
+def test_a_diverged_backbone_is_an_outcome_of_the_dag(tmp_path):
+    """Table 5 at the smoke scale, first healthy, then with its backbone forced to diverge: the DAG goes on (exit 0),
+    the LSGM built on the backbone is NaN with the reason "backbone diverged" -- never a failed job, never the stale
+    number of the LSGM trained on the earlier backbone."""
+    for name in ("Snakefile", "config.yaml", "workflow", "profiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    overlay = tmp_path / "diverge.yaml"
+    overlay.write_text(json.dumps({"scales": {"smoke": {"runs": {"vae": {"mnist": {
+        "config": {"train": {"force_nan_at_step": 0}}}}}}}}))
+    target = "results/smoke/tables/table5.csv"
+    for extra in ([], ["--configfile", str(overlay)]):
+        cmd = ["snakemake", "--cores", "2", *extra, "--config", "scale=smoke", "--quiet", "rules", "--", target]
+        proc = subprocess.run(cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        mine = ours(read_table(tmp_path / target)).set_index("Method")
+        lsgm, vae = mine.loc["LSGM, recipe mnist"], mine.loc["VAE backbone (recipe mnist)"]
+        if not extra:
+            assert math.isfinite(float(lsgm["NLL (nats)"])) and math.isfinite(float(vae["NLL (nats)"]))
+    assert lsgm["NLL (nats)"] == "NaN" and lsgm["NLL (nats) diverged"] == "1" and vae["NLL (nats)"] == "NaN"
+    md = (tmp_path / target).with_suffix(".md").read_text()
+    assert "NaN (1 of 1 seed: backbone diverged)" in md and "NaN (1 of 1 seed diverged)" in md
+    run = json.loads((tmp_path / "results/smoke/runs/digits_binary/lsgm/mnist-s0/run.json").read_text())
+    assert run["status"] == "diverged" and run["reason"].startswith("backbone diverged")

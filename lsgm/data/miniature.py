@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from lsgm.data.common import DatasetError, md5sum
-from lsgm.io import atomic_write_bytes, atomic_write_json, provenance
+from lsgm.io import OutputError, atomic_write_bytes, atomic_write_json, check_output, provenance
 
 MINIATURE_VERSION = 1
 NOTE = "miniature: not the official data"
@@ -483,14 +483,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--inception-weights takes only --seed")
     try:
         if args.dataset:
+            check_output(args.root, "--root", folder=True)
             manifest = write_miniature(args.dataset, args.root, args.n_train, args.n_test, args.seed)
             summary = {"manifest": str(manifest_path(args.root, args.dataset)), "sizes": manifest["sizes"],
                        "files": len(manifest["files"]), "source": manifest["source"]}
         else:
+            check_output(args.inception_weights, "--inception-weights")
+            check_output(f"{args.inception_weights}.json", "--inception-weights (its sidecar)")
             sidecar = write_inception_stub(args.inception_weights, args.seed)
             summary = {"weights": args.inception_weights, "sidecar": f"{args.inception_weights}.json",
                        "sha256": sidecar["sha256"], "note": INCEPTION_NOTE}
-    except (DatasetError, OSError) as err:
+    except (DatasetError, OutputError, OSError) as err:
         print(f"lsgm make-data: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print(json.dumps(summary))

@@ -119,6 +119,19 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     return {"nll": run_nll, "fid": run_fid, "cost": run_cost, "samples": run_samples}[args.what](args)
 
 
+def check_outputs(what: str, outs: list[str]) -> None:
+    """Before any work: every file the evaluation writes can be written (``samples``: the PNG and its sidecar JSON);
+    stale temp files of earlier killed writes there are removed (:func:`lsgm.io.check_output`)."""
+    from lsgm.io import check_output
+
+    for out in outs:
+        check_output(out)
+        if what == "samples":
+            from lsgm.eval.samples import sidecar_path
+
+            check_output(sidecar_path(out), "--out (its sidecar)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -131,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     from lsgm.data import DatasetError
     from lsgm.eval.common import EvalError, write_metrics
+    from lsgm.io import OutputError
 
+    try:
+        check_outputs(args.what, args.out)
+    except OutputError as err:
+        print(f"lsgm evaluate {args.what}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     for model, out in zip(args.model, args.out):
         one = argparse.Namespace(**{**vars(args), "model": model, "out": out})
         try:

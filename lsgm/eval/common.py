@@ -19,8 +19,8 @@ from torch import nn
 
 from lsgm.config import ConfigError, RunConfig, from_dict
 from lsgm.data import DatasetInfo, dataset_info
-from lsgm.io import atomic_write_json, provenance
-from lsgm.utils import UnsafeFileError, load_data_file
+from lsgm.io import atomic_write_json, provenance, recorded_reason
+from lsgm.utils import UserFileError, load_torch_file
 
 
 class EvalError(RuntimeError):
@@ -59,25 +59,22 @@ class LoadedRun:
         return self.status != "completed"
 
 
-def load_user_file(path: Path, unreadable: str) -> object:
-    """A user-given torch file loaded as data only (:func:`lsgm.utils.load_data_file`); a file that would run code
-    or cannot be read is an :class:`EvalError` (one line; ``unreadable`` says what it is and the fix)."""
+def load_user_file(path: Path, noun: str, fix: str) -> object:
+    """A user-given torch file loaded as data only (:func:`lsgm.utils.load_torch_file`); a missing, unreadable or
+    damaged file, or one whose loading would run code, is an :class:`EvalError` (one line: ``noun``, the path, what is
+    wrong and ``fix``)."""
     try:
-        return load_data_file(path)
-    except UnsafeFileError as err:
+        return load_torch_file(path, noun, fix)
+    except UserFileError as err:
         raise EvalError(str(err)) from None
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise EvalError(f"{unreadable} ({type(err).__name__})") from None
 
 
 def read_model_file(path: str | Path) -> dict:
-    """``torch.load`` of a model.pt, with one-line errors for missing/unreadable files."""
+    """``torch.load`` of a model.pt, with one-line errors for missing, unreadable or foreign files."""
     path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"model file {path} does not exist; train the run first (lsgm train-*) or fix --model")
-    blob = load_user_file(path, f"model file {path} is not a readable torch file; retrain or fix --model")
+    blob = load_user_file(path, "model file", "train the run (lsgm train-*) or fix --model")
     if not isinstance(blob, dict) or "config" not in blob or "state" not in blob:
-        raise EvalError(f"model file {path} lacks 'config'/'state' (not a model.pt of this harness)")
+        raise EvalError(f"model file {path} lacks 'config'/'state' (not a model.pt of this harness); fix --model")
     return blob
 
 
@@ -112,22 +109,12 @@ def load_run(path: str | Path, use_ema: bool = True, device: torch.device | str 
     run = LoadedRun(path=path, cfg=cfg, config_dict=blob["config"], data=dataset_info(cfg.data.name),
                     status=status, reason=blob.get("reason"), step=int(blob.get("step", -1)))
     if run.diverged:
-        run.reason = run.reason or _run_json_reason(path) or f"training status {status!r} in {path}"
+        run.reason = run.reason or recorded_reason(path) or f"training status {status!r} in {path}"
         return run
     if cfg.kind == "classifier":
         raise EvalError(f"{path} is a classifier run; evaluate a vae, lsgm or sgm run's model.pt")
     _build_modules(run, blob, use_ema, torch.device(device))
     return run
-
-
-def _run_json_reason(model_path: Path) -> str | None:
-    """The divergence reason recorded in the run directory's run.json (model.pt may not carry it)."""
-    import json
-
-    try:
-        return json.loads((model_path.parent / "run.json").read_text()).get("reason")
-    except (OSError, ValueError):
-        return None
 
 
 def _build_modules(run: LoadedRun, blob: dict, use_ema: bool, device: torch.device) -> None:

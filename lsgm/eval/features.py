@@ -35,10 +35,8 @@ OFFLINE_ENV = "LSGM_OFFLINE"  # "1": never try torch-fidelity's download
 def load_classifier(path: str | Path) -> tuple[FeatureClassifier, dict]:
     """The trained classifier of a ``lsgm train-classifier`` run (eval mode) and its model.pt dict."""
     path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"classifier {path} does not exist; train it with lsgm train-classifier --config RUN.yaml "
-                        f"--out DIR, or pass --classifier DIR/model.pt")
-    blob = load_user_file(path, f"classifier {path} is not a readable torch file; retrain it or fix --classifier")
+    blob = load_user_file(path, "classifier", "train it with lsgm train-classifier --config RUN.yaml --out DIR, or "
+                                              "pass --classifier DIR/model.pt")
     if not isinstance(blob, dict) or "classifier" not in blob.get("state", {}) or "arch" not in blob:
         raise EvalError(f"{path} is not a classifier model.pt (no state['classifier']); pass the classifier run's file")
     arch = dict(blob["arch"])

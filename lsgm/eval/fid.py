@@ -50,7 +50,7 @@ from lsgm.eval.generate import (
     sampling_settings,
 )
 from lsgm.datasets_info import FID_REFERENCE, FIDReference
-from lsgm.io import provenance
+from lsgm.io import OutputError, check_output, provenance
 from lsgm.utils import atomic_torch_save
 
 STATS_VERSION = 2  # 2: the official reference specification (splits, bits) in the name and metadata
@@ -151,29 +151,41 @@ _STATS_KEYS = ("version", "name", "dataset", "split", "n", "reference", "extract
 
 
 def load_stats(path: str | Path) -> dict:
-    """Load and validate a statistics file written by ``lsgm fid-stats``."""
+    """Load and validate a statistics file written by ``lsgm fid-stats``: its keys and version, ``mu`` [D] and
+    ``sigma`` [D, D] finite tensors (before any sample is drawn; :func:`check_stats` then matches D to the extractor)."""
     path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"statistics file {path} does not exist; compute it with lsgm fid-stats --dataset NAME "
-                        f"--features inception|classifier --out {path}")
-    stats = load_user_file(path, f"statistics file {path} is unreadable; recompute it with lsgm fid-stats")
+    fix = f"recompute it with lsgm fid-stats --dataset NAME --features inception|classifier --out {path}"
+    stats = load_user_file(path, "statistics file", fix)
     missing = [k for k in _STATS_KEYS if not isinstance(stats, dict) or k not in stats]
     if missing:
-        raise EvalError(f"statistics file {path} lacks {missing}; recompute it with lsgm fid-stats")
+        raise EvalError(f"statistics file {path} lacks {missing}; {fix}")
     if stats["version"] != STATS_VERSION:
-        raise EvalError(f"statistics file {path} has version {stats['version']}, this code reads {STATS_VERSION}; "
-                        f"recompute it with lsgm fid-stats")
+        raise EvalError(f"statistics file {path} has version {stats['version']}, this code reads {STATS_VERSION}; {fix}")
+    mu, sigma, extractor = stats["mu"], stats["sigma"], stats["extractor"]
+    if not (isinstance(extractor, dict) and {"features", "checksum"} <= set(extractor)):
+        raise EvalError(f"statistics file {path}: its 'extractor' record lacks features/checksum; {fix}")
+    if not (torch.is_tensor(mu) and torch.is_tensor(sigma)):
+        raise EvalError(f"statistics file {path}: mu and sigma must be tensors, got {type(mu).__name__} and "
+                        f"{type(sigma).__name__}; {fix}")
+    if mu.ndim != 1 or tuple(sigma.shape) != (mu.numel(), mu.numel()):
+        raise EvalError(f"statistics file {path}: mu has shape {list(mu.shape)} and sigma {list(sigma.shape)}, need "
+                        f"mu [D] and sigma [D, D]; {fix}")
+    if not (torch.isfinite(mu).all() and torch.isfinite(sigma).all()):
+        raise EvalError(f"statistics file {path}: mu or sigma holds NaN or inf; {fix}")
     return stats
 
 
 def check_stats(stats: dict, extractor: Extractor, dataset: str, path: str | Path) -> None:
-    """Statistics must come from the same extractor (checksum) and the model's dataset."""
+    """Statistics must come from the same extractor (checksum, feature dimension) and the model's dataset."""
     ref = stats["extractor"]
     if ref["features"] != extractor.features or ref["checksum"] != extractor.checksum:
         raise EvalError(f"statistics {path} were computed with {ref['features']} features (checksum "
-                        f"{ref['checksum'][:12]}), this evaluation uses {extractor.features} "
+                        f"{str(ref['checksum'])[:12]}), this evaluation uses {extractor.features} "
                         f"({extractor.checksum[:12]}); "
                         f"recompute them with lsgm fid-stats using the same extractor")
+    if stats["mu"].numel() != extractor.dim:
+        raise EvalError(f"statistics {path} hold {stats['mu'].numel()} features per image, the {extractor.features} "
+                        f"extractor gives {extractor.dim}; recompute them with lsgm fid-stats using this extractor")
     if stats["dataset"] != dataset:
         raise EvalError(f"statistics {path} are for dataset {stats['dataset']!r}, the model is trained on {dataset!r}; "
                         f"pass the {dataset} statistics")
@@ -301,13 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     """``lsgm fid-stats``: write reference statistics (exit 2 with a one-line error on bad input)."""
     args = _stats_parser().parse_args(argv)
     try:
+        check_output(args.out)
         spec = reference_spec(args.dataset, args.split, args.bits)
         device = resolve_device(args.device)
         extractor = make_extractor(args.features, args.classifier, args.inception_weights, device)
         sizes = {k: v for k, v in (("train", args.n_train), ("test", args.n_test)) if v is not None}
         stats = compute_reference_stats(args.dataset, extractor, root=args.root, batch_size=args.batch_size,
                                         max_samples=args.max_samples, spec=spec, device=device, sizes=sizes)
-    except EvalError as err:
+    except (EvalError, OutputError) as err:
         print(f"lsgm fid-stats: error: {err}", file=sys.stderr)
         return 2
     atomic_torch_save(stats, Path(args.out))

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lsgm.eval import settings as eval_settings
-from lsgm.io import git_commit
+from lsgm.io import check_output, git_commit
 
 REQUIRED = ("kind", "run", "run.name", "run.model", "run.dataset", "status", "metrics")
 REQUIRED_BY_KIND = {"nll": (), "fid": ("settings",), "cost": ("metrics.rows",)}
@@ -169,17 +169,27 @@ def run_variance(args: argparse.Namespace, commit: str) -> str:
             f"{time.perf_counter() - started:.1f} s -> {args.out_dir / 'variance.csv'}")
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: every output (``--out-dir``, or ``--md``/``--csv``/``--seeds-csv``) can be written."""
+    if args.out_dir is not None:
+        check_output(args.out_dir, "--out-dir", folder=True)
+    for flag in ("md", "csv", "seeds_csv"):
+        if getattr(args, flag) is not None:
+            check_output(getattr(args, flag), f"--{flag.replace('_', '-')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``lsgm report``; prints a one-line summary (or a one-line error, exit 2)."""
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
+        check_outputs(args)
         commit = args.commit or git_commit()
         if args.what == "variance":
             summary = run_variance(args, commit)
         else:
             docs = load_metrics(args.metrics, KINDS[args.what])
             summary = (run_tables if args.what == "tables" else run_figure4)(args, docs, commit)
-    except ValueError as err:  # MetricsError, or a table that cannot be built (named in the message)
+    except ValueError as err:  # MetricsError, OutputError, or a table that cannot be built (named in the message)
         print(f"lsgm report {args.what}: error: {err}", file=sys.stderr)
         return 2
     print(summary)

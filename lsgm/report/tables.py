@@ -56,8 +56,10 @@ ESTIMATOR = {"K": "iw_samples", "M": "inner", "prior term": "prior", "ODE tol.":
              "t_eps (NELBO)": "nelbo_bound_t_eps"}
 COMPARED = {"nll": "NLL", "fid": "FID"}  # the metrics a row of ours is compared on with its paper counterpart
 BACKBONE_COLUMN = "no score prior"
+BACKBONE_DIVERGED = "backbone diverged"  # how a run's reason starts when its stage-1 backbone diverged (not trained)
 SEED_COLUMNS = ("table", "section", "row", "column", "run", "seed", "metric", "value", "eval_stderr", "K", "M",
-                "prior", "estimator", "tolerance", "t_eps", "t_draws", "n_examples", "n_samples", "status", "commit")
+                "prior", "estimator", "tolerance", "t_eps", "t_draws", "n_examples", "n_samples", "status", "reason",
+                "commit")
 
 
 # ----------------------------------------------------------------------------- published numbers
@@ -189,6 +191,7 @@ class Agg:
 
     values: tuple[float, ...]
     mark: bool = False  # Table 6: not distinguishable from the best cell of its SDE
+    by_backbone: int = 0  # of the diverged seeds, those whose backbone diverged (never trained)
 
     @property
     def n(self) -> int:
@@ -253,9 +256,17 @@ def fd_names(doc: dict | None) -> list[str]:
     return ["fid" if extractor in (None, "inception", "fid") else f"fd_{extractor}"]
 
 
+def backbone_diverged(doc: dict | None) -> bool:
+    """Whether a document is of a run that was not trained because its stage-1 backbone diverged."""
+    return doc is not None and doc.get("status") == "diverged" and \
+        str(doc.get("reason") or "").startswith(BACKBONE_DIVERGED)
+
+
 def group_metric(group: Group, kind: str, key: Callable[[dict | None], str] | str) -> Agg | str | None:
     """One metric of a row over its seeds (``key``: a metric name, or a function of the document)."""
-    return aggregate([metric_value(e[kind], key if isinstance(key, str) else key(e[kind])) for e in group.entries])
+    docs = [e[kind] for e in group.entries]
+    agg = aggregate([metric_value(doc, key if isinstance(key, str) else key(doc)) for doc in docs])
+    return replace(agg, by_backbone=sum(map(backbone_diverged, docs))) if isinstance(agg, Agg) else agg
 
 
 # ----------------------------------------------------------------------------- per-seed records
@@ -295,6 +306,7 @@ def seed_record(table: str, label: str, column: str, entry: dict, kind: str, key
             "t_draws": settings.get("t_draws") if key == "nelbo_bound" else None,
             "n_examples": settings.get("n_examples", doc.get("metrics", {}).get("n_examples")),
             "n_samples": settings.get("n_samples"), "status": doc.get("status"),
+            "reason": doc.get("reason") if doc.get("status") != "ok" else None,
             "commit": doc.get("provenance", {}).get("commit")}
 
 
@@ -839,6 +851,9 @@ def caption(table: str, published: dict, entries: list[dict], scale: str, commit
              *metric_lines(table, meta, entries, published),
              ("Cells: NaN = diverged; n/a = skipped or undefined combination; — = not measured / not "
              "reported. Lower is better for every metric."),
+             *([f"{BACKBONE_DIVERGED}: the stage-1 backbone of the run diverged, so the run built on it was not "
+                "trained (each seed's reason: column reason of tableN.seeds.csv)."]
+               if any(backbone_diverged(e[k]) for e in entries for k in ("nll", "fid")) else []),
              (f"Sections: \"{OURS_SECTION}\" = measured here; \"{PAPER_SECTIONS['Ours']}\" = the paper's own rows; "
              "baselines keep the paper's family. Published numbers: "
              f"{meta['source']['seed']} ({meta['source']['table']}); source column: ours = measured here, "
@@ -879,10 +894,14 @@ def format_number(value: float, decimals: int | None) -> str:
 
 
 def format_agg(agg: Agg, row_n: Any = None) -> str:
-    """An aggregated cell as printed: ``mean ± std`` (one seed: the value), ``NaN (k of n seeds diverged)``, with
-    ``(n=k)`` when its n is not the row's (column ``n``) and a trailing mark (Table 6)."""
+    """An aggregated cell as printed: ``mean ± std`` (one seed: the value), ``NaN (k of n seeds diverged)`` (``NaN (k
+    of n seeds: backbone diverged)`` when the runs were not trained because their backbone diverged), with ``(n=k)``
+    when its n is not the row's (column ``n``) and a trailing mark (Table 6)."""
     if agg.n_diverged:
-        text = f"NaN ({agg.n_diverged} of {agg.n} seed{'s' * (agg.n > 1)} diverged)"
+        seeds = f"{agg.n_diverged} of {agg.n} seed{'s' * (agg.n > 1)}"
+        text = (f"NaN ({seeds}: {BACKBONE_DIVERGED})" if agg.by_backbone == agg.n_diverged else
+                f"NaN ({seeds} diverged, {agg.by_backbone} of them: {BACKBONE_DIVERGED})" if agg.by_backbone else
+                f"NaN ({seeds} diverged)")
     else:
         text = format_number(agg.mean, DECIMALS)
         text += f" ± {format_number(agg.std, DECIMALS)}" if agg.n > 1 else ""

@@ -2,29 +2,35 @@
 
 A checkpoint holds models, optimizers, EMA, GradScaler, the data order, every rank's RNG state and the
 checkpoint selection; it lives in ``--ckpt-dir`` (outside the run's outputs) and is written with a temp
-file + ``os.replace``. A resumed run continues as the uninterrupted one would.
+file + ``os.replace``. The one before it is kept as ``ckpt.prev.pt`` (renamed just before the new one is written:
+no more disk at the peak than the temp file needed anyway). A resumed run continues as the uninterrupted one would.
+A checkpoint that does not load (corrupted, truncated, foreign) is set aside as ``ckpt.pt.corrupt-TIME`` with a
+warning, and the run resumes from the kept one before it, or without one starts again from step 0.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 import torch.distributed as dist
 
 from lsgm.config import ConfigError, to_dict
 from lsgm.train.rng import rng_state, seed_everything, set_rng_state
 from lsgm.io import atomic_write_text
-from lsgm.utils import atomic_torch_save
+from lsgm.utils import UserFileError, atomic_torch_save, load_torch_file
 
 if TYPE_CHECKING:
     from lsgm.train.task import Task
     from lsgm.train.run import Run
 
 CKPT_NAME = "ckpt.pt"
+PREVIOUS_NAME = "ckpt.prev.pt"  # the checkpoint before ckpt.pt, resumed from when ckpt.pt does not load
+CKPT_KEYS = ("step", "config", "wall_seconds", "models", "optimizers", "emas", "scaler", "data", "rng", "selection")
 # Config keys that may change between a checkpoint and its resumption (they do not affect the result).
 RESUME_FREE_KEYS = {("train", "log_every"), ("train", "checkpoint_every_steps"),
                     ("train", "checkpoint_every_minutes"), ("data", "num_workers"), ("data", "root")}
@@ -51,20 +57,56 @@ def save_checkpoint(run: Run, task: Task, step: int) -> None:
             "data": task.loader.state_dict(), "rng": rngs, "resumed_from": run.resumed_from,
             "selection": run.selection.state_dict(),
         }
-        atomic_torch_save(payload, run.ckpt_dir / CKPT_NAME)
+        path = run.ckpt_dir / CKPT_NAME
+        if path.exists():
+            os.replace(path, run.ckpt_dir / PREVIOUS_NAME)
+        atomic_torch_save(payload, path)
     if run.dist.enabled:
         dist.barrier()
     run.last_ckpt_time = time.time()
 
 
+def _warn(run: Run, message: str) -> None:
+    if run.is_main:
+        print(f"lsgm train-{run.cfg.kind}: warning: {message}", file=sys.stderr)
+
+
+def newest_checkpoint(run: Run) -> tuple[dict | None, Path | None]:
+    """The newest checkpoint that loads: ``ckpt.pt``, else the one kept before it; each one that does not load is
+    renamed ``NAME.corrupt-TIME`` (by the main process) with a one-line warning. ``(None, None)`` if none loads."""
+    set_aside = False
+    for name in (CKPT_NAME, PREVIOUS_NAME):
+        path = run.ckpt_dir / name
+        if not path.exists():
+            continue
+        try:
+            ck = load_torch_file(path, "resume checkpoint", "", map_location=run.device)
+            missing = [k for k in CKPT_KEYS if not isinstance(ck, dict) or k not in ck]
+            if missing:
+                raise UserFileError(f"resume checkpoint {path} lacks {missing}")
+        except UserFileError as err:
+            aside = path.with_name(f"{name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            if run.is_main:
+                os.replace(path, aside)
+            _warn(run, f"{err}; set aside as {aside}")
+            set_aside = True
+            continue
+        if set_aside:
+            _warn(run, f"resuming from {path} (step {ck['step']})")
+        return ck, path
+    if set_aside:
+        _warn(run, "no earlier checkpoint is kept: training restarts from step 0")
+    return None, None
+
+
 def resume(run: Run, task: Task) -> int:
-    """Load ``ckpt-dir/ckpt.pt`` if present; returns the step to continue from (0 for a fresh run)."""
-    path = run.ckpt_dir / CKPT_NAME
-    if not path.exists():
+    """Load the newest checkpoint that loads (:func:`newest_checkpoint`); returns the step to continue from (0 for a
+    fresh run)."""
+    ck, path = newest_checkpoint(run)
+    if ck is None:
         if run.is_main:
             atomic_write_text(run.out / "stats.jsonl", "")
         return 0
-    ck = torch.load(path, map_location=run.device, weights_only=True)
     check_resumable(ck["config"], to_dict(run.cfg), path)
     for k, m in task.modules.items():
         m.load_state_dict(ck["models"][k])
@@ -88,9 +130,10 @@ def resume(run: Run, task: Task) -> int:
 
 
 def remove_checkpoint(run: Run) -> None:
-    """Drop the resume checkpoint once the run's model.pt exists, so a forced rerun trains afresh."""
+    """Drop the resume checkpoints once the run's model.pt exists, so a forced rerun trains afresh."""
     if run.is_main:
-        (run.ckpt_dir / CKPT_NAME).unlink(missing_ok=True)
+        for name in (CKPT_NAME, PREVIOUS_NAME):
+            (run.ckpt_dir / name).unlink(missing_ok=True)
 
 
 def _truncate_stats(path: Path, step: int) -> None:

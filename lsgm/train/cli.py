@@ -1,7 +1,9 @@
 """The ``lsgm train-*`` command line shared by the trainers: arguments, config resolution, dry run, exit codes.
 
 ``--config`` (a run config), ``--set KEY=VALUE`` overrides, ``--dry-run`` (print the resolved config and
-exit); a bad config or unusable data exits with code 2 and a one-line message.
+exit); a bad config, unusable data, an unusable ``--vae`` file or an output that cannot be written (checked before
+any work) exits with code 2 and a one-line message. A run whose ``--vae`` backbone diverged is a diverged outcome
+without training (exit 0; :class:`lsgm.train.run.BackboneDiverged`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import yaml
 
 from lsgm.config import ConfigError, RunConfig, apply_overrides, load_run_config, to_dict
 from lsgm.data import DatasetError
+from lsgm.io import OutputError, check_output
+from lsgm.train.checkpoint import remove_checkpoint
 from lsgm.train.loop import train
-from lsgm.train.run import Run
+from lsgm.train.run import BackboneDiverged, Run, ckpt_dir_of
 from lsgm.train.task import Task
+from lsgm.utils import UserFileError
 
 EXIT_CONFIG = 2  # unusable config / arguments
 
@@ -75,6 +80,15 @@ def cli_main(argv: list[str] | None, kind: str, build_task: Callable[[Run, argpa
         args = parse_args(argv, kind, needs_vae, accepts_vae)
     except SystemExit as err:  # argparse: --help (0) or usage error (2)
         return int(err.code or 0)
+    if not args.dry_run:
+        try:  # every run's outputs, before the first one trains
+            for i in range(len(args.config)):
+                run_args = one_run(args, i)
+                check_output(run_args.out, "--out", folder=True)
+                check_output(ckpt_dir_of(Path(run_args.out), run_args.ckpt_dir), "--ckpt-dir", folder=True)
+        except OutputError as err:
+            print(f"lsgm train-{kind}: error: {err}", file=sys.stderr)
+            return EXIT_CONFIG
     for i in range(len(args.config)):
         code = train_one(one_run(args, i), kind, build_task)
         if code:
@@ -96,11 +110,19 @@ def train_one(args: argparse.Namespace, kind: str, build_task: Callable[[Run, ar
     try:
         task = build_task(run, args)
         return train(run, task)
+    except BackboneDiverged as err:
+        print(f"lsgm train-{kind}: {err.reason}: this run is a diverged outcome, nothing trained", file=sys.stderr)
+        run.finish_untrained(err, kind)
+        remove_checkpoint(run)  # one of a run on an earlier backbone would resume it
+        return 0
     except ConfigError as err:
         print(f"lsgm train-{kind}: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     except DatasetError as err:
         print(f"lsgm train-{kind}: data error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except UserFileError as err:
+        print(f"lsgm train-{kind}: error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     finally:
         run.close()

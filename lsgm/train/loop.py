@@ -23,6 +23,7 @@ def train(run: Run, task: Task) -> int:
     Returns the process exit code: 0 (completed or diverged) or 75 (preempted; rerun resumes)."""
     from tqdm import tqdm
 
+    run.begin()
     start = resume(run, task)
     cfg, total = run.cfg.train, run.total_steps
     bar = tqdm(total=total, initial=start, disable=not run.is_main, dynamic_ncols=True, mininterval=1.0,

@@ -37,6 +37,7 @@ from torch import nn
 
 from lsgm.config import ConfigError, RunConfig, to_dict
 from lsgm.data import dataset_info, get_dataset
+from lsgm.io import recorded_reason
 from lsgm.likelihood import nats_to_bpd
 from lsgm.methods import q_trains_score
 from lsgm.objectives import diffusion_terms, nelbo_terms
@@ -47,10 +48,11 @@ from lsgm.train.distributed import unwrap
 from lsgm.train.loop import mean_stats
 from lsgm.train.optim import make_optimizer, set_lr, trainable
 from lsgm.train.rng import fixed_rng
-from lsgm.train.run import Run
+from lsgm.train.run import BackboneDiverged, Run
 from lsgm.train.schedules import lr_at, stage2_kl_coeff
 from lsgm.train.ema import EMA
 from lsgm.train.vae import validation_batches
+from lsgm.utils import load_torch_file
 
 DEVIATIONS = [
     "time sampling: r_un importance normaliser uses the exact exp(delta b^2) factor (official const_norm +0.23%)",
@@ -66,21 +68,26 @@ DEVIATIONS = [
 
 
 def load_stage1(path: str | Path, cfg: RunConfig) -> dict:
-    """The stage-1 ``model.pt``; its VAE config and dataset must equal this run's (clear error otherwise)."""
+    """The stage-1 ``model.pt``; its VAE config and dataset must equal this run's (one-line errors otherwise:
+    :class:`UserFileError` for a file that does not load, :class:`ConfigError` for another run's). A diverged stage-1
+    run raises :class:`BackboneDiverged`: the run built on it is a diverged outcome, not an error."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"--vae {path}: no such file (train the backbone first with `lsgm train-vae`)")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    if ck.get("config", {}).get("kind") != "vae":
-        raise ConfigError(f"--vae {path}: not a stage-1 VAE run (kind {ck.get('config', {}).get('kind')!r})")
-    if ck["status"] != "completed":
-        raise ConfigError(f"--vae {path}: the stage-1 run ended with status {ck['status']!r}")
+    ck = load_torch_file(path, "model file", "train the backbone with lsgm train-vae, or pass its VAE_DIR/model.pt as "
+                                             "--vae")
+    if not isinstance(ck, dict) or not {"config", "status", "state"} <= set(ck):
+        raise ConfigError(f"--vae {path}: not a model.pt of this harness (no config/status/state)")
+    if ck["config"].get("kind") != "vae":
+        raise ConfigError(f"--vae {path}: not a stage-1 VAE run (kind {ck['config'].get('kind')!r})")
     mine, theirs = to_dict(cfg.vae), ck["config"]["vae"]
     diffs = [f"vae.{k}: {theirs.get(k)!r} (stage 1) != {v!r} (this config)" for k, v in mine.items() if theirs.get(k) != v]
     if ck["config"]["data"]["name"] != cfg.data.name:
         diffs.append(f"data.name: {ck['config']['data']['name']!r} != {cfg.data.name!r}")
     if diffs:
         raise ConfigError(f"--vae {path} does not match this config: {'; '.join(diffs)}")
+    if ck["status"] == "diverged":
+        raise BackboneDiverged(path, ck.get("reason") or recorded_reason(path))
+    if ck["status"] != "completed":
+        raise ConfigError(f"--vae {path}: the stage-1 run ended with status {ck['status']!r}")
     return ck
 
 

@@ -29,7 +29,7 @@ from lsgm.train.distributed import setup_distributed
 from lsgm.train.loader import InfiniteLoader
 from lsgm.train.rng import seed_everything
 from lsgm.train.selection import Selection
-from lsgm.io import atomic_write_json, provenance
+from lsgm.io import atomic_write_json, atomic_write_text, provenance
 from lsgm.utils import atomic_torch_save
 
 if TYPE_CHECKING:
@@ -42,6 +42,21 @@ class Diverged(Exception):
     def __init__(self, step: int, reason: str):
         super().__init__(reason)
         self.step, self.reason = step, reason
+
+
+class BackboneDiverged(Exception):
+    """The stage-1 run this run is built on (``--vae``) diverged: the run is a diverged outcome, trained on nothing
+    (:meth:`Run.finish_untrained`), never a failed job and never a number of an earlier backbone."""
+
+    def __init__(self, path: Path, reason: str | None):
+        self.path = Path(path)
+        self.reason = f"backbone diverged: {path} ended with status 'diverged' ({reason or 'no reason recorded'})"
+        super().__init__(self.reason)
+
+
+def ckpt_dir_of(out: Path, ckpt_dir: Path | None) -> Path:
+    """Where a run's resume checkpoints live: ``--ckpt-dir``, by default ``OUT/.ckpt``."""
+    return Path(ckpt_dir) if ckpt_dir else Path(out) / ".ckpt"
 
 
 class _StopFlag:
@@ -71,7 +86,7 @@ class Run:
 
     def __init__(self, cfg: RunConfig, out: Path, ckpt_dir: Path | None = None, master_port: int | None = None):
         self.cfg, self.out = cfg, Path(out)
-        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else self.out / ".ckpt"
+        self.ckpt_dir = ckpt_dir_of(self.out, ckpt_dir)
         self.dist = setup_distributed(master_port)
         self.device = self.dist.device
         self.total_steps = cfg.train.steps
@@ -91,9 +106,13 @@ class Run:
         self.selection = Selection(cfg.train.select_every_steps)
         self.hosts = self._gather_hosts()
         seed_everything(cfg.seed + self.dist.rank)  # per-rank noise; DDP broadcasts rank 0's initial weights
+
+    def begin(self) -> None:
+        """Create the run folder and write its resolved ``config.yaml`` -- once the task's inputs loaded, so a start
+        that fails on them leaves no partial run folder."""
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_run_config(cfg, self.out / "config.yaml")
+            save_run_config(self.cfg, self.out / "config.yaml")
 
     @property
     def is_main(self) -> bool:
@@ -257,12 +276,27 @@ class Run:
         validation = task.validate() if status == "completed" else None
         if not self.is_main:
             return
-        prov = provenance(self.device, config=to_dict(self.cfg))
         meta = {**task.meta, "training": self.training_meta(), "deviations": self.deviations(task)}
         if self.selection.every > 0:
             meta["selection"] = self.selection.record(task)
+        self._write_run_files(status, step, reason, validation, meta, task.model_state())
+
+    def finish_untrained(self, err: BackboneDiverged, kind: str) -> None:
+        """The run files of a run whose backbone diverged: config.yaml, an empty stats.jsonl, run.json and model.pt with
+        status ``diverged``, step 0, the reason naming the backbone, and no weights (``state`` empty)."""
+        self.begin()
+        if not self.is_main:
+            return
+        atomic_write_text(self.out / "stats.jsonl", "")
+        meta = {"stage": kind, "backbone": {"path": str(err.path), "status": "diverged"},
+                "training": self.training_meta(), "deviations": list(self.cfg.deviations)}
+        self._write_run_files("diverged", 0, err.reason, None, meta, {"state": {}, "ema": None})
+
+    def _write_run_files(self, status: str, step: int, reason: str | None, validation: dict | None, meta: dict,
+                         model_state: dict) -> None:
+        prov = provenance(self.device, config=to_dict(self.cfg))
         atomic_write_json(self.out / "run.json", {
             "status": status, "step": step, "reason": reason, "wall_seconds": self.wall_seconds(),
             "validation": validation, **meta, "provenance": prov})
-        atomic_torch_save({"config": to_dict(self.cfg), "status": status, "step": step, **task.model_state(),
-                           "meta": meta, "provenance": prov}, self.out / "model.pt")
+        atomic_torch_save({"config": to_dict(self.cfg), "status": status, "step": step, "reason": reason,
+                           **model_state, "meta": meta, "provenance": prov}, self.out / "model.pt")

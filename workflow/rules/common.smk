@@ -7,32 +7,43 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from lsgm.config import RunConfig, from_dict, save_run_config
+from lsgm.config_sources import ConfigSources
 from lsgm.plan import EVAL_RESOURCE_KEYS, SCALES, TRAIN_RESOURCE_KEYS, Plan, PlanError, eval_args
 
-
-def _validate(config):
-    """The schema checks config.yaml's shape; its error leads with the offending key, not a page of schema."""
-    try:
-        validate(config, "../schemas/config.schema.yaml")
-    except WorkflowError:
-        import jsonschema
-        import yaml
-
-        with open(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml") as fh:
-            schema = yaml.safe_load(fh)
-        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
-        if error is None:
-            raise
-        path = ".".join(str(p) for p in error.absolute_path) or "<top level>"
-        raise WorkflowError(f"config.yaml: {path}: {error.message}") from None
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# config.yaml, the --configfile overlays and --config: errors name the one that set the value (lsgm/config_sources.py)
+SOURCES = ConfigSources.of_workflow(
+    Path(workflow.basedir) / "config.yaml", workflow.config_settings.configfiles, workflow.config_settings.config
+)
+SOURCES.retype(config)  # nested --config values: YAML scalars, not Snakemake's strings
 
 
-_validate(config)
-# Resolve every scale now, so a bad config fails at once whatever scale runs.
+def _plans(cfg):
+    """config.yaml's shape (the schema, which fills in its defaults), then every scale resolved, so a bad config fails
+    at once whatever scale runs."""
+    validate(cfg, str(SCHEMA))
+    return {scale: Plan(cfg, scale) for scale in SCALES}
+
+
+def _schema_error(cfg):
+    """The schema's most relevant error (jsonschema's best match), or None."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    return jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(cfg))
+
+
+# One line leading with where the value was set and the offending key, not a page of schema.
 try:
-    PLANS = {scale: Plan(config, scale) for scale in SCALES}
+    PLANS = _plans(config)
+except WorkflowError:
+    error = _schema_error(config)
+    if error is None:
+        raise
+    raise WorkflowError(SOURCES.schema_message(error)) from None
 except PlanError as err:
-    raise WorkflowError(f"config.yaml: {err}") from None
+    raise WorkflowError(SOURCES.blame(str(err), _plans, (WorkflowError, PlanError))) from None
 SCALE = config["scale"]
 # Seeds: one job per seed, or (scales.S.batch_seeds) one job for all seeds of a run -- its rules then declare one
 # output per seed (per_seed) and name their logs "-seeds" instead of "-s{seed}" (SEED_TAG).
