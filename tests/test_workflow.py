@@ -153,7 +153,7 @@ def test_unknown_key_fails_with_the_schema_message(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     # one line that leads with the offending key, not a page of schema (evaluation settings: lsgm/eval/settings.py)
-    assert "config.yaml: scales.quick.eval.nll.bogus_key: unknown setting of nll; known: batch_size, inner" in out
+    assert "config.yaml: scales.quick.eval.nll.bogus_key: unknown setting of nll (known: batch_size, inner" in out
     assert "Failed validating" not in out
 
 
@@ -282,8 +282,8 @@ def test_a_misspelled_command_line_key_is_blamed_on_the_command_line_with_the_cl
     proc = snakemake("-n", "--config", "scale=smoke", "scales={smoke: {eval: {fid: {n_sample: 32}}}}", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert ("--config (command line): scales.smoke.eval.fid: Additional properties are not allowed ('n_sample' was "
-            "unexpected); did you mean 'n_samples'?") in out, out[-1500:]
+    assert ("--config (command line): scales.smoke.eval.fid.n_sample: unknown setting of fid; did you mean "
+            "'n_samples'? (known: ") in out, out[-1500:]
     assert "config.yaml:" not in out
 
 
@@ -292,7 +292,7 @@ def test_an_overlay_error_is_labelled_with_its_file(tmp_path):
     overlay.write_text(yaml.safe_dump({"scales": {"quick": {"eval": {"fid": {"n_samples": "many"}}}}}))
     proc = snakemake("-n", "--configfile", str(overlay), check=False)
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and f"{overlay}: scales.quick.eval.fid.n_samples: 'many' is not of type" in out, out[-1500:]
+    assert proc.returncode != 0 and f"{overlay}: scales.quick.eval.fid.n_samples = 'many' is not an int" in out, out[-1500:]
 
 
 BAD_BETA = {"scales": {"quick": {"runs": {"lsgm": {"mnist": {"config": {"sde": {"beta_max": -20}}}}}}}}

@@ -220,8 +220,8 @@ def check_block(command: str, block: dict, where: str, combinations: bool = True
     out = {}
     for key, value in block.items():
         if key not in known:
-            raise SettingError(f"{where}.{key}: unknown setting of {command}{closest(key, known)}; known: "
-                               f"{', '.join(sorted(known))}")
+            raise SettingError(f"{where}.{key}: unknown setting of {command}{closest(key, known)} (known: "
+                               f"{', '.join(sorted(known))})")
         try:
             out[key] = known[key].check(value)
         except SettingError as err:
