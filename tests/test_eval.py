@@ -97,6 +97,19 @@ def test_frechet_distance_zero_for_identical_sets_and_grows_with_shift():
     assert small == pytest.approx(16 * 0.25**2, rel=1e-6)  # a pure mean shift: ||delta||^2
 
 
+def test_fd_standard_error_is_the_spread_of_the_fd_over_sample_sets():
+    """The bootstrap SE of an FD (cost rows' ``fd_stderr``) estimates the standard deviation of the FD over
+    independent sets of N samples (a shifted Gaussian against fixed N(0, I) statistics), and is reproducible."""
+    dim, n = 4, 100
+    ref = {"mu": np.zeros(dim), "sigma": np.eye(dim)}
+    gen = torch.Generator().manual_seed(1)
+    sets = [torch.randn(n, dim, generator=gen, dtype=torch.float64) + 0.3 for _ in range(200)]
+    spread = np.std([fid_mod.frechet_distance(fid_mod.feature_statistics(x), ref) for x in sets], ddof=1)
+    estimates = [fid_mod.fd_standard_error(x, ref) for x in sets[:20]]
+    assert np.mean(estimates) == pytest.approx(spread, rel=0.35)
+    assert fid_mod.fd_standard_error(sets[0], ref, seed=3) == fid_mod.fd_standard_error(sets[0], ref, seed=3)
+
+
 # ------------------------------------------------------------------------------------------------ seeding
 ODE = Sampling(sampler="ode", tolerance=1e-5, solver="dopri5", t_eps=1e-5, temperature=1.0, vae_temperature=1.0,
                pc_steps=None, snr=None)

@@ -189,3 +189,16 @@ def test_lsgm_plan_lists_evaluations_warns_on_the_placeholder_account_and_refuse
     assert main(["--max-gpus-per-node", "0"]) == 2
     err = capsys.readouterr().err
     assert err == "lsgm plan: error: --max-gpus-per-node must be >= 1 (got 0)\n"
+
+
+@pytest.mark.parametrize("scale", ["smoke", "quick", "paper", "mini"])
+def test_a_sample_grid_is_drawn_with_the_sampler_settings_of_its_fd(scale):
+    """A model's grid shows the samples its FD measures (at the quick scale the pixel SGM's grid once used 20 PC
+    steps beside an FD of 200, and the LSGMs' an ODE tolerance 100x looser)."""
+    keys = ("sampler", "pc_steps", "snr", "tolerance", "solver", "t_eps", "temperature", "vae_temperature", "bn_mode")
+    jobs = Plan(CONFIG, scale).eval_jobs()
+    fid = {job["run"]: job["settings"] for job in jobs if job["kind"] == "fid"}
+    grids = [job for job in jobs if job["kind"] == "samples" and job["run"] in fid]
+    assert grids
+    for job in grids:
+        assert {k: job["settings"].get(k) for k in keys} == {k: fid[job["run"]].get(k) for k in keys}, job["run"]

@@ -173,10 +173,12 @@ def test_figure4_writes_png_and_csv(cost_metrics, tmp_path):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     df = pd.read_csv(tmp_path / "figure4.csv")
     assert list(df.columns) == CSV_COLUMNS + MATCH_COLUMNS and len(df) == 7
+    assert df["matched_setting"].notna().sum() == 3  # one per LSGM tolerance
     pc = df[df["sampler"] == "pc"].iloc[0]
     assert pc["model"] == "Pixel SGM" and math.isnan(pc["tolerance"]) and pc["n_steps"] == 100
     caption = (tmp_path / "figure4.caption.txt").read_text(encoding="utf-8")
-    assert all(s in caption for s in ("smoke", "digits", "cpu:test", "Batch size: 16", COMMIT, "fd_digits"))
+    assert all(s in caption for s in ("smoke", "digits", "cpu:test", "Batch size: 16", COMMIT, "fd_digits",
+                                      "LSGM: lsgm", "Pixel SGM: sgm", "samples per setting", "Matched quality"))
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -249,16 +251,33 @@ def test_cli_refuses_a_metrics_file_without_a_key(metrics, tmp_path, capsys):
     assert "metrics.rows" in capsys.readouterr().err
 
 
-def test_figure4_marks_the_matched_quality_point_with_its_ratios(cost_metrics, tmp_path):
-    """The LSGM tolerance whose FD is closest to the pixel PC sampler with the MOST steps; ratios pixel / LSGM."""
-    cost_metrics[1]["metrics"]["rows"].append(cost_row("pc", None, 100, 1.5, 5.9, n_steps=50))  # fewer steps: not the reference
+def test_figure4_matches_each_lsgm_tolerance_with_the_cheapest_pixel_setting_as_good(cost_metrics, tmp_path):
+    """Per LSGM ODE tolerance: the pixel setting (PC or ODE) with the fewest NFE whose FD is no worse than the LSGM's
+    within their combined standard error; ``none`` (no ratios) where no pixel setting is that good."""
+    lsgm_rows, sgm_rows = cost_metrics[0]["metrics"]["rows"], cost_metrics[1]["metrics"]["rows"]
+    # LSGM fd 5 / 6 / 7 at 40 / 20 / 13.3 NFE; pixel ODE fd 4 / 5 / 6 at 120 / 60 / 40 NFE, PC 100 steps fd 4 at 200
+    lsgm_rows.append(cost_row("ode", 1e-4, 30, 0.08, 1.0))  # better than every pixel setting
+    sgm_rows[2]["fd_stderr"] = 0.9  # pixel ODE tol 1e-2: fd 6 +- 0.9
+    lsgm_rows[0]["fd_stderr"] = 0.6  # LSGM tol 1e-5: fd 5 +- 0.6; 6 - 5 = 1 <= sqrt(0.6^2 + 0.9^2) = 1.08
     df = figure4(cost_metrics, tmp_path / "f.png", tmp_path / "f.csv", {"scale": "smoke", "commit": COMMIT})
-    matched = df[df["matched_quality"] == "matched"]
-    assert len(matched) == 1
-    row = matched.iloc[0]
-    assert row["model"] == "LSGM" and row["tolerance"] == 1e-5 and row["pc_reference_steps"] == 100  # fd 5 vs 4
-    assert row["pc_nfe_ratio"] == pytest.approx(200 / 40) and row["pc_time_ratio"] == pytest.approx(3.0 / 0.1)
-    assert row["ode_nfe_ratio"] == pytest.approx(120 / 40) and row["ode_time_ratio"] == pytest.approx(1.0 / 0.1)
-    assert row["same_device"] and not row["fd_within_tolerance"]  # fd 5 vs 4: 25 % apart, not the same quality
-    csv = pd.read_csv(tmp_path / "f.csv")
-    assert csv["matched_quality"].eq("matched").sum() == 1 and csv["pc_nfe_ratio"].notna().sum() == 1
+    lsgm = df[df["kind"] == "lsgm"].set_index("tolerance")
+    assert lsgm.loc[1e-5, "matched_setting"] == "ODE tol 0.01"  # within the SE, cheaper than ODE 1e-3 (fd 5, 60 NFE)
+    assert lsgm.loc[1e-5, "matched_nfe_ratio"] == pytest.approx(40 / 40)
+    assert lsgm.loc[1e-5, "matched_time_ratio"] == pytest.approx(1.0 / 0.1)
+    assert lsgm.loc[1e-3, "matched_setting"] == "ODE tol 0.01"  # fd 6 vs 6: no worse
+    assert lsgm.loc[1e-3, "matched_nfe_ratio"] == pytest.approx(40 / 20)
+    assert lsgm.loc[1e-4, "matched_setting"] == "none" and pd.isna(lsgm.loc[1e-4, "matched_nfe_ratio"])
+    assert lsgm["same_device"].dropna().all()
+    no_se = [cost_metrics[0], {**cost_metrics[1], "metrics": {"rows": [{**r, "fd_stderr": None} for r in sgm_rows]}}]
+    no_se[0] = {**no_se[0], "metrics": {"rows": [{**r, "fd_stderr": None} for r in lsgm_rows]}}
+    df = figure4(no_se, tmp_path / "g.png", tmp_path / "g.csv", {"scale": "smoke", "commit": COMMIT})
+    row = df[(df["kind"] == "lsgm") & (df["tolerance"] == 1e-5)].iloc[0]
+    assert row["matched_setting"] == "ODE tol 0.001"  # without standard errors 6 > 5: the next cheapest as good
+    pc_only = [cost_metrics[0], {**cost_metrics[1], "metrics": {"rows": [sgm_rows[-1]]}}]
+    df = figure4(pc_only, tmp_path / "h.png", tmp_path / "h.csv", {"scale": "smoke", "commit": COMMIT})
+    row = df[(df["kind"] == "lsgm") & (df["tolerance"] == 1e-2)].iloc[0]
+    assert row["matched_setting"] == "PC 100 steps" and row["matched_steps"] == 100
+    assert row["matched_nfe_ratio"] == pytest.approx(200 / (40 / 3))
+    csv = pd.read_csv(tmp_path / "h.csv")
+    assert csv["matched_setting"].notna().sum() == 4
+    assert "NOT the same" not in (tmp_path / "h.caption.txt").read_text(encoding="utf-8")

@@ -22,6 +22,8 @@ from lsgm.eval.features import Extractor
 from lsgm.eval.fid import (
     check_stats,
     extractor_for_stats,
+    FD_BOOTSTRAP_DRAWS,
+    fd_standard_error,
     feature_statistics,
     frechet_distance,
     load_stats,
@@ -30,7 +32,7 @@ from lsgm.eval.fid import (
 from lsgm.eval.generate import Sampling, sample_batch
 
 ROW_KEYS = ("sampler", "tolerance", "n_steps", "nfe_mean", "nfe_std", "seconds_per_batch", "seconds_std",
-            "solve_seconds_per_batch", "batch_size", "n_batches", "fd_name", "fd", "fd_n_samples")
+            "solve_seconds_per_batch", "batch_size", "n_batches", "fd_name", "fd", "fd_stderr", "fd_n_samples")
 
 
 def time_sampler(run: LoadedRun, *, sampling: Sampling, batch_size: int, n_batches: int, seed: int,
@@ -63,11 +65,12 @@ def cost_row(run: LoadedRun, extractor: Extractor | None, ref: dict | None, *, s
             feats, _ = sample_features(run, extractor, fd_samples, fd_batch_size, seed=seed, sampling=sampling,
                                        device=device)
             row["fd"] = frechet_distance(feature_statistics(feats), ref)
+            row["fd_stderr"] = fd_standard_error(feats, ref, seed=seed)
         else:
-            row["fd"] = None
+            row["fd"] = row["fd_stderr"] = None
     except (FloatingPointError, AssertionError) as err:  # NaN samples / solver underflow: a NaN row
-        row.update({k: math.nan for k in ("nfe_mean", "nfe_std", "seconds_per_batch", "seconds_std",
-                                          "solve_seconds_per_batch", "fd")}, error=str(err).splitlines()[0])
+        failed = ("nfe_mean", "nfe_std", "seconds_per_batch", "seconds_std", "solve_seconds_per_batch", "fd", "fd_stderr")
+        row.update({k: math.nan for k in failed}, error=str(err).splitlines()[0])
         row.setdefault("batch_size", batch_size)
         row.setdefault("n_batches", n_batches)
     return {k: row.get(k) for k in ROW_KEYS} | ({"error": row["error"]} if "error" in row else {})
@@ -100,6 +103,8 @@ def evaluate_cost(model: str, stats_path: str | None, *, tolerances: list[float]
         "batch_size": batch_size, "n_batches": n_batches, "warmup_batches": 1,
         "warmup": "one batch per evaluation, at its first setting", "fd_samples": fd_samples,
         "fd_batch_size": fd_batch_size, "seed": seed, "bn_mode": bn_mode,
+        "fd_stderr": f"bootstrap over the fd_samples generated features ({FD_BOOTSTRAP_DRAWS} resamples, reference "
+                     "statistics fixed)",
         "timing": "seconds per batch of batch_size: noise + solve + decode, device synchronised, warm-up excluded",
         "nfe": "score evaluations per batch solve, incl. rejected steps and initial step selection",
         "feature_extractor": extractor.describe() if extractor else None,

@@ -75,6 +75,22 @@ def frechet_distance(stats_a: dict, stats_b: dict) -> float:
     return float(fid_statistics_to_metric(a, b, verbose=False)[KEY_METRIC_FID])
 
 
+FD_BOOTSTRAP_DRAWS = 20  # resamples of the generated features behind an FD's standard error
+
+
+def fd_standard_error(features: torch.Tensor, reference: dict, *, draws: int = FD_BOOTSTRAP_DRAWS,
+                      seed: int = 0) -> float:
+    """The bootstrap standard error of ``frechet_distance(feature_statistics(features), reference)``: the standard
+    deviation of the FD over ``draws`` resamples (with replacement) of the N generated features. The reference
+    statistics are held fixed (they come from the whole reference set). The generator is its own, seeded by
+    ``seed``, so no other random stream moves."""
+    n = features.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    values = [frechet_distance(feature_statistics(features[torch.randint(n, (n,), generator=gen)]), reference)
+              for _ in range(draws)]
+    return float(np.std(values, ddof=1))
+
+
 class _Uint8Images(Dataset):
     """A dataset's images as uint8 [3, H, W] (binary data as grey levels), the input torch-fidelity expects."""
 

@@ -4,10 +4,13 @@ The paper's Figure 4 plots FID and NFE against the ODE tolerance for LSGM on Cel
 the pixel-space SGM's cost (45 min with PC, 3.9 min with the ODE, against LSGM's 4.15 s). Here three
 panels share a log tolerance axis: (a) FID/FD, (b) NFE, (c) seconds per batch. ODE sampling is a line
 per model; predictor-corrector (PC) sampling has no tolerance and is drawn as a horizontal dashed line.
-NFE and seconds are on log axes. The **matched-quality point** (:func:`matched_quality`) is the LSGM ODE tolerance
-whose FD/FID is closest to the pixel SGM's PC sampler with the most steps (the original SGM's sampler); it is
-starred in every panel, and the NFE and wall-time ratios (pixel PC / LSGM ODE at that point, and pixel ODE / LSGM
-ODE at the same tolerance) are written on the figure and in the CSV's ``matched_*`` / ``*_ratio`` columns.
+NFE and seconds are on log axes.
+
+**Matched quality** (:func:`matched_quality`), one reading for every LSGM ODE tolerance: the *cheapest* pixel-SGM
+sampler setting (any PC step count or ODE tolerance; cheapest = fewest NFE) whose FD/FID is no worse than the LSGM's
+within their combined standard error (``fd_pixel <= fd_lsgm + sqrt(se_lsgm^2 + se_pixel^2)``, the bootstrap
+``fd_stderr`` of each cost row). The NFE and wall-time ratios pixel / LSGM at that point are on the figure and in the
+CSV's ``matched_*`` columns; where no pixel setting is that good, the row says ``none`` and the ratios are empty.
 
 Outputs: the PNG (rendered with the Agg canvas, no pyplot state), a CSV with one row per
 (model, sampler, tolerance) and a ``.caption.txt`` beside the PNG.
@@ -27,13 +30,13 @@ from matplotlib.figure import Figure
 from lsgm.io import atomic_write_bytes, atomic_write_text
 
 CSV_COLUMNS = ["model", "run", "sampler", "tolerance", "n_steps", "nfe_mean", "nfe_std",
-               "seconds_per_batch", "seconds_std", "batch_size", "fd_name", "fd", "device"]
-# the matched-quality columns (filled on the matched LSGM row only; see matched_quality)
-MATCH_COLUMNS = ["matched_quality", "pc_reference_run", "pc_reference_steps", "pc_reference_fd", "fd_within_tolerance",
-                 "pc_nfe_ratio", "pc_time_ratio", "ode_nfe_ratio", "ode_time_ratio", "same_device"]
-MATCH_TOLERANCE = 0.10  # an FD within 10 % of the pixel PC sampler's counts as the same quality
+               "seconds_per_batch", "seconds_std", "batch_size", "fd_name", "fd", "fd_stderr", "fd_n_samples",
+               "device"]
+# the matched-quality columns, filled on every LSGM ODE row (see matched_quality)
+MATCH_COLUMNS = ["matched_setting", "matched_run", "matched_sampler", "matched_tolerance", "matched_steps",
+                 "matched_fd", "matched_fd_stderr", "matched_nfe_ratio", "matched_time_ratio", "same_device"]
 MODEL_LABELS = {"lsgm": "LSGM", "sgm": "Pixel SGM", "vae": "VAE"}
-PANELS = (("fd", "fd_std", None), ("nfe_mean", "nfe_std", "NFE"),
+PANELS = (("fd", "fd_stderr", None), ("nfe_mean", "nfe_std", "NFE"),
           ("seconds_per_batch", "seconds_std", "seconds per batch"))
 
 
@@ -55,46 +58,64 @@ def cost_table(cost_metrics: list[dict]) -> pd.DataFrame:
             rows.append({"model": label, "run": doc["run"]["name"], "kind": doc["run"]["model"],
                          **{k: row.get(k) for k in CSV_COLUMNS[2:-1]}, "device": device})
     df = pd.DataFrame(rows, columns=["kind", *CSV_COLUMNS])
-    for col in ("tolerance", "nfe_mean", "nfe_std", "seconds_per_batch", "seconds_std", "fd"):
+    for col in ("tolerance", "nfe_mean", "nfe_std", "seconds_per_batch", "seconds_std", "fd", "fd_stderr"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df = df.sort_values(["model", "sampler", "tolerance"], kind="stable", ignore_index=True)
     return _with_matched_quality(df)
 
 
+def _setting(row: pd.Series) -> str:
+    """``PC 500 steps`` / ``ODE tol 0.001``: a pixel sampler setting as the figure and CSV name it."""
+    if row["sampler"] == "pc":
+        return f"PC {int(row['n_steps'])} steps"
+    return f"{str(row['sampler']).upper()} tol {row['tolerance']:g}"
+
+
+def _se(value: Any) -> float:
+    """A row's FD standard error (0 where the cost record has none)."""
+    return 0.0 if value is None or pd.isna(value) else float(value)
+
+
 def matched_quality(df: pd.DataFrame) -> list[dict]:
-    """For each LSGM model: the ODE tolerance whose FD/FID is closest to the pixel SGM's PC sampler with the most steps
-    (the reference), with the ratios pixel PC / LSGM and pixel ODE (same tolerance) / LSGM of NFE and seconds.
-    Empty when there is no pixel PC row or no finite LSGM ODE row."""
-    pc = df[(df["kind"] == "sgm") & (df["sampler"] == "pc") & df["fd"].notna()]
-    if pc.empty:
+    """For each LSGM ODE row (one per tolerance): the cheapest pixel-SGM setting (fewest NFE, then seconds) whose FD is
+    no worse than the LSGM's within their combined standard error, with the ratios pixel / LSGM of NFE and seconds.
+    ``setting`` is ``none`` (ratios NaN) where no pixel setting is that good; no entries without pixel FD rows."""
+    se = df["fd_stderr"].map(_se) if "fd_stderr" in df else pd.Series(0.0, index=df.index)
+    pixel = df[(df["kind"] == "sgm") & df["fd"].notna()].sort_values(["nfe_mean", "seconds_per_batch"], kind="stable")
+    if pixel.empty:
         return []
-    ref = pc.loc[pd.to_numeric(pc["n_steps"]).idxmax()]
     out = []
-    for model, group in df[(df["kind"] == "lsgm") & (df["sampler"] == "ode") & df["fd"].notna()].groupby("model"):
-        best = group.loc[(group["fd"] - ref["fd"]).abs().idxmin()]
-        pixel_ode = df[(df["kind"] == "sgm") & (df["sampler"] == "ode") & (df["run"] == ref["run"])
-                       & (df["tolerance"] == best["tolerance"])]
-        ode = pixel_ode.iloc[0] if len(pixel_ode) else None
-        out.append({"index": best.name, "model": model, "tolerance": float(best["tolerance"]), "fd": float(best["fd"]),
-                    "pc_reference_run": ref["run"], "pc_reference_steps": int(ref["n_steps"]),
-                    "pc_reference_fd": float(ref["fd"]),
-                    "fd_within_tolerance": bool(abs(best["fd"] - ref["fd"]) <= MATCH_TOLERANCE * abs(ref["fd"])),
-                    "pc_nfe_ratio": float(ref["nfe_mean"] / best["nfe_mean"]),
-                    "pc_time_ratio": float(ref["seconds_per_batch"] / best["seconds_per_batch"]),
-                    "ode_nfe_ratio": float(ode["nfe_mean"] / best["nfe_mean"]) if ode is not None else math.nan,
-                    "ode_time_ratio": float(ode["seconds_per_batch"] / best["seconds_per_batch"]) if ode is not None
-                    else math.nan,
-                    "same_device": bool(ref["device"] == best["device"])})
+    for index, row in df[(df["kind"] == "lsgm") & (df["sampler"] == "ode") & df["fd"].notna()].iterrows():
+        bound = pixel["fd"] - row["fd"] - (se[index] ** 2 + se[pixel.index] ** 2) ** 0.5
+        good = pixel[bound <= 0]
+        match = {"index": index, "model": row["model"], "tolerance": float(row["tolerance"]), "fd": float(row["fd"]),
+                 "fd_stderr": float(se[index]), "setting": "none", "run": None, "sampler": None,
+                 "pixel_tolerance": None, "steps": None, "pixel_fd": None, "pixel_fd_stderr": None,
+                 "nfe_ratio": math.nan, "time_ratio": math.nan, "same_device": None,
+                 "best_pixel": _setting(pixel.loc[pixel["fd"].idxmin()]), "best_pixel_fd": float(pixel["fd"].min())}
+        if len(good):
+            cheap = good.iloc[0]
+            match.update(setting=_setting(cheap), run=cheap["run"], sampler=cheap["sampler"],
+                         pixel_tolerance=None if pd.isna(cheap["tolerance"]) else float(cheap["tolerance"]),
+                         steps=None if pd.isna(cheap["n_steps"]) else int(cheap["n_steps"]),
+                         pixel_fd=float(cheap["fd"]), pixel_fd_stderr=float(se[cheap.name]),
+                         nfe_ratio=float(cheap["nfe_mean"] / row["nfe_mean"]),
+                         time_ratio=float(cheap["seconds_per_batch"] / row["seconds_per_batch"]),
+                         same_device=bool(cheap["device"] == row["device"]))
+        out.append(match)
     return out
 
 
 def _with_matched_quality(df: pd.DataFrame) -> pd.DataFrame:
     for col in MATCH_COLUMNS:
         df[col] = pd.Series([None] * len(df), dtype=object)
+    names = {"matched_setting": "setting", "matched_run": "run", "matched_sampler": "sampler",
+             "matched_tolerance": "pixel_tolerance", "matched_steps": "steps", "matched_fd": "pixel_fd",
+             "matched_fd_stderr": "pixel_fd_stderr", "matched_nfe_ratio": "nfe_ratio",
+             "matched_time_ratio": "time_ratio", "same_device": "same_device"}
     for match in matched_quality(df):
-        df.at[match["index"], "matched_quality"] = "matched"
-        for col in MATCH_COLUMNS[1:]:
-            df.at[match["index"], col] = match[col]
+        for col, key in names.items():
+            df.at[match["index"], col] = match[key]
     return df
 
 
@@ -105,14 +126,19 @@ def _unique(values: Any) -> str:
 
 
 def figure_caption(df: pd.DataFrame, cost_metrics: list[dict], info: dict) -> str:
-    """Scale, dataset, device, batch size, commit and the metric named as measured."""
+    """Scale, dataset, the runs shown, samples per FD, device, batch size, commit and the metric named as measured."""
     dataset = info.get("dataset") or _unique(d["run"]["dataset"] for d in cost_metrics)
     device = info.get("device") or _unique(d.get("provenance", {}).get("device") for d in cost_metrics)
     batch = info.get("batch_size") or _unique(df["batch_size"])
-    return (f"Figure 4 ({info.get('scale', '?')} scale): {_unique(df['fd_name'])} and sampling cost vs "
-            f"ODE solver tolerance. Dataset: {dataset}. Device: {device}. Batch size: {batch}. "
+    runs = "; ".join(f"{model_label(d, cost_metrics)}: {d['run']['name']}" for d in cost_metrics)
+    fd = _unique(df["fd_name"])
+    return (f"Figure 4 ({info.get('scale', '?')} scale): {fd} and sampling cost vs ODE solver tolerance. "
+            f"Dataset: {dataset}. Runs (first seed): {runs}. {fd} on {_unique(df['fd_n_samples'])} samples per "
+            f"setting, ± its bootstrap standard error. Device: {device}. Batch size: {batch}. "
             f"Commit: {info.get('commit', 'unknown')}. PC sampling (no tolerance) is a dashed/dotted line per step count; "
-            f"error bars are one standard deviation over batches.")
+            f"NFE and time error bars are one standard deviation over batches. Matched quality, per LSGM tolerance: the "
+            f"cheapest pixel-SGM setting (fewest NFE) whose {fd} is no worse than the LSGM's within their combined "
+            f"standard error (x in panels b and c; none where no pixel setting is that good).")
 
 
 PC_STYLES = ["--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]  # one dash pattern per PC step count
@@ -149,25 +175,28 @@ def render_figure(df: pd.DataFrame, caption: str) -> bytes:
         axes[1].set_yscale("log")  # PC (thousands of NFE) and ODE costs differ by orders of magnitude
     if len(df) and df["seconds_per_batch"].gt(0).all():
         axes[2].set_yscale("log")
-    notes = []
+    notes, marked = [], False
     for match in matched_quality(df):
+        head = f"LSGM tol {match['tolerance']:g}: {fd_label} {match['fd']:.3g} ± {match['fd_stderr']:.2g}"
+        if match["setting"] == "none":
+            notes.append(f"{head}: no pixel setting is as good (best: {match['best_pixel']}, "
+                         f"{fd_label} {match['best_pixel_fd']:.3g})")
+            continue
         row = df.loc[match["index"]]
-        for ax, (value, _, _) in zip(axes, PANELS):
-            ax.plot([row["tolerance"]], [row[value]], marker="*", markersize=16, color="gold", markeredgecolor="black",
-                    zorder=5, label="LSGM: FD closest to pixel PC" if ax is axes[0] else None)
-        text = (f"{match['model']} at tol {match['tolerance']:g} ({fd_label} {match['fd']:.3g}) vs pixel PC "
-                f"{match['pc_reference_steps']} steps ({fd_label} {match['pc_reference_fd']:.3g}): "
-                f"pixel PC needs {match['pc_nfe_ratio']:.3g}x the NFE, {match['pc_time_ratio']:.3g}x the time")
-        if not math.isnan(match["ode_nfe_ratio"]):
-            text += f"; pixel ODE {match['ode_nfe_ratio']:.3g}x NFE, {match['ode_time_ratio']:.3g}x time"
-        if not match["same_device"]:
-            text += " (timed on different devices)"
-        if not match["fd_within_tolerance"]:
-            text += (f". NOT the same quality: no LSGM tolerance comes within {MATCH_TOLERANCE:.0%} of the pixel PC "
-                     f"sampler's {fd_label}")
-        notes.append(textwrap.fill("\u2605 matched quality: " + text, width=190))
+        pixel = df[(df["run"] == match["run"]) & (df["sampler"] == match["sampler"])
+                   & (df["n_steps"].eq(match["steps"]) if match["steps"] is not None
+                      else df["tolerance"].eq(match["pixel_tolerance"]))].iloc[0]
+        for ax, (value, _, _) in zip(axes[1:], PANELS[1:]):
+            ax.plot([row["tolerance"]], [pixel[value]], marker="x", markersize=10, color="black", linestyle="none",
+                    zorder=5, label=None if marked else "pixel SGM at matched quality")
+        marked = True
+        device = "" if match["same_device"] else " (timed on different devices)"
+        notes.append(f"{head} ~ pixel {match['setting']} ({fd_label} {match['pixel_fd']:.3g} ± "
+                     f"{match['pixel_fd_stderr']:.2g}): {match['nfe_ratio']:.3g}x the NFE, {match['time_ratio']:.3g}x "
+                     f"the time{device}")
     if notes:
-        fig.supxlabel("\n".join(notes), fontsize="small")
+        fig.supxlabel("\n".join(textwrap.fill(n, width=190) for n in notes), fontsize="small")
+        axes[1].legend(fontsize="small")
     axes[0].legend(fontsize="small")
     fig.suptitle(caption, fontsize="small", wrap=True)
     buffer = io.BytesIO()
