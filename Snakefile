@@ -3,6 +3,7 @@
 #   snakemake --cores all --config scale=smoke   CI scale
 #   snakemake --profile slurm                    paper scale on a Slurm cluster
 #   snakemake -n                                 show the plan;  snakemake --report report.html
+# The default target ends with results/{scale}/reproduction.md: this run beside reference/{scale}/ (or the paper).
 
 configfile: "config.yaml"
 
@@ -17,7 +18,19 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    """Every target of the scale, then the reproduction report against the scale's reference."""
     input:
         all_targets(),
+        f"results/{SCALE}/reproduction.md",
     default_target: True
     localrule: True
+
+
+# The run ends with one line: how many metrics reproduce the reference (printed when this run wrote the report).
+STARTED = __import__("time").time()
+
+
+onsuccess:
+    report_md = Path(f"results/{SCALE}/reproduction.md")
+    if report_md.is_file() and report_md.stat().st_mtime >= STARTED:
+        print(f"reproduction ({report_md}): {report_md.read_text(encoding='utf-8').splitlines()[0]}")

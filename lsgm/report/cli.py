@@ -7,7 +7,10 @@ lsgm report tables  --metrics F.json ... --scale S --table tableN --md F.md --cs
 lsgm report figure4 --metrics F.json ... --scale S --out-dir DIR [--commit SHA]
 lsgm report variance --models M/model.pt ... --scale S --out-dir DIR [--n-latents N] [--n-draws M] [--n-t-draws K]
                      [--batch-size B] [--seed S] [--device D] [--no-ema] [--commit SHA]
+lsgm report reproduction --scale S --md F.md --csv F.csv (--metrics F.json ... --reference DIR | --tables T.csv ...)
 ```
+``reproduction``: this run beside a committed reference run, or our table rows beside the paper
+(:mod:`lsgm.report.reproduction`).
 ``--out-dir`` gets every table's ``.md``, ``.csv``, ``.seeds.csv`` and ``.caption.txt``; ``--table`` with
 ``--md``/``--csv`` builds one table and writes exactly those files (and ``--seeds-csv``, its per-seed CSV, if given:
 the workflow's rule, one job per table).
@@ -180,7 +183,12 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``lsgm report``; prints a one-line summary (or a one-line error, exit 2)."""
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["reproduction"]:
+        from lsgm.report.reproduction import main as reproduction_main
+
+        return reproduction_main(argv[1:])
+    args = parse_args(argv)
     try:
         check_outputs(args)
         commit = args.commit or git_commit()

@@ -86,6 +86,33 @@ def all_targets():
     return PLANS[SCALE].targets()
 
 
+# A scale's reference: a committed reference run (reference/<scale>/, e.g. the quick scale's), else the paper's
+# published numbers through the tables (lsgm/report/reproduction.py).
+REFERENCE_ROOT = Path("reference")
+
+
+def reference_run(scale):
+    """The committed reference run of ``scale`` (its folder), or None: then the tables are compared with the paper."""
+    folder = REFERENCE_ROOT / scale
+    return folder if (folder / "metrics").is_dir() else None
+
+
+def reproduction_inputs(wc):
+    """This run's metrics files and the reference's (against a reference run), or the tables' CSVs (the paper)."""
+    if reference_run(wc.scale) is None:
+        return {"tables": [f"results/{wc.scale}/tables/{t}.csv" for t in PLANS[wc.scale].config["tables"]]}
+    metrics = [t for t in PLANS[wc.scale].targets() if f"results/{wc.scale}/metrics/" in t]
+    return {"metrics": metrics, "reference": sorted(map(str, (reference_run(wc.scale) / "metrics").rglob("*.json")))}
+
+
+def reproduction_args(wc, input):
+    """The flags of ``lsgm report reproduction`` for this scale's reference."""
+    folder = reference_run(wc.scale)
+    if folder is None:
+        return "--tables " + " ".join(input.tables)
+    return f"--metrics {' '.join(input.metrics)} --reference {folder}"
+
+
 def the_run(wc, kind=None, seed=None):
     """The plan's run of a job (a batched job: its first seed's, or ``seed``'s)."""
     try:

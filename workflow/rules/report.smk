@@ -78,3 +78,21 @@ rule variance:
     shell:
         "OMP_NUM_THREADS={threads} lsgm report variance --models {input.models} --scale {wildcards.scale} {params.flags}"
         " --out-dir results/{wildcards.scale} > {log} 2>&1"
+
+
+rule reproduction:
+    """This run beside its reference, metric by metric: results/{scale}/reproduction.{md,csv}, its first line the
+    summary the run ends by printing (a committed reference run, reference/{scale}/; else the paper's numbers)."""
+    input:
+        unpack(reproduction_inputs),
+    output:
+        md="results/{scale}/reproduction.md",
+        csv="results/{scale}/reproduction.csv",
+    params:
+        flags=reproduction_args,
+    log:
+        "logs/{scale}/reproduction.log",
+    localrule: True
+    shell:
+        "lsgm report reproduction --scale {wildcards.scale} {params.flags} --md {output.md} --csv {output.csv}"
+        " > {log} 2>&1"
