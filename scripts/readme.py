@@ -1,0 +1,276 @@
+"""Keep every number the README quotes equal to the committed file it comes from.
+
+    python scripts/readme.py --check     exit 1 and name each stale value (tests/test_readme.py runs this)
+    python scripts/readme.py --write     rewrite the README's generated values and blocks from the files
+
+The README marks what it quotes; the marks are HTML comments, invisible on a rendered page:
+
+* a value: ``<!--v SPEC-->TEXT<!--/v-->`` where SPEC is one of
+    ``j|FILE|KEY[|AGG][|FMT]``   a JSON file's value; KEY is dotted (``results.mnist.stage1.seconds_per_step``; ``*``
+                                 matches every key or list item), AGG one of min, max, sum, len (over the ``*``
+                                 matches), FMT a Python format spec (``.1f``, ``,.0f``; default: the value as is);
+    ``c|FILE|COL=VAL&...|COLUMN[|FMT]``  the one CSV row whose columns equal the values (numbers compared as numbers);
+    ``t|TABLE|ROW|COLUMN[|SCALE]``  a table's cell as the tables print it, ``mean ± std`` (2 decimals) from
+                                 ``reference/SCALE/tables/TABLE.csv`` (default scale quick); ROW is the Method, or for
+                                 Table 6 ``SDE/Metric``;
+    ``p|NAME``                   a fact of the resolved plan (:data:`PLAN_FACTS`);
+    ``l|FILE``                   the first line of a text file (``reference/quick/reproduction.md``: its summary);
+* a block: ``<!-- BEGIN NAME -->`` ... ``<!-- END NAME -->``, NAME one of :data:`BLOCKS` (e.g. ``plan-paper``, the
+  output of ``lsgm plan --scale paper``).
+
+``CLAIMS`` are the README's words about the numbers (``MNIST and OMNIGLOT stand-ins improve on their backbone``):
+each is a sentence the README may hold only while its test on the committed tables holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+VALUE = re.compile(r"<!--v (?P<spec>[^>]*?)-->(?P<text>.*?)<!--/v-->", re.S)
+BLOCK = re.compile(r"(<!-- BEGIN (?P<name>[a-z0-9-]+) -->\n)(?P<text>.*?)(<!-- END (?P=name) -->)", re.S)
+
+
+class StaleError(ValueError):
+    """A mark the README cannot resolve (a missing file, key or row): the message names it."""
+
+
+# ----------------------------------------------------------------------------- values
+def _walk(doc: Any, parts: list[str]) -> list[Any]:
+    if not parts:
+        return [doc]
+    head, rest = parts[0], parts[1:]
+    if head == "*":
+        items = doc.values() if isinstance(doc, dict) else doc
+        return [v for item in items for v in _walk(item, rest)]
+    if isinstance(doc, list):
+        return _walk(doc[int(head)], rest)
+    if not isinstance(doc, dict) or head not in doc:
+        raise StaleError(f"no key {head!r}")
+    return _walk(doc[head], rest)
+
+
+AGGREGATES: dict[str, Callable[[list], Any]] = {"min": min, "max": max, "sum": sum, "len": len}
+
+
+def _format(value: Any, fmt: str) -> str:
+    if not fmt:
+        return str(value)
+    if fmt == "min:s":
+        return f"{int(value // 60)} min {round(value % 60)} s"
+    return format(value, fmt)
+
+
+def _json(path: str, key: str, *rest: str) -> str:
+    doc = json.loads((ROOT / path).read_text(encoding="utf-8"))
+    values = [v for v in _walk(doc, key.split(".")) if v is not None]
+    agg = rest[0] if rest and rest[0] in AGGREGATES else None
+    fmt = rest[-1] if rest and rest[-1] not in AGGREGATES else ""
+    if agg is None and len(values) != 1:
+        raise StaleError(f"{key} matches {len(values)} values; give min, max, sum or len")
+    return _format(AGGREGATES[agg](values) if agg else values[0], fmt)
+
+
+def _equal(cell: Any, wanted: str) -> bool:
+    try:
+        return math.isclose(float(cell), float(wanted), rel_tol=1e-12)
+    except (TypeError, ValueError):
+        return str(cell) == wanted
+
+
+def _csv(path: str, filters: str, column: str, fmt: str = "") -> str:
+    df = pd.read_csv(ROOT / path, dtype=str, keep_default_na=False)
+    rows = df
+    for cond in filters.split("&"):
+        col, wanted = cond.split("=", 1)
+        rows = rows[rows[col].map(lambda v, w=wanted: _equal(v, w))]
+    if len(rows) != 1:
+        raise StaleError(f"{filters} matches {len(rows)} rows of {path}")
+    value = rows.iloc[0][column]
+    try:
+        return _format(float(value), fmt) if fmt else value
+    except ValueError:
+        return value
+
+
+def _table(table: str, row: str, column: str, scale: str = "quick") -> str:
+    df = pd.read_csv(ROOT / "reference" / scale / "tables" / f"{table}.csv", dtype=str, keep_default_na=False)
+    df = df[df["Section"].str.startswith("Ours")]
+    if "Metric" in df:
+        sde, metric = row.rsplit("/", 1)
+        rows = df[(df["SDE"] == sde) & (df["Metric"] == metric)]
+    else:
+        rows = df[df["Method"] == row]
+    if len(rows) != 1:
+        raise StaleError(f"{table}: {len(rows)} rows named {row!r}")
+    mean, std = rows.iloc[0][column], rows.iloc[0].get(f"{column} std", "")
+    try:
+        text = f"{float(mean):.2f}"
+    except ValueError:
+        return mean
+    return f"{text} ± {float(std):.2f}" if std not in ("", "—") else text
+
+
+def _plan(scale: str):
+    import yaml
+
+    from lsgm.plan import Plan
+
+    return Plan(yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8")), scale)
+
+
+def _fd_n(scale: str, table6: bool) -> str:
+    plan = _plan(scale)
+    cells = {r.name for r in plan.table6_runs()}
+    ns = {r.eval_settings["fid"]["n_samples"] for r in plan.trained_models() if "fid" in r.evals
+          and ((r.name in cells or r.name == plan.config["table6"]["backbone"]) == table6)}
+    if len(ns) != 1:
+        raise StaleError(f"FD sample counts {sorted(ns)} at {scale}")
+    return str(ns.pop())
+
+
+PLAN_FACTS: dict[str, Callable[[], str]] = {
+    "paper-training-jobs": lambda: str(len(_plan("paper").training_runs())),
+    "mini-training-jobs": lambda: str(len(_plan("mini").training_runs())),
+    "quick-fd-samples": lambda: _fd_n("quick", table6=False),
+    "quick-table6-fd-samples": lambda: _fd_n("quick", table6=True),
+    "quick-seeds": lambda: str(len(_plan("quick").seeds)),
+}
+
+
+def value_of(spec: str) -> str:
+    kind, *args = spec.split("|")
+    try:
+        if kind == "j":
+            return _json(*args)
+        if kind == "c":
+            return _csv(*args)
+        if kind == "t":
+            return _table(*args)
+        if kind == "p":
+            return PLAN_FACTS[args[0]]()
+        if kind == "l":
+            return (ROOT / args[0]).read_text(encoding="utf-8").splitlines()[0]
+    except (OSError, KeyError, IndexError, ValueError, TypeError) as err:
+        raise StaleError(f"{spec}: {err}") from err
+    raise StaleError(f"{spec}: unknown kind {kind!r} (j, c, t, p, l)")
+
+
+# ----------------------------------------------------------------------------- blocks
+def _plan_paper() -> str:
+    from lsgm.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        main(["plan", "--scale", "paper"])
+    return out.getvalue()
+
+
+def _table_excerpt(table: str) -> str:
+    md = (ROOT / "reference" / "quick" / "tables" / f"{table}.md").read_text(encoding="utf-8")
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    return "\n".join(rows[:2] + [r for r in rows[2:] if "| Ours (measured)" in r]) + "\n"
+
+
+def _job_seconds() -> str:
+    """Job-seconds by rule of the reference run (Snakemake's benchmark files)."""
+    total: dict[str, list[float]] = {}
+    bench = ROOT / "reference" / "quick" / "benchmarks"
+    for tsv in sorted(bench.rglob("*.tsv")):
+        rule = tsv.relative_to(bench).parts[0].removesuffix(".tsv")
+        total.setdefault(rule, []).append(float(pd.read_csv(tsv, sep="\t")["s"].iloc[0]))
+    rows = sorted(total.items(), key=lambda kv: -sum(kv[1]))
+    df = pd.DataFrame([{"rule": k, "jobs": len(v), "job-seconds": round(sum(v))} for k, v in rows])
+    df.loc[len(df)] = {"rule": "all torch jobs", "jobs": int(df["jobs"].sum()), "job-seconds": int(df["job-seconds"].sum())}
+    return df.to_markdown(index=False) + "\n"
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "plan-paper": lambda: "```\n" + _plan_paper() + "```\n",
+    "table2-quick": lambda: _table_excerpt("table2"),
+    "table6-quick": lambda: _table_excerpt("table6"),
+    "job-seconds-quick": _job_seconds,
+}
+
+
+# ----------------------------------------------------------------------------- claims
+def _cell(table: str, row: str, column: str) -> float:
+    return float(_table(table, row, column).split(" ± ")[0])
+
+
+CLAIMS: dict[str, Callable[[], bool]] = {
+    "the MNIST and OMNIGLOT stand-in LSGMs improve on their backbone's NELBO": lambda: (
+        _cell("table5", "LSGM, recipe mnist", "NELBO (nats)") < _cell("table5", "VAE backbone (recipe mnist)",
+                                                                      "NELBO (nats)")),
+    "the CIFAR-10-stand-in LSGMs do not beat their backbone's NELBO": lambda: (
+        _cell("table2", "LSGM, recipe balanced", "NELBO (bpd)") >= _cell("table2", "VAE backbone (recipe balanced)",
+                                                                         "NELBO (bpd)")),
+}
+
+
+# ----------------------------------------------------------------------------- check / write
+def render(text: str) -> tuple[str, list[str]]:
+    """The README with every mark regenerated, and the problems found (stale values, false claims)."""
+    problems: list[str] = []
+
+    def value(match: re.Match) -> str:
+        spec, old = match["spec"], match["text"]
+        try:
+            new = value_of(spec)
+        except StaleError as err:
+            problems.append(f"cannot resolve {err}")
+            return match[0]
+        if new != old:
+            problems.append(f"stale value {old!r}, the file says {new!r} ({spec})")
+        return f"<!--v {spec}-->{new}<!--/v-->"
+
+    def block(match: re.Match) -> str:
+        name = match["name"]
+        if name not in BLOCKS:
+            problems.append(f"unknown block {name!r} (one of {sorted(BLOCKS)})")
+            return match[0]
+        new = BLOCKS[name]()
+        if new != match["text"]:
+            problems.append(f"stale block {name!r}")
+        return match[1] + new + match[4]
+
+    out = VALUE.sub(value, BLOCK.sub(block, text))
+    flat = " ".join(out.split())
+    for claim, holds in CLAIMS.items():
+        if claim in flat and not holds():
+            problems.append(f"false claim: {claim!r} (the committed tables say otherwise)")
+    return out, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true")
+    mode.add_argument("--write", action="store_true")
+    parser.add_argument("--readme", type=Path, default=README)
+    args = parser.parse_args(argv)
+    text = args.readme.read_text(encoding="utf-8")
+    new, problems = render(text)
+    if args.write:
+        args.readme.write_text(new, encoding="utf-8")
+        problems = [p for p in problems if not p.startswith(("stale value", "stale block"))]
+    for problem in problems:
+        print(f"{args.readme.name}: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
