@@ -26,11 +26,12 @@ rule all:
     localrule: True
 
 
-# The run ends with one line: how many metrics reproduce the reference (printed when this run wrote the report).
-STARTED = __import__("time").time()
-
-
+# The run ends with one line: how many metrics reproduce the reference, printed when this run wrote the report (the
+# Snakefile is evaluated again late in a run, so the run's start is read from the name of its log, not a variable).
 onsuccess:
+    from datetime import datetime
+
     report_md = Path(f"results/{SCALE}/reproduction.md")
-    if report_md.is_file() and report_md.stat().st_mtime >= STARTED:
+    started = min(datetime.strptime(Path(p).name.split(".snakemake")[0], "%Y-%m-%dT%H%M%S.%f").timestamp() for p in log)
+    if report_md.is_file() and report_md.stat().st_mtime >= started:
         print(f"reproduction ({report_md}): {report_md.read_text(encoding='utf-8').splitlines()[0]}")

@@ -39,7 +39,8 @@ def _load() -> list[float]:
 def _dag_facts(output: str, clone: Path) -> dict:
     done = re.findall(r"(\d+) of (\d+) steps \(100%\) done", output)
     summary = clone / "results" / "quick" / "reproduction.md"
-    return {"jobs": int(done[-1][1]) if done else None,
+    printed = [line for line in output.splitlines() if line.startswith("reproduction (")]
+    return {"jobs": int(done[-1][1]) if done else None, "printed": printed[-1] if printed else None,
             "reproduction": summary.read_text(encoding="utf-8").splitlines()[0] if summary.is_file() else None}
 
 

@@ -51,8 +51,7 @@ def trained(text: str) -> Counter:
 
 
 def dry_run(*args: str) -> tuple[dict[str, int], str]:
-    """Plan as on a fresh checkout: --forceall, so outputs already on disk (results/quick is committed)
-    do not change what is counted."""
+    """Plan every job: --forceall, so outputs a local run left in results/ do not change what is counted."""
     proc = snakemake("-n", "--forceall", *args)
     text = proc.stdout + proc.stderr
     return job_counts(text), text
@@ -76,6 +75,23 @@ def test_offline_scales_plan_the_whole_dag(scale):
     # the n/a cells of Table 6 are not planned, the others are
     assert "geometric-w_un-is-" not in text and "geometric-w_ll-is-" not in text
     assert "vpsde-w_un-is-q_rew" in text and "geometric-w_re-is-q_ll_is" in text
+
+
+def test_a_fresh_clone_runs_the_whole_dag_and_ends_with_the_reproduction_report(tmp_path):
+    """The README's main command on a fresh clone plans every job (nothing committed looks up to date) and its last
+    job compares the run with the committed reference run (reference/quick); the reference itself is untouched."""
+    clone = tmp_path / "x"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    env = {"PYTHONPATH": str(clone), "PATH": __import__("os").environ["PATH"]}
+    fresh = subprocess.run(["snakemake", "-n"], cwd=clone, capture_output=True, text=True, timeout=120, env=env)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    counts = job_counts(fresh.stdout + fresh.stderr)
+    forced, _ = dry_run()
+    assert counts == forced and counts["reproduction"] == 1 and counts["train"] > 0
+    assert "--reference reference/quick" in snakemake("-n", "-p", "--forceall", "results/quick/reproduction.md").stdout
+    tracked = subprocess.run(["git", "ls-files", "results"], cwd=clone, capture_output=True, text=True).stdout
+    assert tracked == "", "results/ is generated: nothing in it may be committed"
+    assert (clone / "reference" / "quick" / "metrics").is_dir()
 
 
 def test_default_scale_is_quick():

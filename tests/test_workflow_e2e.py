@@ -39,6 +39,7 @@ def smoke_run(tmp_path_factory):
     cmd = ["snakemake", "--cores", "2", "--config", "scale=smoke", "--quiet", "rules"]
     proc = subprocess.run(cmd, check=False, cwd=work, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (work / "snakemake.out").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     return work
 
 
@@ -161,3 +162,13 @@ def test_a_diverged_backbone_is_an_outcome_of_the_dag(tmp_path):
     assert "NaN (1 of 1 seed: backbone diverged)" in md and "NaN (1 of 1 seed diverged)" in md
     run = json.loads((tmp_path / "results/smoke/runs/digits_binary/lsgm/mnist-s0/run.json").read_text())
     assert run["status"] == "diverged" and run["reason"].startswith("backbone diverged")
+
+
+@pytest.mark.slow
+def test_the_run_ends_with_its_reproduction_summary(smoke_run):
+    """The default target's last job: the tables against the paper (smoke has no reference run); the run's output
+    ends with the report's summary line."""
+    report = smoke_run / "results" / "smoke" / "reproduction.md"
+    summary = report.read_text(encoding="utf-8").splitlines()[0]
+    assert "compared metrics reproduce the paper's published numbers" in summary
+    assert f"reproduction (results/smoke/reproduction.md): {summary}" in (smoke_run / "snakemake.out").read_text()
