@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from lsgm.io import file_sha256
+from lsgm.model_file import model_record, write_model
 from lsgm.utils import UserFileError, load_torch_file
 
 MAPPING_VERSION = 1
@@ -570,14 +571,12 @@ def import_checkpoint(path: str | Path, vae_checkpoint: str | Path | None = None
         "vae_official_args": json_safe(vae_args) if vae_args is not None else None,
         "deviations": list(cfg.deviations),
     }
-    return {"config": to_dict(cfg), "status": "completed", "step": step, "state": state, "ema": ema, "meta": meta,
-            "provenance": provenance("cpu", config=to_dict(cfg))}
+    return model_record(config=to_dict(cfg), status="completed", step=step, reason=None, state=state, ema=ema,
+                        meta=meta, provenance=provenance("cpu", config=to_dict(cfg)))
 
 
 def main(argv: list[str] | None = None) -> int:
     from lsgm.io import OutputError, check_output
-    from lsgm.utils import atomic_torch_save
-
     p = argparse.ArgumentParser(prog="lsgm import-official",
                                 description="Convert an NVlabs/LSGM train_vae.py (stage 1) or train_vada.py (stage 2) "
                                             "checkpoint into this harness's model.pt (evaluate it with lsgm evaluate).")
@@ -596,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OfficialImportError, OutputError) as err:
         print(f"lsgm import-official: error: {err}", file=sys.stderr)
         return 2
-    atomic_torch_save(model, Path(a.out))
+    write_model(a.out, model)
     cfg, imp = model["config"], model["meta"]["imported"]
     ema = f" (score EMA from: {imp['ema_source']})" if cfg["kind"] == "lsgm" else ""
     print(f"wrote {a.out}: {cfg['kind']} run on {cfg['data']['name']} from {imp['script']} step {model['step']}{ema}; "

@@ -160,8 +160,6 @@ def test_plan_has_one_grid_per_trained_model_at_its_first_seed(scale):
         fid = run.eval_settings["fid"]
         if run.kind == "sgm":  # the pixel SGM's own sampler, as its FD
             assert args.sampler == "pc" == fid["sampler"] and args.pc_steps and args.snr == fid["snr"]
-        elif run.kind == "lsgm" and scale == "paper":  # the official FID's ODE settings (defaults without an FID)
+        elif run.kind == "lsgm":  # the FID's / FD's ODE settings (the official defaults where a model has no FID)
             fid = resolved_settings("fid", fid)
             assert (args.tolerance, args.t_eps) == (fid["tolerance"], fid["t_eps"])
-        elif run.kind == "lsgm":  # looser than the FD's at the offline scales, to stay cheap
-            assert args.tolerance == 1e-3

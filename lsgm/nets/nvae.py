@@ -355,3 +355,28 @@ class NVAE(nn.Module):
         n_iter = self.sr_iters_first if int(self.sr_calls) == 0 else self.sr_iters
         self.sr_calls += 1
         return spectral_penalty(self, n_iter) + norm_scale_penalty(self)
+
+
+@torch.no_grad()
+def infer_active_channels(vae: nn.Module, batches, threshold: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel KL(q(z0_c | x) || N(0, 1)) of the top scale, summed over H, W and averaged over batches;
+    returns (mask [C] = KL > threshold, kl [C]). Reads q's mean/log-std from the top-scale posterior heads."""
+    groups = vae.cfg.num_groups_per_scale
+    captured: dict[int, list[torch.Tensor]] = {g: [] for g in range(groups)}
+
+    def hook(g):
+        def fn(module, inputs, output):
+            mu, log_sig = vae.posterior_normal(output)  # (B, L, h, w) each
+            kl = 0.5 * (mu**2 + torch.exp(2 * log_sig) - 1.0) - log_sig  # (B, L, h, w)
+            captured[g].append(kl.sum(dim=(2, 3)))  # (B, L)
+        return fn
+
+    handles = [vae.posteriors[g].register_forward_hook(hook(g)) for g in range(groups)]
+    try:
+        for x in batches:
+            vae(x)
+    finally:
+        for h in handles:
+            h.remove()
+    kl = torch.cat([torch.cat(captured[g]).mean(dim=0) for g in range(groups)])  # (C,) in z0's channel order
+    return kl > threshold, kl

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 
 import torch.distributed as dist
 
-from lsgm.config import ConfigError, to_dict
+from lsgm.config import ConfigError, RunConfig, to_dict
 from lsgm.train.rng import rng_state, seed_everything, set_rng_state
-from lsgm.io import atomic_write_text
+from lsgm.io import atomic_write_text, recorded_reason
+from lsgm.train.run import BackboneDiverged
 from lsgm.utils import UserFileError, atomic_torch_save, load_torch_file
 
 if TYPE_CHECKING:
@@ -155,3 +156,27 @@ def check_resumable(saved: dict, current: dict, path: Path) -> None:
     if diffs:
         raise ConfigError(f"checkpoint {path} was written with a different config ({'; '.join(diffs[:5])}); "
                           "use the same config or delete the checkpoint directory")
+
+
+def load_stage1(path: str | Path, cfg: RunConfig) -> dict:
+    """The stage-1 ``model.pt``; its VAE config and dataset must equal this run's (one-line errors otherwise:
+    :class:`UserFileError` for a file that does not load, :class:`ConfigError` for another run's). A diverged stage-1
+    run raises :class:`BackboneDiverged`: the run built on it is a diverged outcome, not an error."""
+    path = Path(path)
+    ck = load_torch_file(path, "model file", "train the backbone with lsgm train-vae, or pass its VAE_DIR/model.pt as "
+                                             "--vae")
+    if not isinstance(ck, dict) or not {"config", "status", "state"} <= set(ck):
+        raise ConfigError(f"--vae {path}: not a model.pt of this harness (no config/status/state)")
+    if ck["config"].get("kind") != "vae":
+        raise ConfigError(f"--vae {path}: not a stage-1 VAE run (kind {ck['config'].get('kind')!r})")
+    mine, theirs = to_dict(cfg.vae), ck["config"]["vae"]
+    diffs = [f"vae.{k}: {theirs.get(k)!r} (stage 1) != {v!r} (this config)" for k, v in mine.items() if theirs.get(k) != v]
+    if ck["config"]["data"]["name"] != cfg.data.name:
+        diffs.append(f"data.name: {ck['config']['data']['name']!r} != {cfg.data.name!r}")
+    if diffs:
+        raise ConfigError(f"--vae {path} does not match this config: {'; '.join(diffs)}")
+    if ck["status"] == "diverged":
+        raise BackboneDiverged(path, ck.get("reason") or recorded_reason(path))
+    if ck["status"] != "completed":
+        raise ConfigError(f"--vae {path}: the stage-1 run ended with status {ck['status']!r}")
+    return ck

@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lsgm.config import ConfigError
+from lsgm.data import get_dataset
 
 
 class InfiniteLoader:
@@ -57,3 +58,22 @@ class InfiniteLoader:
         x = next(self._it)[0]
         self.position += 1
         return x
+
+
+def fixed_batches(run, n_batches: int):
+    """The first ``n_batches`` test batches in dataset order (no augmentation), on the run's device: the validation
+    batches of every trainer."""
+    cfg, size = run.cfg, run.per_process_batch
+    data = get_dataset(cfg.data.name, "test", root=cfg.data.root, download=cfg.data.download, augment=False,
+                       expected_size=cfg.data.n_test)
+    n = min(len(data), n_batches * size)
+    for start in range(0, n, size):
+        idx = range(start, min(start + size, n))
+        yield torch.stack([data[i][0] for i in idx]).to(run.device)
+
+
+def first_batches(dataset: Dataset, batch_size: int, n_batches: int, device: torch.device):
+    """The first ``n_batches`` batches of ``x`` of a DataLoader over ``dataset`` in order (its per-access randomness,
+    and the DataLoader's base seed, from the global torch RNG: call it under a fixed RNG), on ``device``."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    return (x.to(device) for _, (x, _) in zip(range(n_batches), loader))

@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from lsgm.config import ConfigError, RunConfig, to_dict
+from lsgm.config import ConfigError
 from lsgm.data import dataset_info, get_dataset
-from lsgm.io import recorded_reason
 from lsgm.likelihood import nats_to_bpd
 from lsgm.methods import q_trains_score
 from lsgm.objectives import diffusion_terms, nelbo_terms
@@ -48,11 +46,11 @@ from lsgm.train.distributed import unwrap
 from lsgm.train.loop import mean_stats
 from lsgm.train.optim import make_optimizer, set_lr, trainable
 from lsgm.train.rng import fixed_rng
-from lsgm.train.run import BackboneDiverged, Run
+from lsgm.train.checkpoint import load_stage1
+from lsgm.train.loader import first_batches, fixed_batches
+from lsgm.train.run import Run
 from lsgm.train.schedules import lr_at, stage2_kl_coeff
 from lsgm.train.ema import EMA
-from lsgm.train.vae import validation_batches
-from lsgm.utils import load_torch_file
 
 DEVIATIONS = [
     "time sampling: r_un importance normaliser uses the exact exp(delta b^2) factor (official const_norm +0.23%)",
@@ -67,58 +65,9 @@ DEVIATIONS = [
 ]
 
 
-def load_stage1(path: str | Path, cfg: RunConfig) -> dict:
-    """The stage-1 ``model.pt``; its VAE config and dataset must equal this run's (one-line errors otherwise:
-    :class:`UserFileError` for a file that does not load, :class:`ConfigError` for another run's). A diverged stage-1
-    run raises :class:`BackboneDiverged`: the run built on it is a diverged outcome, not an error."""
-    path = Path(path)
-    ck = load_torch_file(path, "model file", "train the backbone with lsgm train-vae, or pass its VAE_DIR/model.pt as "
-                                             "--vae")
-    if not isinstance(ck, dict) or not {"config", "status", "state"} <= set(ck):
-        raise ConfigError(f"--vae {path}: not a model.pt of this harness (no config/status/state)")
-    if ck["config"].get("kind") != "vae":
-        raise ConfigError(f"--vae {path}: not a stage-1 VAE run (kind {ck['config'].get('kind')!r})")
-    mine, theirs = to_dict(cfg.vae), ck["config"]["vae"]
-    diffs = [f"vae.{k}: {theirs.get(k)!r} (stage 1) != {v!r} (this config)" for k, v in mine.items() if theirs.get(k) != v]
-    if ck["config"]["data"]["name"] != cfg.data.name:
-        diffs.append(f"data.name: {ck['config']['data']['name']!r} != {cfg.data.name!r}")
-    if diffs:
-        raise ConfigError(f"--vae {path} does not match this config: {'; '.join(diffs)}")
-    if ck["status"] == "diverged":
-        raise BackboneDiverged(path, ck.get("reason") or recorded_reason(path))
-    if ck["status"] != "completed":
-        raise ConfigError(f"--vae {path}: the stage-1 run ended with status {ck['status']!r}")
-    return ck
-
-
-@torch.no_grad()
-def infer_active_channels(vae: nn.Module, batches, threshold: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel KL(q(z0_c | x) || N(0, 1)) of the top scale, summed over H, W and averaged over batches;
-    returns (mask [C] = KL > threshold, kl [C]). Reads q's mean/log-std from the top-scale posterior heads."""
-    groups = vae.cfg.num_groups_per_scale
-    captured: dict[int, list[torch.Tensor]] = {g: [] for g in range(groups)}
-
-    def hook(g):
-        def fn(module, inputs, output):
-            mu, log_sig = vae.posterior_normal(output)  # (B, L, h, w) each
-            kl = 0.5 * (mu**2 + torch.exp(2 * log_sig) - 1.0) - log_sig  # (B, L, h, w)
-            captured[g].append(kl.sum(dim=(2, 3)))  # (B, L)
-        return fn
-
-    handles = [vae.posteriors[g].register_forward_hook(hook(g)) for g in range(groups)]
-    try:
-        for x in batches:
-            vae(x)
-    finally:
-        for h in handles:
-            h.remove()
-    kl = torch.cat([torch.cat(captured[g]).mean(dim=0) for g in range(groups)])  # (C,) in z0's channel order
-    return kl > threshold, kl
-
-
 class LSGMTask:
     def __init__(self, run: Run, vae_path: str):
-        from lsgm.nets.nvae import NVAE
+        from lsgm.nets.nvae import NVAE, infer_active_channels
         from lsgm.score import build_score
 
         cfg, obj = run.cfg, run.cfg.objective
@@ -137,11 +86,10 @@ class LSGMTask:
         self.active_kl = None
         if obj.drop_inactive_var:
             vae.to(run.device).eval()
-            train_set = get_dataset(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download,
-                                    expected_size=cfg.data.n_train)
             with fixed_rng(cfg.seed + 2, run.device):
-                loader = torch.utils.data.DataLoader(train_set, batch_size=run.per_process_batch, shuffle=False)
-                batches = (x.to(run.device) for i, (x, _) in zip(range(cfg.train.val_batches), loader))
+                train_set = get_dataset(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download,
+                                        expected_size=cfg.data.n_train)
+                batches = first_batches(train_set, run.per_process_batch, cfg.train.val_batches, run.device)
                 mask, self.active_kl = infer_active_channels(vae, batches)
             score.set_active(mask)
         self.train_vae = obj.train_vae
@@ -298,7 +246,7 @@ class LSGMTask:
         sampler = make_time_sampler("ll", "is", self.sde, self.cfg.sde.t_eps)
         nelbos = []
         with fixed_rng(self.cfg.seed + 1, self.run.device), self.ema.swapped(net):
-            for x in validation_batches(self.run, self.cfg.train.val_batches):
+            for x in fixed_batches(self.run, self.cfg.train.val_batches):
                 out = vae(x)
                 ts = sampler.sample(x.shape[0], device=x.device)
                 ce = diffusion_terms(out.z0, net, self.sde, ts).cross_entropy

@@ -30,7 +30,7 @@ from lsgm.train.loader import InfiniteLoader
 from lsgm.train.rng import seed_everything
 from lsgm.train.selection import Selection
 from lsgm.io import atomic_write_json, atomic_write_text, provenance
-from lsgm.utils import atomic_torch_save
+from lsgm.model_file import model_record, write_model
 
 if TYPE_CHECKING:
     from lsgm.train.task import Task
@@ -298,5 +298,5 @@ class Run:
         atomic_write_json(self.out / "run.json", {
             "status": status, "step": step, "reason": reason, "wall_seconds": self.wall_seconds(),
             "validation": validation, **meta, "provenance": prov})
-        atomic_torch_save({"config": to_dict(self.cfg), "status": status, "step": step, "reason": reason,
-                           **model_state, "meta": meta, "provenance": prov}, self.out / "model.pt")
+        write_model(self.out / "model.pt", model_record(config=to_dict(self.cfg), status=status, step=step,
+                                                        reason=reason, **model_state, meta=meta, provenance=prov))

@@ -29,7 +29,7 @@ from lsgm.train.run import Run
 from lsgm.train.schedules import lr_at
 from lsgm.train.ema import EMA
 from lsgm.train.lsgm import DEVIATIONS
-from lsgm.train.vae import validation_batches
+from lsgm.train.loader import fixed_batches
 
 
 class SGMTask:
@@ -79,7 +79,7 @@ class SGMTask:
         net = unwrap(self.net).eval()
         losses = []
         with fixed_rng(self.cfg.seed + 1, self.run.device), self.ema.swapped(net):
-            for x in validation_batches(self.run, self.cfg.train.val_batches):
+            for x in fixed_batches(self.run, self.cfg.train.val_batches):
                 ts = self.sampler.sample(x.shape[0], device=x.device)
                 losses.append(diffusion_terms(to_model_space(x, self.cfg.data.centered), net, self.sde, ts).sgm_loss)
         loss = torch.cat(losses).double()

@@ -26,19 +26,10 @@ from lsgm.train.distributed import unwrap
 from lsgm.train.loop import mean_stats
 from lsgm.train.optim import make_optimizer, set_lr, trainable
 from lsgm.train.rng import fixed_rng
+from lsgm.train.checkpoint import load_stage1
+from lsgm.train.loader import fixed_batches
 from lsgm.train.run import Run
 from lsgm.train.schedules import lr_at, stage1_kl_coeff, stage2_kl_coeff
-
-
-def validation_batches(run: Run, n_batches: int):
-    """The first ``n_batches`` test batches (fixed order), on the run's device."""
-    cfg, size = run.cfg, run.per_process_batch
-    data = get_dataset(cfg.data.name, "test", root=cfg.data.root, download=cfg.data.download, augment=False,
-                       expected_size=cfg.data.n_test)
-    n = min(len(data), n_batches * size)
-    for start in range(0, n, size):
-        idx = range(start, min(start + size, n))
-        yield torch.stack([data[i][0] for i in idx]).to(run.device)
 
 
 class VAETask:
@@ -73,8 +64,6 @@ class VAETask:
             return None
         if not backbone:
             raise ConfigError("train.continue_backbone: true needs --vae BACKBONE/model.pt (the run it continues)")
-        from lsgm.train.lsgm import load_stage1
-
         stage1 = load_stage1(backbone, self.cfg)
         vae.load_state_dict(stage1["state"]["vae"])
         return stage1
@@ -118,7 +107,7 @@ class VAETask:
         vae = unwrap(self.vae).eval()
         per_batch = []
         with fixed_rng(seed, self.run.device):
-            for x in validation_batches(self.run, self.cfg.train.val_batches):
+            for x in fixed_batches(self.run, self.cfg.train.val_batches):
                 draws = []
                 for _ in range(samples):
                     out = vae(x)
