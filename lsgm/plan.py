@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from lsgm import recipes
+from lsgm import like_for_like, recipes
 from lsgm.config import ConfigError, RunConfig, from_dict, split_batch, to_dict
 from lsgm.datasets_info import DATASETS, EXPECTED_COUNTS, FID_REFERENCE
 from lsgm.eval import settings as eval_settings
@@ -621,28 +621,17 @@ class Plan:
     def _check_like_for_like(self, table: str) -> None:
         """Every NLL of one table uses the same estimator: the same K importance samples and, where the prior is a
         score model, the same M inner ODE solves, tolerance and end time (issue: a K = 100 VAE bound printed beside
-        K = 1 LSGM estimates), and every FD/FID the same sample count. Each setting is compared across every row that
-        has it."""
+        K = 1 LSGM estimates), and every FD/FID the same sample count (:mod:`lsgm.like_for_like`, which the report's
+        check of the metrics files shares)."""
         by_path = {r.metrics_path(m): (m, r) for r in self.runs.values() for m in ("nll", "fid")}
-        values: dict[tuple[str, str], dict] = {}  # (metric, setting) -> {value: first row with it}
-        for path in self.table_inputs(table):
-            if path not in by_path:
-                continue
-            metric, run = by_path[path]
-            settings = run.eval_settings[metric]
-            if metric == "fid":  # an FD's bias depends on its sample count: the same n in every row
-                keys = ("n_samples",)
-            else:
-                keys = ("iw_samples", "prior", "inner", "tolerance", "t_eps") if run.kind == "lsgm" else ("iw_samples",)
-            for k in keys:
-                values.setdefault((metric, k), {}).setdefault(settings.get(k), f"{run.kind}/{run.name}")
-        for (metric, k), rows in values.items():
-            if len(rows) > 1:
-                (a, first), (b, other) = list(rows.items())[:2]
-                what = "NLLs" if metric == "nll" else "FDs/FIDs"
-                raise PlanError(f"tables.{table}: {what} not like for like: {first} has eval.{metric}.{k} = {a!r}, {other} "
-                                f"has {b!r}; set one value in scales.{self.scale}.eval.{metric} (and the defaults./runs. "
-                                "overrides)")
+        rows = [(metric, run.kind, f"{run.kind}/{run.name}", run.eval_settings[metric])
+                for metric, run in (by_path[p] for p in self.table_inputs(table) if p in by_path)]
+        for metric, k, values in like_for_like.mismatches(rows)[:1]:
+            (a, (first, *_)), (b, (other, *_)) = list(values.items())[:2]
+            what = "NLLs" if metric == "nll" else "FDs/FIDs"
+            raise PlanError(f"tables.{table}: {what} not like for like: {first} has eval.{metric}.{k} = {a!r}, {other} "
+                            f"has {b!r}; set one value in scales.{self.scale}.eval.{metric} (and the defaults./runs. "
+                            "overrides)")
 
     # ---------------------------------------------------------------- lookups
     def run(self, kind: str, dataset: str, name: str, seed) -> Run:

@@ -475,3 +475,16 @@ def test_a_run_on_a_diverged_backbone_shows_the_reason(tmp_path):
     seeds = pd.read_csv(tmp_path / "table5.seeds.csv", keep_default_na=False, dtype=str)
     mine = seeds[(seeds["row"] == "LSGM, recipe mnist") & (seeds["metric"] == "nll")]
     assert list(mine["status"]) == ["diverged"] * 2 and list(mine["reason"]) == [backbone] * 2
+
+
+def test_the_report_refuses_what_the_plan_refuses_t_eps_and_fd_sample_counts():
+    """One like-for-like rule (lsgm.like_for_like) for the plan and the report: an LSGM NLL at another t_eps, or an
+    FD on another number of samples, is not the same estimate (the report checked neither before)."""
+    base = nll_docs("lsgm", "fid", [2.0]) + nll_docs("lsgm", "nll", [2.0], settings={**LSGM_NLL, "t_eps": 1e-3})
+    with pytest.raises(ValueError, match=r"table2: the measured NLL rows differ in t_eps \(NLL\)"):
+        build_tables(base, "quick", COMMIT, only=("table2",))
+    fd = fd_docs("lsgm", "fid", [3.0]) + fd_docs("lsgm", "nll", [3.0])
+    fd[1]["settings"]["n_samples"] = 100
+    with pytest.raises(ValueError, match=r"table2: the measured FD/FID rows differ in sample count \(n_samples\)"):
+        build_tables(nll_docs("lsgm", "fid", [2.0]) + nll_docs("lsgm", "nll", [2.0]) + fd, "quick", COMMIT,
+                     only=("table2",))

@@ -33,6 +33,7 @@ import yaml
 
 from lsgm.datasets_info import offline_standin
 from lsgm.io import atomic_write_text
+from lsgm.like_for_like import NLL_SCORE_PRIOR, mismatches
 from lsgm.methods import TABLE6_COLUMNS, Cell
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
@@ -364,25 +365,29 @@ def _setting(doc: dict, key: str) -> Any:
 
 
 def check_like_for_like(table: str, groups: list[Group], scale: str) -> None:
-    """Refuse a table whose measured NLL rows differ in K (iw_samples) or, among the LSGM rows, in M (inner ODE
-    solves), the ODE tolerance or the prior term: their NLLs would not be the same estimate."""
-    docs = [(g, e["nll"]) for g in groups for e in g.entries
-            if e["nll"] is not None and e["nll"].get("metrics", {}).get("nll") is not None]  # NaN (diverged) counts
+    """Refuse a table whose measured rows are not the same estimate (:mod:`lsgm.like_for_like`, the plan's rule):
+    NLL rows that differ in K (iw_samples) or, among the LSGM rows, in M, the ODE tolerance, the prior term or
+    t_eps; FD/FID rows that differ in the sample count."""
+    rows = []
+    for group in groups:
+        for entry in group.entries:
+            nll, fid = entry["nll"], entry["fid"]
+            if nll is not None and nll.get("metrics", {}).get("nll") is not None:  # NaN (diverged) counts
+                rows.append(("nll", group.model, group.label, {k: _setting(nll, k) for k in NLL_SCORE_PRIOR}))
+            if fid is not None:
+                rows.append(("fid", group.model, group.label, fid.get("settings", {})))
+    fix = f"set the same {{key}} in config.yaml scales.{scale}.eval.{{metric}} for every LSGM"
     fixes = {"iw_samples": f"set the same iw_samples in config.yaml scales.{scale}.eval.nll and "
                            f"scales.{scale}.defaults.vae.eval.nll",
-             "inner": f"set the same inner in config.yaml scales.{scale}.eval.nll for every LSGM",
-             "tolerance": f"set the same tolerance in config.yaml scales.{scale}.eval.nll for every LSGM",
-             "prior": f"set the same prior in config.yaml scales.{scale}.eval.nll for every LSGM"}
+             "n_samples": f"set the same n_samples in config.yaml scales.{scale}.eval.fid (and its runs./defaults. "
+                          "overrides)"}
     names = {"iw_samples": "K (iw_samples)", "inner": "M (inner ODE solves)", "tolerance": "ODE tolerance",
-             "prior": "prior term"}
-    for key, lsgm_only in (("iw_samples", False), ("inner", True), ("tolerance", True), ("prior", True)):
-        by_value: dict[Any, set[str]] = defaultdict(set)
-        for group, doc in docs:
-            if not lsgm_only or group.model == "lsgm":
-                by_value[_setting(doc, key)].add(group.label)
-        if len(by_value) > 1:
-            seen = "; ".join(f"{key}={v}: {', '.join(map(repr, sorted(labels)))}" for v, labels in by_value.items())
-            raise ValueError(f"{table}: the measured NLL rows differ in {names[key]} ({seen}); {fixes[key]}")
+             "prior": "prior term", "t_eps": "t_eps (NLL)", "n_samples": "sample count (n_samples)"}
+    for metric, key, values in mismatches(rows)[:1]:
+        seen = "; ".join(f"{key}={v}: {', '.join(map(repr, sorted(labels)))}" for v, labels in values.items())
+        rows_name = "NLL" if metric == "nll" else "FD/FID"
+        raise ValueError(f"{table}: the measured {rows_name} rows differ in {names[key]} ({seen}); "
+                         f"{fixes.get(key, fix.format(key=key, metric=metric))}")
 
 
 def fmt_setting(value: Any) -> str:
