@@ -460,12 +460,18 @@ def compare_row(group: Group, values: dict[str, Any], paper: dict | None, meta: 
 
 
 # ----------------------------------------------------------------------------- Tables 2-5
+def bound_headers(table_meta: dict) -> dict[str, str]:
+    """The NELBO and NLL column headers of a results table, by name (``NELBO (bpd)``, ``NLL (bpd)``)."""
+    metrics = table_meta["metrics"]
+    return {"nelbo": metrics.get("nelbo", f"NELBO ({table_meta['unit']})"), "nll": metrics["nll"]}
+
+
 def metric_columns(table_meta: dict, groups: list[Group]) -> tuple[list[str], dict[str, str]]:
     """Metric headers of a results table (NELBO, NLL, then sample quality) and, for our FD metrics,
     ``{fd_name: header}``: an FD of ours that is not Inception FID gets its own column (``fd_digits (ours)``),
     so an FD number is never under "FID"."""
     metrics = table_meta["metrics"]
-    headers = [metrics.get("nelbo", f"NELBO ({table_meta['unit']})"), metrics["nll"]]
+    headers = [bound_headers(table_meta)["nelbo"], bound_headers(table_meta)["nll"]]
     headers += [h for k, h in metrics.items() if k not in ("nelbo", "nll")]
     fd_headers: dict[str, str] = {}
     if "fid" in metrics:
@@ -491,7 +497,7 @@ def delta_headers(meta: dict) -> dict[str, str]:
 def measured_row(table: str, group: Group, meta: dict, columns: list[str], fd_headers: dict[str, str],
                  published: dict) -> tuple[dict[str, Any], list[dict]]:
     """One row of ours (one recipe over its seeds) and its per-seed records."""
-    nelbo_h, nll_h = columns[3], columns[4]
+    nelbo_h, nll_h = bound_headers(meta)["nelbo"], bound_headers(meta)["nll"]
     row: dict[str, Any] = dict.fromkeys(columns)
     row.update({"Section": OURS_SECTION, "Method": group.label, "n": len(group.entries), "source": "ours",
                 "bound": False, nelbo_h: group_metric(group, "nll", nelbo_key),
