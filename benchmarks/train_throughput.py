@@ -1,7 +1,7 @@
 """Training throughput of stage 1 (VAE), stage 2 (LSGM) and the pixel SGM at the quick-scale sizes.
 
 The run configs are the ones the workflow trains at ``scale: quick`` (resolved from the repo's
-``config.yaml`` by ``lsgm/plan.py``: the CIFAR-10 "fid" recipes mapped to the offline digits);
+``config.yaml`` by ``lsgm/plan/``: the CIFAR-10 "fid" recipes mapped to the offline digits);
 if that cannot be resolved, the QUICK_FALLBACK sizes below are used and the results file says so.
 Each trainer is built exactly as ``lsgm train-*`` builds it; after ``--warmup`` steps, ``--steps`` calls of
 its ``train_step`` (forward, backward, optimizer, EMA; data loading included) are timed.
@@ -45,7 +45,7 @@ def quick_configs() -> tuple[dict[str, RunConfig], str]:
         runs = {r.kind: r for r in plan.runs.values() if r.name == "fid" and r.kind in ("vae", "lsgm")}
         runs["sgm"] = next(r for r in plan.runs.values() if r.kind == "sgm")
         cfgs = {k: from_dict(RunConfig, r.config) for k, r in runs.items()}
-        return cfgs, f"config.yaml scale quick (lsgm/plan.py): vae/lsgm recipe 'fid', sgm recipe '{runs['sgm'].name}'"
+        return cfgs, f"config.yaml scale quick (lsgm/plan/): vae/lsgm recipe 'fid', sgm recipe '{runs['sgm'].name}'"
     except Exception as err:  # noqa: BLE001 - fall back, and record why
         cfgs = {k: from_dict(RunConfig, v) for k, v in QUICK_FALLBACK.items()}
         return cfgs, f"QUICK_FALLBACK in benchmarks/train_throughput.py (config.yaml not usable: {err})"

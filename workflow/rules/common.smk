@@ -1,4 +1,4 @@
-# Config validation, the resolved plan of each scale (lsgm/plan.py: run configs, GPUs, launch commands,
+# Config validation, the resolved plan of each scale (lsgm/plan/: run configs, GPUs, launch commands,
 # resources), wildcard constraints and the input functions the rules use. No arithmetic lives here.
 import re
 from pathlib import Path
@@ -131,7 +131,7 @@ def per_key(resources_of, keys):
     return {k: (lambda wc, k=k: resources_of(wc).get(k)) for k in keys}
 
 
-# The plan's slurm resources (lsgm/plan.py): a training job's (gpu, or nodes/gres/tasks for several nodes; cpus,
+# The plan's slurm resources (lsgm/plan/): a training job's (gpu, or nodes/gres/tasks for several nodes; cpus,
 # mem_mb, runtime) and an evaluation job's; threads are Snakemake's local scheduling unit.
 TRAIN_RESOURCES = per_key(lambda wc: the_run(wc).resources(), TRAIN_RESOURCE_KEYS)
 EVAL_RESOURCES = per_key(lambda wc: PLANS[wc.scale].eval_resources(), EVAL_RESOURCE_KEYS)

@@ -1,0 +1,47 @@
+"""The plan: ``config.yaml`` resolved into every job of one scale (pure Python, no Snakemake, no torch).
+
+``common`` (names, errors, merging, evaluation flags), ``run`` (one trained model: paths, launch geometry,
+resources), ``plan`` (:class:`Plan`: the resolution and the DAG's inputs and targets), ``cli`` (``lsgm plan``,
+GPU-hours). Everything is importable from ``lsgm.plan``.
+"""
+
+from __future__ import annotations
+
+from lsgm.plan.common import (  # noqa: F401
+    SCALES,
+    KINDS,
+    METRICS,
+    EVALUATIONS,
+    SAMPLES_FROM_FID,
+    STAGES,
+    RUN_SIZE_KEYS,
+    RUN_DATA_KEYS,
+    EVAL_SIZE_KEYS,
+    DERIVED_OWN_KEYS,
+    TRAIN_RESOURCE_KEYS,
+    EVAL_RESOURCE_KEYS,
+    PlanError,
+    deep_merge,
+    flat_keys,
+    check_shrink,
+    short_hash,
+    check_eval_settings,
+    _with_samples,
+    resolved_settings,
+    eval_args,
+)
+from lsgm.plan.run import (  # noqa: F401
+    Run,
+)
+from lsgm.plan.plan import (  # noqa: F401
+    Plan,
+)
+from lsgm.plan.cli import (  # noqa: F401
+    gpu_hours,
+    load_measured,
+    plan_table,
+    eval_table,
+    warn_unset_account,
+    load_config,
+    main,
+)
