@@ -14,6 +14,7 @@ The workflow is copied into fresh folders (nothing lands in this checkout); the 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import re
@@ -222,7 +223,7 @@ def measure(base: Path) -> dict:
                                            log="snakemake.log")
     assert rc == 0, log[-4000:]
     jobs = submissions(log)
-    local_jobs = len(re.findall(r"^localrule \w+:", log, flags=re.M))
+    local_jobs = collections.Counter(re.findall(r"^localrule (\w+):", log, flags=re.M))
     rc, local_seconds, local_log = run_snakemake(local_work, "--cores", "2", *SCALE, log="snakemake.log")
     assert rc == 0, local_log[-4000:]
     record = {
@@ -231,7 +232,8 @@ def measure(base: Path) -> dict:
                 "scale=mini locally",
         "slurm_version": version, "nodes": cluster.stdout.split("\n")[:-1],
         "command": "snakemake --profile slurm " + " ".join((*CLUSTER_ARGS, *SCALE)),
-        "jobs_submitted_with_sbatch": len(jobs), "local_rule_jobs": local_jobs,
+        "jobs_submitted_with_sbatch": len(jobs), "local_rule_jobs": sum(local_jobs.values()),
+        "local_rule_jobs_by_rule": dict(sorted(local_jobs.items())),
         "retries_reported": len(re.findall(r"Trying to restart job", log)),
         "multi_node_jobs": multi_node_runs(slurm_work),
         "wall_seconds": {"slurm": round(slurm_seconds, 1), "local": round(local_seconds, 1)},
