@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lsgm"
 LIMIT = 450  # lines
 # Still above the limit (issue 22: the plan and the report split into packages); they may shrink, never grow.
-OVERSIZED = {"lsgm/plan/plan.py": 556, "lsgm/report/tables.py": 1015, "lsgm/official_import.py": 607,
+OVERSIZED = {"lsgm/plan/plan.py": 556, "lsgm/official_import.py": 607,
              "lsgm/data/miniature.py": 500}
 
 

@@ -11,7 +11,7 @@ from lsgm.methods import (
     Q_OBJECTIVES, SAMPLINGS, SDES, TABLE6_COLUMNS, TABLE6_SDES, WEIGHTINGS, Cell, objective_error, q_trains_score,
     sde_objective_error, undefined_reason,
 )
-from lsgm.report.tables import load_published, published_rows
+from lsgm.report.runs import load_published, published_rows
 from lsgm.sde import make_sde
 from lsgm.time_sampling import make_time_sampler
 

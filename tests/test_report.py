@@ -13,7 +13,7 @@ import pytest
 from lsgm.methods import TABLE6_COLUMNS
 from lsgm.report import cli
 from lsgm.report.figure import CSV_COLUMNS, MATCH_COLUMNS, figure4
-from lsgm.report.tables import NA, load_published, published_rows
+from lsgm.report.runs import NA, load_published, published_rows
 
 # the seed documents live in shared/ beside the checkout (where CI puts them too)
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "001_75e494dcbc515994.txt"
@@ -229,7 +229,7 @@ def test_default_dataset_map_is_the_workflows():
     """Without --dataset-map a table takes the dataset config.yaml maps its paper dataset to at that scale."""
     import yaml
 
-    from lsgm.report.tables import default_dataset_map
+    from lsgm.report.runs import default_dataset_map
 
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
     published = load_published()

@@ -13,7 +13,8 @@ from test_tables import NO_CELL, cell, fd_docs, nll_docs
 
 from lsgm.report import cli
 from lsgm.report.reproduction import RTOL, compare_runs, summary_vs_reference
-from lsgm.report.tables import build_tables, write_table
+from lsgm.report.render import write_table
+from lsgm.report.tables import build_tables
 
 
 def cost_doc(name: str, fd: float, fd_se: float | None = 0.2) -> dict:

@@ -12,22 +12,11 @@ import pytest
 
 from lsgm.methods import TABLE6_COLUMNS
 from lsgm.report import cli
-from lsgm.report.tables import (
-    MARK,
-    NA,
-    NOT_COMPARABLE_DATA,
-    NOT_COMPARABLE_FD,
-    OURS_SECTION,
-    SEED_COLUMNS,
-    Agg,
-    build_tables,
-    check_labels,
-    load_published,
-    mark_best,
-    published_rows,
-    render,
-    write_tables,
-)
+from lsgm.report.comparison import NOT_COMPARABLE_DATA, NOT_COMPARABLE_FD, check_labels
+from lsgm.report.render import MARK, render, write_tables
+from lsgm.report.runs import NA, OURS_SECTION, SEED_COLUMNS, Agg, load_published, published_rows
+from lsgm.report.table6 import mark_best
+from lsgm.report.tables import build_tables
 
 COMMIT = "c0ffee1"
 NO_CELL = {"sde": None, "weighting": None, "sampling": None, "q_objective": None}
@@ -444,7 +433,7 @@ def test_cli_one_table_with_its_seeds_csv(metrics, tmp_path, capsys):
 def test_miniature_rows_sit_beside_the_paper_but_are_never_compared():
     """The paper's data and recipes at toy sizes (scale mini): rows are found on the paper's dataset, every Δ and
     verdict says why there is none."""
-    from lsgm.report.tables import NOT_COMPARABLE_MINI
+    from lsgm.report.comparison import NOT_COMPARABLE_MINI
 
     docs = [*nll_docs("lsgm", "fid", [3.43, 3.45], dataset="cifar10", scale="mini"),
             *fd_docs("lsgm", "fid", [2.4, 2.5], dataset="cifar10", scale="mini", metric="fid")]

@@ -126,7 +126,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def run_tables(args: argparse.Namespace, docs: list[dict], commit: str) -> str:
     """Build and write Tables 2-6 (or the one ``--table``); return the summary line."""
-    from lsgm.report.tables import ALL_TABLES, build_tables, write_table, write_tables
+    from lsgm.report.render import write_table, write_tables
+    from lsgm.report.tables import ALL_TABLES, build_tables
 
     only = (args.table,) if args.table else ALL_TABLES
     tables = build_tables(docs, args.scale, commit, json_arg(args.dataset_map), json_arg(args.rows), only=only)

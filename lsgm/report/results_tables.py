@@ -1,0 +1,144 @@
+"""Tables 2-5: our rows (one recipe over its seeds, with its NLL estimator), the paper's LSGM rows, the
+baselines.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import pandas as pd
+
+from lsgm.report.comparison import (
+    check_labels,
+    check_like_for_like,
+    check_unit,
+    compare_row,
+    counterpart,
+    delta_headers,
+)
+from lsgm.report.render import fmt_setting
+from lsgm.report.runs import (
+    OURS_SECTION,
+    PAPER_SECTIONS,
+    SDE_LABELS,
+    STAGE2_SUFFIX,
+    Group,
+    fd_names,
+    group_metric,
+    nelbo_key,
+    nll_setting,
+    published_rows,
+    seed_records,
+)
+
+
+ESTIMATOR = {"K": "iw_samples", "M": "inner", "prior term": "prior", "ODE tol.": "tolerance", "t_eps (NLL)": "t_eps",
+             "t_eps (NELBO)": "nelbo_bound_t_eps"}
+
+
+def group_label(group: Group) -> str:
+    """Our row's label; it names the recipe, so it never equals a paper label (checked by
+    :func:`check_labels`)."""
+    if group.model == "lsgm":
+        return f"LSGM, recipe {group.recipe}"
+    if group.model == "vae" and group.recipe.endswith(STAGE2_SUFFIX):
+        return f"VAE backbone + stage-2 steps (Normal prior, recipe {group.recipe})"
+    if group.model == "vae":
+        return f"VAE backbone (recipe {group.recipe})"
+    if group.model == "sgm":
+        sde = group.entries[0]["run"].get("sde")
+        return f"Pixel SGM ({SDE_LABELS.get(sde, sde)}), recipe {group.recipe}" if sde else \
+            f"Pixel SGM, recipe {group.recipe}"
+    return f"{group.model}, recipe {group.recipe}"
+
+
+def label_groups(groups: list[Group]) -> None:
+    """Give every group its label (with its dataset appended where two groups would share one)."""
+    counts = defaultdict(int)
+    for group in groups:
+        counts[group_label(group)] += 1
+    for group in groups:
+        base = group_label(group)
+        group.label = base if counts[base] == 1 else f"{base}, {group.dataset}"
+
+
+def estimator_columns(group: Group) -> dict[str, str | None]:
+    """The NLL estimator of a row, from its nll documents' settings (``{a, b}`` if its seeds differ)."""
+    docs = [e["nll"] for e in group.entries if e["nll"] is not None]
+    out: dict[str, str | None] = {}
+    for header, key in ESTIMATOR.items():
+        values = sorted({fmt_setting(nll_setting(d, key)) for d in docs if nll_setting(d, key) is not None})
+        out[header] = None if not values else values[0] if len(values) == 1 else "{" + ", ".join(values) + "}"
+    return out
+
+
+def bound_headers(table_meta: dict) -> dict[str, str]:
+    """The NELBO and NLL column headers of a results table, by name (``NELBO (bpd)``, ``NLL (bpd)``)."""
+    metrics = table_meta["metrics"]
+    return {"nelbo": metrics.get("nelbo", f"NELBO ({table_meta['unit']})"), "nll": metrics["nll"]}
+
+
+def metric_columns(table_meta: dict, groups: list[Group]) -> tuple[list[str], dict[str, str]]:
+    """Metric headers of a results table (NELBO, NLL, then sample quality) and, for our FD metrics,
+    ``{fd_name: header}``: an FD of ours that is not Inception FID gets its own column (``fd_digits (ours)``),
+    so an FD number is never under "FID"."""
+    metrics = table_meta["metrics"]
+    headers = [bound_headers(table_meta)["nelbo"], bound_headers(table_meta)["nll"]]
+    headers += [h for k, h in metrics.items() if k not in ("nelbo", "nll")]
+    fd_headers: dict[str, str] = {}
+    if "fid" in metrics:
+        for name in sorted({n for g in groups for e in g.entries for n in fd_names(e["fid"])}):
+            fd_headers[name] = metrics["fid"] if name == "fid" else f"{name} (ours)"
+            if fd_headers[name] not in headers:
+                headers.append(fd_headers[name])
+    return headers, fd_headers
+
+
+def measured_row(table: str, group: Group, meta: dict, columns: list[str], fd_headers: dict[str, str],
+                 published: dict) -> tuple[dict[str, Any], list[dict]]:
+    """One row of ours (one recipe over its seeds) and its per-seed records."""
+    nelbo_h, nll_h = bound_headers(meta)["nelbo"], bound_headers(meta)["nll"]
+    row: dict[str, Any] = dict.fromkeys(columns)
+    row.update({"Section": OURS_SECTION, "Method": group.label, "n": len(group.entries), "source": "ours",
+                "bound": False, nelbo_h: group_metric(group, "nll", nelbo_key),
+                nll_h: group_metric(group, "nll", "nll"), **estimator_columns(group)})
+    names = sorted({n for e in group.entries for n in fd_names(e["fid"])})
+    for name in names:
+        row[fd_headers.get(name, name)] = group_metric(group, "fid", name)
+    values = {"nll": row[nll_h], "fid": row[fd_headers["fid"]] if "fid" in fd_headers and "fid" in names else None,
+              "fd": any(n != "fid" for n in names)}
+    deltas, row["reproduced"] = compare_row(group, values, counterpart(group, table, published), meta, published)
+    row.update({delta_headers(meta)[k]: v for k, v in deltas.items()})
+    specs = [("nll", nelbo_key), ("nll", "nll"), *(("fid", name) for name in names)]
+    return row, seed_records(table, group.label, "", group.entries, specs)
+
+
+def paper_row(row: dict, table_meta: dict, columns: list[str]) -> dict[str, Any]:
+    """One published row (the paper's own LSGM rows have source ``paper``, baselines ``paper [ref]``)."""
+    values = dict.fromkeys(columns)
+    for key, header in table_meta["metrics"].items():
+        values[header] = row.get(key)
+    source = "paper" if row.get("ref") is None else f"paper [{row['ref']}]"
+    values.update({"Section": PAPER_SECTIONS.get(row["family"], row["family"]), "Method": row["method"],
+                   "source": source, "bound": bool(row.get("bound", False))})
+    return values
+
+
+def build_results_table(table: str, groups: list[Group], published: dict, scale: str) -> pd.DataFrame:
+    """Table 2, 3, 4 or 5 (no caption): our rows, then the paper's LSGM rows, then the baselines."""
+    meta = published["tables"][table]
+    for group in groups:
+        for entry in group.entries:
+            check_unit(entry, table, meta["unit"])
+    check_like_for_like(table, groups, scale)
+    headers, fd_headers = metric_columns(meta, groups)
+    columns = ["Section", "Method", "n", *headers, *ESTIMATOR, *delta_headers(meta).values(), "reproduced",
+               "source", "bound"]
+    built = [measured_row(table, g, meta, columns, fd_headers, published) for g in groups]
+    paper = sorted(published_rows(published, table), key=lambda r: r["family"] != "Ours")  # stable
+    check_labels(table, [g.label for g in groups], [r["method"] for r in paper])
+    df = pd.DataFrame([r for r, _ in built] + [paper_row(r, meta, columns) for r in paper], columns=columns,
+                      dtype=object)
+    df.attrs.update(value_columns=headers, marks=False, seeds=[s for _, seeds in built for s in seeds])
+    return df
