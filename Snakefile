@@ -21,7 +21,7 @@ rule all:
     """Every target of the scale, then the reproduction report against the scale's reference."""
     input:
         all_targets(),
-        f"results/{SCALE}/reproduction.md",
+        layout.fill(layout.REPRODUCTION, scale=SCALE, ext="md"),
     default_target: True
     localrule: True
 
@@ -31,7 +31,7 @@ rule all:
 onsuccess:
     from datetime import datetime
 
-    report_md = Path(f"results/{SCALE}/reproduction.md")
+    report_md = Path(layout.fill(layout.REPRODUCTION, scale=SCALE, ext="md"))
     started = min(datetime.strptime(Path(p).name.split(".snakemake")[0], "%Y-%m-%dT%H%M%S.%f").timestamp() for p in log)
     if report_md.is_file() and report_md.stat().st_mtime >= started:
         print(f"reproduction ({report_md}): {report_md.read_text(encoding='utf-8').splitlines()[0]}")

@@ -221,13 +221,15 @@ def package_versions() -> dict[str, str]:
 
 
 def device_name(device: Any = None) -> str:
-    """``cuda:<GPU name>`` or ``cpu:<processor> x<cores> (torch threads N)`` of a torch device (default CPU)."""
+    """``cuda:<GPU name> (torch threads N)`` or ``cpu:<processor> x<cores> (torch threads N)`` of a torch device
+    (default CPU); N: the process's CPU threads (the job's share, :mod:`lsgm.launch`)."""
     import torch
 
     device = torch.device(device or "cpu")
+    threads = f"(torch threads {torch.get_num_threads()})"
     if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{platform.processor() or platform.machine()} x{os.cpu_count()} (torch threads {torch.get_num_threads()})"
+        return f"cuda:{torch.cuda.get_device_name(device)} {threads}"
+    return f"cpu:{platform.processor() or platform.machine()} x{os.cpu_count()} {threads}"
 
 
 def provenance(device: Any = None, **extra: Any) -> dict[str, Any]:

@@ -18,6 +18,11 @@ signal before SIGKILL). ``--overlap`` lets the step share the CPUs of that plugi
   the same N x P processes on this machine, ``torchrun --standalone --nproc_per_node=N*P``. Ranks, world size and
   the batch split are those of the cluster run, so the numbers are too (up to the order of DDP's reductions).
 
+Threads: Snakemake exports ``OMP_NUM_THREADS`` (and the MKL / OpenBLAS / ... variables) = the job's ``threads``
+into every shell job, and a job's threads are those of one node (:meth:`lsgm.plan.Run.threads`). The processes
+started here share them: each gets ``threads // processes on this node`` (at least 1), where torchrun would give
+every worker all of them (or 1 when unset).
+
 Torch-free: it runs before every multi-process job and only builds a command line.
 """
 
@@ -30,6 +35,9 @@ import subprocess
 import sys
 
 RDZV_PORT = 29500
+# the thread-count variables Snakemake sets for a shell job (snakemake/shell.py), shared out among the processes
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def torchrun(nodes: int, nproc_per_node: int, command: list[str], rdzv: str | None = None,
@@ -98,6 +106,18 @@ def build(nodes: int, nproc_per_node: int, gpu: bool, command: list[str], env: d
     return cmd, f"{nodes} nodes x {nproc_per_node} processes"
 
 
+def processes_here(nodes: int, nproc_per_node: int, env: dict) -> int:
+    """How many of the launch's processes run on this node (:func:`build`'s layouts)."""
+    if nodes == 1 or allocated_nodes(env) >= nodes:
+        return nproc_per_node
+    return nodes * nproc_per_node  # a multi-node recipe without its nodes: every process here
+
+
+def thread_env(env: dict, processes: int) -> dict:
+    """``env`` with each thread-count variable it sets divided among ``processes`` (at least 1 each)."""
+    return {**env, **{k: str(max(1, int(env[k]) // processes)) for k in THREAD_VARS if env.get(k, "").isdigit()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     """``lsgm launch --nodes N --nproc-per-node P [--gpu] [--dry-run] -- COMMAND ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -118,9 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         print("lsgm launch: error: --nodes and --nproc-per-node must be >= 1 and a command must follow '--'",
               file=sys.stderr)
         return 2
-    cmd, layout = build(args.nodes, args.nproc_per_node, args.gpu, command, allocation(dict(os.environ)))
-    print(f"lsgm launch: {layout}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    alloc = allocation(dict(os.environ))
+    cmd, layout = build(args.nodes, args.nproc_per_node, args.gpu, command, alloc)
+    env = thread_env(dict(os.environ), processes_here(args.nodes, args.nproc_per_node, alloc))
+    threads = f" ({env['OMP_NUM_THREADS']} CPU threads each)" if "OMP_NUM_THREADS" in env else ""
+    print(f"lsgm launch: {layout}{threads}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
     if args.dry_run:
         return 0
-    os.execvp(cmd[0], cmd)
+    os.execvpe(cmd[0], cmd, env)
     return 0  # not reached

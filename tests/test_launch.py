@@ -69,3 +69,28 @@ def test_the_allocation_is_read_from_scontrol_when_the_plugin_stripped_the_envir
     assert (env["SLURM_JOB_NUM_NODES"], env["SLURM_JOB_NODELIST"], env["SLURM_CPUS_PER_TASK"]) == ("2", "n[1-2]", "1")
     assert launch.build(2, 1, False, CMD, env)[0][0] == "srun"
     assert launch.allocation({}) == {}
+
+
+@pytest.mark.parametrize("nodes, nproc, env, each", [
+    (1, 1, {}, 16),  # one process: the job's threads
+    (1, 8, {}, 2),  # one node: the node's threads shared by its 8 processes
+    (2, 8, SLURM, 2),  # one torchrun per node: per node, as on one node
+    (2, 2, {}, 4),  # a 2-node recipe without an allocation: all 4 processes here
+    (1, 32, {}, 1),  # never below one
+])
+def test_the_jobs_threads_are_shared_by_the_processes_on_each_node(nodes, nproc, env, each):
+    """Snakemake sets OMP_NUM_THREADS (and MKL_NUM_THREADS, ...) = the job's threads, one node's worth; torchrun
+    would hand all of them to every worker."""
+    out = launch.thread_env({"OMP_NUM_THREADS": "16", "MKL_NUM_THREADS": "16", "PATH": "/bin"},
+                            launch.processes_here(nodes, nproc, env))
+    assert out == {"OMP_NUM_THREADS": str(each), "MKL_NUM_THREADS": str(each), "PATH": "/bin"}
+
+
+def test_the_launched_command_gets_its_share_of_the_threads(tmp_path, monkeypatch):
+    """What main execs: the built command with the shared-out thread variables (nothing is started here)."""
+    seen = {}
+    monkeypatch.setattr(launch.os, "execvpe", lambda f, argv, env: seen.update(argv=argv, env=env))
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert launch.main(["--nodes", "1", "--nproc-per-node", "4", "--", *CMD]) == 0
+    assert seen["argv"][:2] == ["torchrun", "--standalone"] and seen["env"]["OMP_NUM_THREADS"] == "2"

@@ -4,6 +4,7 @@ time with one line naming the key, and the resources the rules ask for are the p
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,24 @@ def test_a_sample_grid_is_drawn_with_the_sampler_settings_of_its_fd(scale):
     assert grids
     for job in grids:
         assert {k: job["settings"].get(k) for k in keys} == {k: fid[job["run"]].get(k) for k in keys}, job["run"]
+
+
+def test_epochs_become_steps_by_the_official_loaders_count_once():
+    """One rule (lsgm.recipes.steps_per_epoch) for the official recipes and a scale's ``epochs``: the Table 6
+    backbone's 200 epochs at its global batch of 256, counted on the official recipe's 8 GPUs, are
+    200 x (ceil(50000 / 8) // (256 / 8)) = 200 x 195."""
+    from lsgm import recipes
+
+    backbone = Plan(CONFIG, "paper").run("vae", "cifar10", "table6", 0)
+    assert backbone.config["train"]["global_batch"] == 256 and backbone.config["train"]["steps"] == 200 * 195
+    official = recipes.official_run("cifar10_fid", "stage1")
+    assert official.steps == official.epochs * (math.ceil(50000 / official.gpus) // official.per_gpu_batch)
+
+
+def test_a_global_batch_that_does_not_split_over_the_official_gpus_is_refused():
+    def odd_batch(c):
+        c["scales"]["paper"]["runs"]["vae"]["table6"]["config"]["train"]["global_batch"] = 250
+
+    message = plan_error(odd_batch, scale="paper")
+    assert message == ("recipes.vae.table6 (scale paper): epochs -> steps: a global batch of 250 does not split over "
+                       "8 GPUs; give a multiple of 8"), message

@@ -118,6 +118,23 @@ def test_every_metrics_file_records_its_settings_and_provenance(smoke_run):
 
 
 @pytest.mark.slow
+def test_every_job_ran_torch_on_its_threads(smoke_run):
+    """Each job's torch used exactly the job's threads (Snakemake's OMP_NUM_THREADS; here 1 of the 2 cores), as its
+    metrics file and each trainer's run.json record it: two 1-thread jobs side by side never take every core each."""
+    import yaml
+
+    from lsgm.plan import Plan
+
+    plan = Plan(yaml.safe_load((smoke_run / "config.yaml").read_text()), "smoke")
+    threads = {plan.eval_resources()["cpus_per_task"], *(r.threads() for r in plan.training_runs())}
+    assert threads == {1}  # the smoke scale: one thread a job, on two cores (--cores 2)
+    files = [*(smoke_run / "results" / "smoke" / "metrics").rglob("*.json"),
+             *(smoke_run / "results" / "smoke" / "runs").rglob("run.json")]
+    devices = {str(p.relative_to(smoke_run)): json.loads(p.read_text())["provenance"]["device"] for p in files}
+    assert len(devices) > 60 and all(d.endswith("(torch threads 1)") for d in devices.values()), devices
+
+
+@pytest.mark.slow
 def test_snakemake_report_is_browsable(smoke_run):
     cmd = ["snakemake", "--cores", "1", "--config", "scale=smoke", "--report", "report.html"]
     proc = subprocess.run(cmd, check=False, cwd=smoke_run, capture_output=True, text=True, timeout=600)

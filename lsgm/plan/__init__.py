@@ -1,7 +1,9 @@
 """The plan: ``config.yaml`` resolved into every job of one scale (pure Python, no Snakemake, no torch).
 
-``common`` (names, errors, merging, evaluation flags), ``run`` (one trained model: paths, launch geometry,
-resources), ``plan`` (:class:`Plan`: the resolution and the DAG's inputs and targets), ``cli`` (``lsgm plan``,
+``layout`` (where every file of the DAG lives: the path patterns the rules and the plan share), ``common`` (names,
+errors, merging, evaluation flags), ``run`` (one trained model: paths, launch geometry,
+resources), ``resolve`` (:class:`~lsgm.plan.resolve.Resolution`: config.yaml -> every run of a scale), ``plan``
+(:class:`Plan`: the resolution, checked across runs, and the DAG's inputs and targets), ``cli`` (``lsgm plan``,
 GPU-hours). Everything is importable from ``lsgm.plan``.
 """
 

@@ -45,7 +45,7 @@ def plan_table(plan: Plan, measured: dict | None) -> str:
     for run in plan.training_runs():
         j = run.job()
         hours = gpu_hours(run, measured)
-        rows.append([j["target"].removeprefix(f"results/{plan.scale}/runs/").removesuffix("/model.pt"), j["kind"],
+        rows.append([run.stem, j["kind"],
                      j["recipe"], j["nodes"], j["gpus"], j["processes"], j["per_gpu_batch"], j["grad_accum"],
                      j["global_batch"],
                      j["epochs"] if j["epochs"] is not None else "—", j["steps"], j["runtime_minutes"],

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from lsgm.config import split_batch
 from lsgm.eval import settings as eval_settings
+from lsgm.plan import layout
 from lsgm.plan.common import PlanError, short_hash
 
 
@@ -42,8 +43,13 @@ class Run:
         return split_batch(t["global_batch"], max(1, self.gpus), t["max_batch_per_process"])
 
     @property
+    def fields(self) -> dict:
+        """The run's fields of the path patterns (:mod:`lsgm.plan.layout`)."""
+        return {"scale": self.scale, "dataset": self.dataset, "kind": self.kind, "run": self.name, "seed": self.seed}
+
+    @property
     def stem(self) -> str:
-        return f"{self.dataset}/{self.kind}/{self.name}-s{self.seed}"
+        return layout.fill(layout.STEM, **self.fields)
 
     @property
     def target(self) -> str:
@@ -51,19 +57,19 @@ class Run:
 
     @property
     def config_path(self) -> str:
-        return f"results/{self.scale}/configs/{self.stem}.yaml"
+        return layout.fill(layout.CONFIG, **self.fields)
 
     @property
     def model_path(self) -> str:
-        return f"results/{self.scale}/runs/{self.stem}/model.pt"
+        return layout.fill(layout.MODEL, **self.fields)
 
     def metrics_path(self, metric: str) -> str:
-        return f"results/{self.scale}/metrics/{self.stem}/{metric}.json"
+        return layout.fill(layout.METRICS, metric=metric, **self.fields)
 
     @property
     def samples_path(self) -> str:
         """The grid of samples (``lsgm evaluate samples``; its sidecar JSON beside it)."""
-        return f"results/{self.scale}/samples/{self.stem}.png"
+        return layout.fill(layout.SAMPLES, **self.fields)
 
     @property
     def fingerprint(self) -> str:
@@ -73,7 +79,7 @@ class Run:
     @property
     def ckpt_dir(self) -> str:
         # the config hash in the name: a changed config never resumes a stale checkpoint
-        return f"checkpoints/{self.scale}/{self.stem}-{self.fingerprint}"
+        return layout.fill(layout.CHECKPOINTS, fingerprint=self.fingerprint, **self.fields)
 
     def launcher(self) -> str:
         """The command prefix that starts ``lsgm`` on this run's processes: ``lsgm launch`` with the geometry

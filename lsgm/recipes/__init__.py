@@ -36,6 +36,21 @@ SCORE_ATTN_RESOLUTIONS = [16]  # score_sde/ncsnpp.py: attn_resolutions = (16,), 
 ADAMAX_EPS, VAE_ADAM_EPS, DAE_ADAM_EPS = 1e-3, 1e-3, 1e-4  # train_vae.py / train_vada.py optimizer constructors
 
 
+def steps_per_epoch(dataset: str, gpus: int, global_batch: int) -> int:
+    """The optimizer steps of one epoch of ``dataset``'s official training split, counted as the official loader
+    counts ``len(train_queue)``: a DistributedSampler shard of ceil(N / gpus) samples (padded) per GPU, cut into full
+    per-GPU batches of ``global_batch / gpus`` (``drop_last=True``); at least 1. The one home of the epoch -> steps
+    rule: the official recipes and a scale's ``epochs`` both use it."""
+    if global_batch % gpus:
+        raise RecipeError(f"a global batch of {global_batch} does not split over {gpus} GPUs; give a multiple of {gpus}")
+    return max(1, math.ceil(EXPECTED_COUNTS[dataset]["train"] / gpus) // (global_batch // gpus))
+
+
+def official_steps(epochs: float, dataset: str, gpus: int, global_batch: int) -> int:
+    """``epochs`` (a scale may give a fraction) as optimizer steps (:func:`steps_per_epoch`)."""
+    return int(epochs * steps_per_epoch(dataset, gpus, global_batch))
+
+
 class RecipeError(ValueError):
     """The official recipe data cannot be used (unknown recipe, unknown flag); the message says which."""
 
@@ -135,17 +150,16 @@ class OfficialRun:
 
     @property
     def iters_per_epoch(self) -> int:
-        """``len(train_queue)`` of the official run: a DistributedSampler shard of ceil(N / GPUs) samples
-        (padded), cut into full per-GPU batches (``drop_last=True``)."""
-        return math.ceil(EXPECTED_COUNTS[self.dataset]["train"] / self.gpus) // self.per_gpu_batch
+        """``len(train_queue)`` of the official run (:func:`steps_per_epoch`)."""
+        return steps_per_epoch(self.dataset, self.gpus, self.global_batch)
 
     @property
     def steps(self) -> int:
-        return self.epochs * self.iters_per_epoch
+        return official_steps(self.epochs, self.dataset, self.gpus, self.global_batch)
 
     @property
     def warmup_steps(self) -> int:
-        return self.warmup_epochs * self.iters_per_epoch
+        return official_steps(self.warmup_epochs, self.dataset, self.gpus, self.global_batch)
 
 
 def recipe_names() -> list[str]:

@@ -3,18 +3,20 @@
 Our runs are named ``{scale}/{dataset}/{kind}/{recipe}-s{seed}``; a printed row of ours is one recipe (kind +
 recipe name) over its seeds. A table is a :class:`pandas.DataFrame` whose cells hold one of:
 
-* an :class:`~lsgm.report.runs.Agg` -- one of our metrics over the row's seeds (mean ± sample std, n, how many diverged; a mean of
-  ``nan`` when any seed diverged: printed ``NaN (k of n seeds diverged)``, never a silently dropped seed);
+* an :class:`~lsgm.report.runs.Agg` -- one of our metrics over the row's seeds (mean ± sample std, n, how many
+  diverged; a mean of ``nan`` when any seed diverged: printed ``NaN (k of n seeds diverged)``, never a silently
+  dropped seed);
 * a ``float`` -- a published number (``nan``: the paper prints NaN) or a difference ``Δ vs paper``;
-* a ``str`` -- :data:`~lsgm.report.runs.NA` (``"n/a"``: skipped, or an undefined combination), a setting, or a verdict text;
+* a ``str`` -- :data:`~lsgm.report.runs.NA` (``"n/a"``: skipped, or an undefined combination), a setting, or a
+  verdict text;
 * ``None`` -- not measured / not reported (printed ``—``).
 
-``df.attrs`` holds ``caption``, ``value_columns`` (the columns whose :class:`Agg` cells the CSV splits into
-mean / std / n / diverged columns), ``marks`` (Table 6: the CSV gets a mark column per cell) and ``seeds``
-(the per-seed long records). :func:`lsgm.report.render.write_tables` writes, per table, ``tableN.md`` (caption, blank line,
-markdown table with 2 decimals), ``tableN.csv`` (the printed rows at full precision; tokens ``NaN``, ``n/a``,
-``—``; read it with ``pd.read_csv(path, keep_default_na=False)``), ``tableN.seeds.csv`` (one line per run x
-metric: the value and the settings it was measured with) and ``tableN.caption.txt``.
+``df.attrs`` holds ``caption``, ``value_columns`` (the columns whose ``Agg`` cells the CSV splits into mean / std /
+n / diverged columns), ``marks`` (Table 6: the CSV gets a mark column per cell) and ``seeds`` (the per-seed long
+records). :func:`lsgm.report.render.write_tables` writes, per table, ``tableN.md`` (caption, blank line, markdown
+table with 2 decimals), ``tableN.csv`` (the printed rows at full precision; tokens ``NaN``, ``n/a``, ``—``; read it
+with ``pd.read_csv(path, keep_default_na=False)``), ``tableN.seeds.csv`` (one line per run x metric: the value and
+the settings it was measured with) and ``tableN.caption.txt``.
 
 The parts, each its own module: :mod:`~lsgm.report.runs` (published numbers, metrics files grouped into rows,
 :class:`~lsgm.report.runs.Agg`, per-seed records), :mod:`~lsgm.report.comparison` (the guards, ``Δ vs paper``,

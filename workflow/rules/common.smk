@@ -1,5 +1,6 @@
 # Config validation, the resolved plan of each scale (lsgm/plan/: run configs, GPUs, launch commands,
-# resources), wildcard constraints and the input functions the rules use. No arithmetic lives here.
+# resources), wildcard constraints and the input functions the rules use. No arithmetic lives here, and no path:
+# every file's pattern is in lsgm/plan/layout.py (the rules declare those patterns; the plan fills them in).
 import re
 from pathlib import Path
 
@@ -8,7 +9,7 @@ from snakemake.utils import validate
 
 from lsgm.config import RunConfig, from_dict, save_run_config
 from lsgm.config_sources import ConfigSources
-from lsgm.plan import EVAL_RESOURCE_KEYS, SCALES, TRAIN_RESOURCE_KEYS, Plan, PlanError, eval_args
+from lsgm.plan import EVAL_RESOURCE_KEYS, SCALES, TRAIN_RESOURCE_KEYS, Plan, PlanError, eval_args, layout
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 # config.yaml, the --configfile overlays and --config: errors name the one that set the value (lsgm/config_sources.py)
@@ -46,10 +47,11 @@ except PlanError as err:
     raise WorkflowError(SOURCES.blame(str(err), _plans, (WorkflowError, PlanError))) from None
 SCALE = config["scale"]
 # Seeds: one job per seed, or (scales.S.batch_seeds) one job for all seeds of a run -- its rules then declare one
-# output per seed (per_seed) and name their logs "-seeds" instead of "-s{seed}" (SEED_TAG).
+# output per seed (per_seed) and name their logs "-seeds" instead of "-s{seed}" (SEED_STEM, TRAIN_STEM).
 SEEDS = PLANS[SCALE].seeds
 BATCH_SEEDS = PLANS[SCALE].batch_seeds
-SEED_TAG = "seeds" if BATCH_SEEDS else "s{seed}"
+SEED_STEM = layout.seed_stem(BATCH_SEEDS)
+TRAIN_STEM = layout.seed_stem(BATCH_SEEDS, with_kind=False)
 
 
 def per_seed(pattern):
@@ -100,8 +102,9 @@ def reference_run(scale):
 def reproduction_inputs(wc):
     """This run's metrics files and the reference's (against a reference run), or the tables' CSVs (the paper)."""
     if reference_run(wc.scale) is None:
-        return {"tables": [f"results/{wc.scale}/tables/{t}.csv" for t in PLANS[wc.scale].config["tables"]]}
-    metrics = [t for t in PLANS[wc.scale].targets() if f"results/{wc.scale}/metrics/" in t]
+        return {"tables": [layout.fill(layout.TABLE, scale=wc.scale, table=t, ext="csv")
+                           for t in PLANS[wc.scale].config["tables"]]}
+    metrics = sorted({r.metrics_path(m) for r in PLANS[wc.scale].runs.values() for m in r.evals})
     return {"metrics": metrics, "reference": sorted(map(str, (reference_run(wc.scale) / "metrics").rglob("*.json")))}
 
 
@@ -137,8 +140,9 @@ TRAIN_RESOURCES = per_key(lambda wc: the_run(wc).resources(), TRAIN_RESOURCE_KEY
 EVAL_RESOURCES = per_key(lambda wc: PLANS[wc.scale].eval_resources(), EVAL_RESOURCE_KEYS)
 
 
-# Every job that runs torch starts with OMP_NUM_THREADS={threads} in its shell command: Snakemake does not set it, and
-# torch would otherwise use every core in each of the parallel jobs (measured: a 1-thread VAE job at 3.5 cores).
+# A job's threads: Snakemake exports OMP_NUM_THREADS (and MKL_NUM_THREADS, ...) = {threads} into every shell job, so
+# torch uses exactly these (tests/test_workflow_e2e.py reads them back from each metrics file); `lsgm launch` shares
+# a training job's threads, one node's worth, among the processes on each node (lsgm/launch.py).
 def train_threads(wc):
     return the_run(wc).threads()
 

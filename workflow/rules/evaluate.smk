@@ -8,11 +8,11 @@ rule make_data:
     """A miniature's dataset in its official file format (CIFAR-10 pickles, MNIST IDX, OMNIGLOT chardata.mat,
     CelebA-HQ-256 PNG folders), read by the paper loaders; the manifest (sizes, checksums, seed) is written last."""
     output:
-        "{root}/{dataset}.manifest.json",
+        layout.DATA_MANIFEST,
     params:
         sizes=lambda wc: "--n-train {} --n-test {}".format(*DATA_PLANS[wc.root].sc["data_sizes"][wc.dataset]),
     log:
-        "logs/make_data/{root}/{dataset}.log",
+        layout.DATA_LOG,
     threads: 1
     resources:
         **per_key(lambda wc: DATA_PLANS[wc.root].eval_resources(), EVAL_RESOURCE_KEYS),
@@ -24,9 +24,9 @@ rule inception_random:
     """Inception-v3 weights with torch-fidelity's keys and shapes, randomly initialised: the FID path runs end to end
     offline, and its numbers are meaningless (the sidecar JSON and every FID's settings say which weights)."""
     output:
-        "{root}/inception-random.pth",
+        layout.INCEPTION_RANDOM,
     log:
-        "logs/make_data/{root}/inception-random.log",
+        layout.part(layout.DATA_LOG, dataset="inception-random"),
     threads: 1
     resources:
         **per_key(lambda wc: DATA_PLANS[wc.root].eval_resources(), EVAL_RESOURCE_KEYS),
@@ -42,7 +42,7 @@ rule fid_stats:
         data=data_for,
         inception=inception_for,
     output:
-        "results/{scale}/fid_stats/{dataset}-{splits}-{bits}bit-{features}-{version}.pt",
+        layout.FID_STATS,
     params:
         classifier=lambda wc, input: f"--classifier {input.classifier}" if input.classifier else "",
         root=lambda wc: f"--root {r}" if (r := PLANS[wc.scale].sc.get("data_root")) else "",
@@ -50,14 +50,14 @@ rule fid_stats:
                          if (s := PLANS[wc.scale].sc.get("data_sizes", {}).get(wc.dataset)) else ""),
         inception=inception_flag,
     log:
-        "logs/{scale}/fid_stats/{dataset}-{splits}-{bits}bit-{features}-{version}.log",
+        layout.log("fid_stats", layout.FID_STATS_STEM),
     benchmark:
-        "results/{scale}/benchmarks/fid_stats/{dataset}-{splits}-{bits}bit-{features}-{version}.tsv"
+        layout.benchmark("fid_stats", layout.FID_STATS_STEM)
     threads: eval_threads
     resources:
         **EVAL_RESOURCES,
     shell:
-        "OMP_NUM_THREADS={threads} lsgm fid-stats --dataset {wildcards.dataset} --split {wildcards.splits}"
+        "lsgm fid-stats --dataset {wildcards.dataset} --split {wildcards.splits}"
         " --bits {wildcards.bits} --features {wildcards.features} {params.classifier}"
         " {params.root}{params.size}{params.inception} --out {output} > {log} 2>&1"
 
@@ -65,61 +65,61 @@ rule fid_stats:
 rule eval_nll:
     """NELBO and NLL (ODE prior likelihood with IW samples K and inner repeats M; VAE: IW bound)."""
     input:
-        model=per_seed("results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt"),
+        model=per_seed(layout.MODEL),
     output:
-        per_seed("results/{scale}/metrics/{dataset}/{kind}/{run}-s{seed}/nll.json"),
+        per_seed(layout.part(layout.METRICS, metric="nll")),
     params:
         flags=eval_flags("nll"),
     log:
-        f"logs/{{scale}}/eval_nll/{{dataset}}/{{kind}}/{{run}}-{SEED_TAG}.log",
+        layout.log("eval_nll", SEED_STEM),
     benchmark:
-        f"results/{{scale}}/benchmarks/eval_nll/{{dataset}}/{{kind}}/{{run}}-{SEED_TAG}.tsv"
+        layout.benchmark("eval_nll", SEED_STEM)
     threads: eval_threads
     resources:
         **EVAL_RESOURCES,
     shell:
-        "OMP_NUM_THREADS={threads} lsgm evaluate nll --model {input.model} --out {output} {params.flags} > {log} 2>&1"
+        "lsgm evaluate nll --model {input.model} --out {output} {params.flags} > {log} 2>&1"
 
 
 rule eval_fid:
     """FID (Inception) or FD (offline classifier features) from ODE samples."""
     input:
-        model=per_seed("results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt"),
+        model=per_seed(layout.MODEL),
         stats=fid_stats_for,
         inception=inception_for,
     output:
-        per_seed("results/{scale}/metrics/{dataset}/{kind}/{run}-s{seed}/fid.json"),
+        per_seed(layout.part(layout.METRICS, metric="fid")),
     params:
         flags=eval_flags("fid"),
         inception=inception_flag,
     log:
-        f"logs/{{scale}}/eval_fid/{{dataset}}/{{kind}}/{{run}}-{SEED_TAG}.log",
+        layout.log("eval_fid", SEED_STEM),
     benchmark:
-        f"results/{{scale}}/benchmarks/eval_fid/{{dataset}}/{{kind}}/{{run}}-{SEED_TAG}.tsv"
+        layout.benchmark("eval_fid", SEED_STEM)
     threads: eval_threads
     priority: 1  # see rule train
     resources:
         **EVAL_RESOURCES,
     shell:
-        "OMP_NUM_THREADS={threads} lsgm evaluate fid --model {input.model} --stats {input.stats} --out {output} {params.flags}"
+        "lsgm evaluate fid --model {input.model} --stats {input.stats} --out {output} {params.flags}"
         "{params.inception} > {log} 2>&1"
 
 
 rule eval_cost:
     """Sampling cost: NFE, seconds per batch and FD/FID per ODE tolerance (and PC steps for the pixel SGM)."""
     input:
-        model="results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt",
+        model=layout.MODEL,
         stats=fid_stats_for,
         inception=inception_for,
     output:
-        "results/{scale}/metrics/{dataset}/{kind}/{run}-s{seed}/cost.json",
+        layout.part(layout.METRICS, metric="cost"),
     params:
         flags=eval_flags("cost"),
         inception=inception_flag,
     log:
-        "logs/{scale}/eval_cost/{dataset}/{kind}/{run}-s{seed}.log",
+        layout.log("eval_cost", layout.STEM),
     benchmark:
-        "results/{scale}/benchmarks/eval_cost/{dataset}/{kind}/{run}-s{seed}.tsv"
+        layout.benchmark("eval_cost", layout.STEM)
     wildcard_constraints:
         kind="lsgm|sgm",
     threads: eval_threads
@@ -127,7 +127,7 @@ rule eval_cost:
     resources:
         **EVAL_RESOURCES,
     shell:
-        "OMP_NUM_THREADS={threads} lsgm evaluate cost --model {input.model} --stats {input.stats} --out {output} {params.flags}"
+        "lsgm evaluate cost --model {input.model} --stats {input.stats} --out {output} {params.flags}"
         "{params.inception} > {log} 2>&1"
 
 
@@ -135,24 +135,24 @@ rule samples:
     """Figure 5: a grid of samples of one trained model (decoder means), drawn as the FID draws them; a diverged
     run gives a placeholder saying so. The sidecar JSON records the settings, checkpoint and provenance."""
     input:
-        model="results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt",
+        model=layout.MODEL,
     output:
         png=report(
-            "results/{scale}/samples/{dataset}/{kind}/{run}-s{seed}.png",
+            layout.SAMPLES,
             caption="../report/samples.rst",
             category="Samples",
             subcategory="{kind} ({dataset})",
             labels={"run": "{run}", "seed": "{seed}"},
         ),
-        json="results/{scale}/samples/{dataset}/{kind}/{run}-s{seed}.json",
+        json=layout.SAMPLES_JSON,
     params:
         flags=eval_flags("samples"),
     log:
-        "logs/{scale}/samples/{dataset}/{kind}/{run}-s{seed}.log",
+        layout.log("samples", layout.STEM),
     benchmark:
-        "results/{scale}/benchmarks/samples/{dataset}/{kind}/{run}-s{seed}.tsv"
+        layout.benchmark("samples", layout.STEM)
     threads: eval_threads
     resources:
         **EVAL_RESOURCES,
     shell:
-        "OMP_NUM_THREADS={threads} lsgm evaluate samples --model {input.model} --out {output.png} {params.flags} > {log} 2>&1"
+        "lsgm evaluate samples --model {input.model} --out {output.png} {params.flags} > {log} 2>&1"

@@ -8,20 +8,20 @@ rule tables:
         metrics=lambda wc: PLANS[wc.scale].table_inputs(wc.table),
     output:
         md=report(
-            "results/{scale}/tables/{table}.md",
+            layout.part(layout.TABLE, ext="md"),
             caption="../report/tables.rst",
             category="Tables",
             labels={"table": "{table}", "format": "markdown"},
         ),
         csv=report(
-            "results/{scale}/tables/{table}.csv",
+            layout.part(layout.TABLE, ext="csv"),
             caption="../report/tables.rst",
             category="Tables",
             labels={"table": "{table}", "format": "csv"},
         ),
-        seeds="results/{scale}/tables/{table}.seeds.csv",
+        seeds=layout.part(layout.TABLE, ext="seeds.csv"),
     log:
-        "logs/{scale}/tables/{table}.log",
+        layout.log("tables", "{table}"),
     localrule: True
     shell:
         "lsgm report tables --table {wildcards.table} --metrics {input.metrics} --scale {wildcards.scale}"
@@ -34,18 +34,20 @@ rule figure4:
         metrics=lambda wc: PLANS[wc.scale].figure4_inputs(),
     output:
         png=report(
-            "results/{scale}/figure4.png",
+            layout.part(layout.FIGURE, figure="figure4", ext="png"),
             caption="../report/figure4.rst",
             category="Figures",
             labels={"figure": "Figure 4"},
         ),
-        csv="results/{scale}/figure4.csv",
+        csv=layout.part(layout.FIGURE, figure="figure4", ext="csv"),
+    params:
+        out=subpath(output.csv, parent=True),
     log:
-        "logs/{scale}/figure4.log",
+        layout.log("", "figure4"),
     localrule: True
     shell:
         "lsgm report figure4 --metrics {input.metrics} --scale {wildcards.scale}"
-        " --out-dir results/{wildcards.scale} > {log} 2>&1"
+        " --out-dir {params.out} > {log} 2>&1"
 
 
 rule variance:
@@ -55,29 +57,30 @@ rule variance:
         models=lambda wc: PLANS[wc.scale].variance_inputs(),
     output:
         png=report(
-            "results/{scale}/variance.png",
+            layout.part(layout.FIGURE, figure="variance", ext="png"),
             caption="../report/variance.rst",
             category="Figures",
             labels={"figure": "Estimator variance"},
         ),
         csv=report(
-            "results/{scale}/variance.csv",
+            layout.part(layout.FIGURE, figure="variance", ext="csv"),
             caption="../report/variance.rst",
             category="Tables",
             labels={"table": "variance", "format": "csv"},
         ),
     params:
         flags=lambda wc: eval_args(PLANS[wc.scale].variance_settings()),
+        out=subpath(output.csv, parent=True),
     log:
-        "logs/{scale}/variance.log",
+        layout.log("", "variance"),
     benchmark:
-        "results/{scale}/benchmarks/variance.tsv"
+        layout.benchmark("", "variance")
     threads: eval_threads
     resources:
         **EVAL_RESOURCES,
     shell:
-        "OMP_NUM_THREADS={threads} lsgm report variance --models {input.models} --scale {wildcards.scale} {params.flags}"
-        " --out-dir results/{wildcards.scale} > {log} 2>&1"
+        "lsgm report variance --models {input.models} --scale {wildcards.scale} {params.flags}"
+        " --out-dir {params.out} > {log} 2>&1"
 
 
 rule reproduction:
@@ -86,12 +89,12 @@ rule reproduction:
     input:
         unpack(reproduction_inputs),
     output:
-        md="results/{scale}/reproduction.md",
-        csv="results/{scale}/reproduction.csv",
+        md=layout.part(layout.REPRODUCTION, ext="md"),
+        csv=layout.part(layout.REPRODUCTION, ext="csv"),
     params:
         flags=reproduction_args,
     log:
-        "logs/{scale}/reproduction.log",
+        layout.log("", "reproduction"),
     localrule: True
     shell:
         "lsgm report reproduction --scale {wildcards.scale} {params.flags} --md {output.md} --csv {output.csv}"

@@ -8,11 +8,11 @@ rule run_config:
     """The RunConfig YAML of one run, resolved from config.yaml and validated by lsgm.config (written in the
     Snakemake process: no interpreter start per run)."""
     output:
-        "results/{scale}/configs/{dataset}/{kind}/{run}-s{seed}.yaml",
+        layout.CONFIG,
     params:
         config=lambda wc: the_run(wc).config,
     log:
-        "logs/{scale}/run_config/{dataset}/{kind}/{run}-s{seed}.log",
+        layout.log("run_config", layout.STEM),
     wildcard_constraints:
         kind="vae|lsgm|sgm|classifier",
     localrule: True
@@ -26,20 +26,20 @@ rule train:
     or sgm (the pixel-space SGM baseline). `lsgm train-<kind>` on the plan's processes; the plan gives the launcher
     and the resources. With scales.S.batch_seeds one job trains every seed of the run, one after the other."""
     input:
-        config=per_seed("results/{scale}/configs/{dataset}/{kind}/{run}-s{seed}.yaml"),
+        config=per_seed(layout.CONFIG),
         vae=backbone_model,
         data=data_for,
     output:
-        model=per_seed("results/{scale}/runs/{dataset}/{kind}/{run}-s{seed}/model.pt"),
+        model=per_seed(layout.MODEL),
     params:
         out=lambda wc, output: [str(Path(p).parent) for p in output.model],
         vae=lambda wc, input: f" --vae {' '.join(input.vae)}" if input.vae else "",
         ckpt=lambda wc: [r.ckpt_dir for r in the_runs(wc)],
         lsgm=lambda wc: the_run(wc).launcher(),
     log:
-        f"logs/{{scale}}/train_{{kind}}/{{dataset}}/{{run}}-{SEED_TAG}.log",
+        layout.log("train_{kind}", TRAIN_STEM),
     benchmark:
-        f"results/{{scale}}/benchmarks/train_{{kind}}/{{dataset}}/{{run}}-{SEED_TAG}.tsv"
+        layout.benchmark("train_{kind}", TRAIN_STEM)
     wildcard_constraints:
         kind="vae|lsgm|sgm",
     threads: train_threads
@@ -48,24 +48,24 @@ rule train:
     resources:
         **TRAIN_RESOURCES,
     shell:
-        "OMP_NUM_THREADS={threads} {params.lsgm} train-{wildcards.kind} --config {input.config}{params.vae} --out {params.out}"
+        "{params.lsgm} train-{wildcards.kind} --config {input.config}{params.vae} --out {params.out}"
         " --ckpt-dir {params.ckpt} > {log} 2>&1"
 
 
 rule train_classifier:
     """The small CNN whose features stand in for Inception-v3 offline (FD, never called FID)."""
     input:
-        config="results/{scale}/configs/{dataset}/classifier/fd-s0.yaml",
+        config=layout.part(layout.CONFIG, kind="classifier", run="fd", seed=0),
     output:
-        model="results/{scale}/runs/{dataset}/classifier/fd-s0/model.pt",
+        model=layout.part(layout.MODEL, kind="classifier", run="fd", seed=0),
     params:
         out=subpath(output.model, parent=True),
     log:
-        "logs/{scale}/train_classifier/{dataset}.log",
+        layout.log("train_classifier", "{dataset}"),
     benchmark:
-        "results/{scale}/benchmarks/train_classifier/{dataset}.tsv"
+        layout.benchmark("train_classifier", "{dataset}")
     threads: eval_threads
     resources:
         **EVAL_RESOURCES,
     shell:
-        "OMP_NUM_THREADS={threads} lsgm train-classifier --config {input.config} --out {params.out} > {log} 2>&1"
+        "lsgm train-classifier --config {input.config} --out {params.out} > {log} 2>&1"
