@@ -38,8 +38,6 @@ import hashlib
 import importlib.util
 import io
 import json
-import pickle
-import struct
 import sys
 import zlib
 from importlib import metadata
@@ -48,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from lsgm.data.common import DatasetError, md5sum
+from lsgm.data.file_formats import Py2Str, cifar10_batch, idx_bytes, mat_bytes, png_bytes, py2_pickle
 from lsgm.io import OutputError, atomic_write_bytes, atomic_write_json, check_output, provenance
 
 MINIATURE_VERSION = 1
@@ -147,73 +146,8 @@ def strokes(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# CIFAR-10: Python 2 pickles
+# CIFAR-10: Python 2 pickles (lsgm.data.file_formats)
 # --------------------------------------------------------------------------------------------------
-
-
-class _Py2Str(bytes):
-    """A Python 2 ``str``: pickled as (SHORT_)BINSTRING, which Python 3 decodes with the loader's ``encoding``."""
-
-
-class _Py2Global:
-    """A global named as Python 2 numpy named it (``numpy.core.multiarray._reconstruct``), written verbatim."""
-
-    def __init__(self, module: str, name: str):
-        self.module, self.name = module, name
-        self.__name__ = name  # pickle's save_reduce reads it
-
-    def __call__(self, *args):  # pickle requires the reduce function to be callable; it is never called
-        raise TypeError("a pickling marker")
-
-
-_RECONSTRUCT = _Py2Global("numpy.core.multiarray", "_reconstruct")
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Protocol-2 pickles as Python 2's cPickle wrote the CIFAR-10 batches: ``_Py2Str`` as Python 2 strings and
-    numpy arrays reduced as Python 2 numpy did (``_reconstruct``, a ``'b'`` string, the raw bytes as a string).
-    The pure-Python pickler is used because only it lets a type's saver be replaced."""
-
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def save_py2str(self, obj: _Py2Str) -> None:
-        n = len(obj)
-        head = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
-        self.write(head + bytes(obj))
-        self.memoize(obj)
-
-    def save_py2global(self, obj: _Py2Global) -> None:
-        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("ascii"))
-        self.memoize(obj)
-
-    dispatch[_Py2Str] = save_py2str
-    dispatch[_Py2Global] = save_py2global
-
-    def reducer_override(self, obj):
-        if isinstance(obj, np.ndarray):
-            raw = np.ascontiguousarray(obj)
-            return _RECONSTRUCT, (np.ndarray, (0,), _Py2Str(b"b")), (1, raw.shape, raw.dtype, False,
-                                                                     _Py2Str(raw.tobytes()))
-        if isinstance(obj, np.dtype):
-            if obj != np.uint8:
-                raise TypeError(f"only uint8 arrays are written, got {obj}")
-            return np.dtype, (_Py2Str(b"u1"), False, True), (3, _Py2Str(b"|"), None, None, None, -1, -1, 0)
-        return NotImplemented
-
-
-def py2_pickle(obj) -> bytes:
-    buffer = io.BytesIO()
-    _Py2Pickler(buffer, protocol=2).dump(obj)
-    return buffer.getvalue()
-
-
-def _py2_batch(label: str, labels: np.ndarray, images: np.ndarray, filenames: list[str]) -> bytes:
-    """One CIFAR-10 batch: ``images`` uint8 ``[n, 32, 32, 3]`` stored as ``data`` ``[n, 3072]`` channel-major."""
-    data = np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), 3072))  # [n, 3072]: R, G, B planes
-    return py2_pickle({_Py2Str(b"batch_label"): _Py2Str(label.encode()),
-                       _Py2Str(b"labels"): [int(v) for v in labels],
-                       _Py2Str(b"data"): data,
-                       _Py2Str(b"filenames"): [_Py2Str(f.encode()) for f in filenames]})
 
 
 def _write_cifar10(root: Path, sizes: dict[str, int], seed: int) -> tuple[list[Path], str]:
@@ -233,11 +167,11 @@ def _write_cifar10(root: Path, sizes: dict[str, int], seed: int) -> tuple[list[P
             lo, hi = bounds[b], bounds[b + 1]
             label = f"training batch {b + 1} of {len(names)}" if split == "train" else "testing batch 1 of 1"
             files = [f"miniature_{split}_{i:06d}.png" for i in range(lo, hi)]
-            atomic_write_bytes(folder / name, _py2_batch(label, labels[lo:hi], images[lo:hi], files))
+            atomic_write_bytes(folder / name, cifar10_batch(label, labels[lo:hi], images[lo:hi], files))
             written.append(folder / name)
-    meta = {_Py2Str(b"num_cases_per_batch"): int(-(-sizes["train"] // 5)),
-            _Py2Str(b"label_names"): [_Py2Str(n.encode()) for n in CIFAR10_LABEL_NAMES],
-            _Py2Str(b"num_vis"): 3072}
+    meta = {Py2Str(b"num_cases_per_batch"): int(-(-sizes["train"] // 5)),
+            Py2Str(b"label_names"): [Py2Str(n.encode()) for n in CIFAR10_LABEL_NAMES],
+            Py2Str(b"num_vis"): 3072}
     atomic_write_bytes(folder / "batches.meta", py2_pickle(meta))
     written.append(folder / "batches.meta")
     return written, "synthetic: smooth colour gradients and Gaussian blobs of the label's hue (numpy Generator)"
@@ -265,11 +199,6 @@ def read_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.uint8)
 
 
-def idx_bytes(array: np.ndarray, magic: int) -> bytes:
-    """An IDX ubyte file: big-endian int32 magic, then each dimension's size, then the bytes (row-major)."""
-    return struct.pack(f">{1 + array.ndim}i", magic, *array.shape) + np.ascontiguousarray(array, np.uint8).tobytes()
-
-
 def _write_mnist(root: Path, sizes: dict[str, int], seed: int) -> tuple[list[Path], str]:
     from lsgm.data.mnist import MNIST_FILES
 
@@ -295,17 +224,6 @@ def _write_mnist(root: Path, sizes: dict[str, int], seed: int) -> tuple[list[Pat
 # --------------------------------------------------------------------------------------------------
 
 
-def mat_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """A MAT v5 file of ``arrays`` (scipy.io.savemat) whose header text is fixed instead of the creation time."""
-    from scipy.io import savemat
-
-    buffer = io.BytesIO()
-    savemat(buffer, arrays)
-    data = bytearray(buffer.getvalue())
-    data[:116] = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: lsgm make-data (miniature)".ljust(116)
-    return bytes(data)
-
-
 def _write_omniglot(root: Path, sizes: dict[str, int], seed: int) -> tuple[list[Path], str]:
     arrays = {}
     for split, prefix in (("train", ""), ("test", "test")):
@@ -324,14 +242,6 @@ def _write_omniglot(root: Path, sizes: dict[str, int], seed: int) -> tuple[list[
 # --------------------------------------------------------------------------------------------------
 # CelebA-HQ-256: PNG folders
 # --------------------------------------------------------------------------------------------------
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _write_celeba256(root: Path, sizes: dict[str, int], seed: int) -> tuple[list[Path], str]:
