@@ -81,6 +81,8 @@ def _json(path: str, key: str, *rest: str) -> str:
     fmt = rest[-1] if rest and rest[-1] not in AGGREGATES else ""
     if agg is None and len(values) != 1:
         raise StaleError(f"{key} matches {len(values)} values; give min, max, sum or len")
+    if agg and len(values) == 1 and isinstance(values[0], (list, dict)):  # len of [a list] would be 1
+        raise StaleError(f"{key} is one {type(values[0]).__name__}; aggregate its items with {key}.*|{agg}")
     return _format(AGGREGATES[agg](values) if agg else values[0], fmt)
 
 

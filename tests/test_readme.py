@@ -53,3 +53,12 @@ def test_a_stale_block_and_a_false_claim_fail_the_check(text, monkeypatch):
     assert claim in " ".join(text.split())
     monkeypatch.setitem(readme.CLAIMS, claim, lambda: False)  # as if the tables said the opposite
     assert readme.render(text)[1] == [f"false claim: {claim!r} (the committed tables say otherwise)"]
+
+
+def test_the_length_of_one_list_is_its_items_not_one():
+    """``KEY|len`` on a JSON list counted the list itself (the README printed "1 2-node trainings" for six): the
+    check refuses it and names ``KEY.*|len``, which counts the items."""
+    with pytest.raises(readme.StaleError, match=r"multi_node_jobs is one list; aggregate its items with "
+                                                r"multi_node_jobs\.\*\|len"):
+        readme.value_of("j|benchmarks/results/slurm_cluster.json|multi_node_jobs|len")
+    assert readme.value_of("j|benchmarks/results/slurm_cluster.json|multi_node_jobs.*|len") == "6"
