@@ -97,6 +97,37 @@ def test_frechet_distance_zero_for_identical_sets_and_grows_with_shift():
     assert small == pytest.approx(16 * 0.25**2, rel=1e-6)  # a pure mean shift: ||delta||^2
 
 
+def test_reference_fd_is_the_closed_form_for_commuting_covariances():
+    """Features whose sample covariance is exactly diagonal against a diagonal reference: FD = |mu1 - mu2|^2 +
+    sum_i (sqrt(a_i) - sqrt(b_i))^2, with fewer samples than features (the bootstrap's case at 2048-d) and more."""
+    rng = np.random.default_rng(0)
+    for n, dim in ((5, 12), (40, 6)):
+        k = min(n - 1, dim)
+        q = np.linalg.qr(np.hstack([np.ones((n, 1)), rng.normal(size=(n, k))]))[0][:, 1:]  # centred, orthonormal
+        scales = rng.uniform(0.5, 2.0, size=k)
+        x = np.zeros((n, dim))
+        x[:, :k] = q * scales
+        mu1 = rng.normal(size=dim)
+        a = np.zeros(dim)
+        a[:k] = scales**2 / (n - 1)
+        b = rng.uniform(0.1, 3.0, size=dim)
+        mu2 = rng.normal(size=dim)
+        exact = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+        fd = fid_mod.ReferenceFD({"mu": mu2, "sigma": np.diag(b)})(torch.from_numpy(x + mu1))
+        assert fd == pytest.approx(exact, rel=1e-10), (n, dim)
+
+
+def test_reference_fd_equals_torch_fidelitys_frechet_distance():
+    """The bootstrap's FD (no sqrtm) is torch-fidelity's FD of the same features, for N > D and N <= D."""
+    rng = np.random.default_rng(1)
+    for n, dim in ((300, 16), (10, 64)):
+        mix = rng.normal(size=(dim, dim))
+        ref = fid_mod.feature_statistics(torch.from_numpy(rng.normal(size=(500, dim)) @ mix))
+        feats = torch.from_numpy(rng.normal(size=(n, dim)) @ mix.T + 0.3)
+        expected = fid_mod.frechet_distance(fid_mod.feature_statistics(feats), ref)
+        assert fid_mod.ReferenceFD(ref)(feats) == pytest.approx(expected, rel=1e-7), (n, dim)
+
+
 def test_fd_standard_error_is_the_spread_of_the_fd_over_sample_sets():
     """The bootstrap SE of an FD (cost rows' ``fd_stderr``) estimates the standard deviation of the FD over
     independent sets of N samples (a shifted Gaussian against fixed N(0, I) statistics), and is reproducible."""
