@@ -5,7 +5,7 @@ with a local run of the same scale, a requeued and a cancelled training job resu
 Needs a Slurm cluster whose nodes are this machine (``scripts/local-slurm.sh up``: two emulated nodes n1, n2)::
 
     scripts/local-slurm.sh up
-    python benchmarks/slurm_cluster.py            # ~25 min on 2 cores
+    python benchmarks/slurm_cluster.py            # ~40 min on 2 cores
     scripts/local-slurm.sh down
 
 The workflow is copied into fresh folders (nothing lands in this checkout); the jobs run the installed ``lsgm``.
