@@ -211,7 +211,7 @@ class KLConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = rng(50, 1)
+    steps: int = rng(50, 0)
     # The GLOBAL batch of one optimizer step (official: GPUs x per-GPU batch). Each of the world_size
     # processes sees global_batch / (world_size * grad_accum) samples per forward pass, where grad_accum is
     # the smallest number of micro-batches that keeps that at most max_batch_per_process (0: no cap).

@@ -138,12 +138,15 @@ def test_miniature_is_the_resolved_paper_scale_with_sizes_changed_only():
     the miniature writes, and the run's name); the evaluations, their settings but for sample counts and batches,
     the launch nodes and the evaluations each run has are the paper's."""
     from lsgm.plan import EVAL_SIZE_KEYS, RUN_DATA_KEYS, RUN_SIZE_KEYS
+    from lsgm.plan.scaling import NOTE, RULE_KEYS
 
     paper, mini = Plan(CONFIG, "paper"), Plan(CONFIG, "mini")
     assert set(mini.runs) == set(paper.runs) and len(paper.runs) == 33
     for key, run in paper.runs.items():
         small = mini.runs[key]
-        assert _differing(run.config, small.config) <= RUN_SIZE_KEYS | RUN_DATA_KEYS | {"name"}, key
+        # sizes, data and name, and what the scaling rules derive from the sizes (lsgm/plan/scaling.py)
+        assert _differing(run.config, small.config) <= RUN_SIZE_KEYS | RUN_DATA_KEYS | RULE_KEYS | {"name", "deviations"}
+        assert {d for d in small.config["deviations"] if not d.startswith(NOTE)} == set(run.config["deviations"]), key
         assert {k.split(".", 1)[1] for k in _differing(run.eval_settings, small.eval_settings)} <= EVAL_SIZE_KEYS
         assert small.evals == run.evals and small.official == run.official and small.nodes == run.nodes, key
         assert small.gpus_per_node == 1 and not small.gpu and small.config["data"]["root"] == "data/mini"

@@ -21,7 +21,7 @@ from PIL import Image
 from lsgm.config import RunConfig, apply_overrides, save_run_config, to_dict
 from lsgm.data import dataset_info
 from lsgm.eval import cli as eval_cli
-from lsgm.eval.common import load_run
+from lsgm.eval.common import evaluation_seed, load_run
 from lsgm.eval.generate import make_sampling, sample_batch
 from lsgm.eval.samples import PADDING, grid_size, sidecar_path
 from lsgm.plan import Plan, eval_args, resolved_settings
@@ -92,7 +92,9 @@ def test_binary_grid_holds_bernoulli_means_not_a_binarized_draw(models, tmp_path
     run = load_run(models["lsgm"])
     sampling = make_sampling("lsgm", sampler="ode", tolerance=1e-3, pc_steps=None, snr=0.16, solver="dopri5",
                              t_eps=1e-5, temperature=1.0, vae_temperature=1.0)
-    images = torch.cat([sample_batch(run, start, min(4, 6 - start), seed=0, sampling=sampling, device="cpu").images
+    seed = json.loads(sidecar_path(out).read_text())["settings"]["eval_seed"]
+    assert seed == evaluation_seed(0, run.cfg.name, "fid")  # the FID's own draws
+    images = torch.cat([sample_batch(run, start, min(4, 6 - start), seed=seed, sampling=sampling, device="cpu").images
                         for start in (0, 4)])
     expected = (images[:, 0] * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
     assert np.abs(cells.astype(int) - expected.astype(int)).max() <= 1  # the same samples as the FID's

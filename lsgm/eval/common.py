@@ -8,6 +8,7 @@ a diverged run is not an error: its metrics are NaN with the reason (exit 0).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,21 @@ def _build_modules(run: LoadedRun, blob: dict, use_ema: bool, device: torch.devi
 # --------------------------------------------------------------------------------------------------
 # Per-sample seeding and image quantisation
 # --------------------------------------------------------------------------------------------------
+
+
+SEED_RULE = ("eval_seed = SeedSequence([seed, sha256(run name), sha256(evaluation)]): every run (its name holds its "
+             "training seed) and every evaluation of it draws its own noise")
+
+
+def evaluation_seed(seed: int, run_name: str, evaluation: str) -> int:
+    """The seed of one evaluation of one run: the configured ``seed`` mixed with the run's name (``quick/digits/lsgm/
+    balanced-s1``: it holds the training seed) and the evaluation (``nll``, ``fid``, ...). No two training seeds, runs or
+    evaluations share Monte Carlo draws, so the spread over seeds includes the evaluation's own error; the same run and
+    evaluation always draw the same (a rerun is bit-identical). A 63-bit integer, recorded as ``settings.eval_seed``."""
+    words = [int(seed)] + [int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+                           for text in (run_name, evaluation)]
+    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
 
 
 def sample_seed(seed: int, index: int, stream: int = 0) -> int:

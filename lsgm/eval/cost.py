@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from lsgm.eval.common import LoadedRun, load_run, metrics_record, resolve_device, set_bn_mode
+from lsgm.eval.common import SEED_RULE, LoadedRun, evaluation_seed, load_run, metrics_record, resolve_device, set_bn_mode
 from lsgm.eval.features import Extractor
 from lsgm.eval.fid import (
     check_stats,
@@ -31,8 +31,8 @@ from lsgm.eval.fid import (
 )
 from lsgm.eval.generate import Sampling, sample_batch
 
-ROW_KEYS = ("sampler", "tolerance", "n_steps", "nfe_mean", "nfe_std", "seconds_per_batch", "seconds_std",
-            "solve_seconds_per_batch", "batch_size", "n_batches", "fd_name", "fd", "fd_stderr", "fd_n_samples")
+ROW_KEYS = ("sampler", "tolerance", "n_steps", "nfe_mean", "nfe_std", "nfe_stderr", "seconds_per_batch",
+            "seconds_std", "seconds_stderr", "solve_seconds_per_batch", "batch_size", "n_batches", "fd_name", "fd", "fd_stderr", "fd_n_samples")
 
 
 def time_sampler(run: LoadedRun, *, sampling: Sampling, batch_size: int, n_batches: int, seed: int,
@@ -46,8 +46,12 @@ def time_sampler(run: LoadedRun, *, sampling: Sampling, batch_size: int, n_batch
     nfe = np.array([b.nfe for b in batches], dtype=float)
     sec = np.array([b.seconds for b in batches])
     solve = np.array([b.sampler_seconds for b in batches])
-    return {"nfe_mean": float(nfe.mean()), "nfe_std": float(nfe.std()), "seconds_per_batch": float(sec.mean()),
-            "seconds_std": float(sec.std()), "solve_seconds_per_batch": float(solve.mean()),
+    n = len(batches)
+    return {"nfe_mean": float(nfe.mean()), "nfe_std": float(nfe.std()),
+            "nfe_stderr": float(nfe.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+            "seconds_per_batch": float(sec.mean()), "seconds_std": float(sec.std()),
+            "seconds_stderr": float(sec.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+            "solve_seconds_per_batch": float(solve.mean()),
             "batch_size": batch_size, "n_batches": n_batches}
 
 
@@ -69,7 +73,8 @@ def cost_row(run: LoadedRun, extractor: Extractor | None, ref: dict | None, *, s
         else:
             row["fd"] = row["fd_stderr"] = None
     except (FloatingPointError, AssertionError) as err:  # NaN samples / solver underflow: a NaN row
-        failed = ("nfe_mean", "nfe_std", "seconds_per_batch", "seconds_std", "solve_seconds_per_batch", "fd", "fd_stderr")
+        failed = ("nfe_mean", "nfe_std", "nfe_stderr", "seconds_per_batch", "seconds_std", "seconds_stderr",
+                  "solve_seconds_per_batch", "fd", "fd_stderr")
         row.update({k: math.nan for k in failed}, error=str(err).splitlines()[0])
         row.setdefault("batch_size", batch_size)
         row.setdefault("n_batches", n_batches)
@@ -102,11 +107,13 @@ def evaluate_cost(model: str, stats_path: str | None, *, tolerances: list[float]
         "snr": snr, "n_corrector": 1,
         "batch_size": batch_size, "n_batches": n_batches, "warmup_batches": 1,
         "warmup": "one batch per evaluation, at its first setting", "fd_samples": fd_samples,
-        "fd_batch_size": fd_batch_size, "seed": seed, "bn_mode": bn_mode,
+        "fd_batch_size": fd_batch_size, "seed": seed, "eval_seed": evaluation_seed(seed, run.cfg.name, "cost"),
+        "seed_rule": SEED_RULE, "bn_mode": bn_mode,
         "fd_stderr": f"bootstrap over the fd_samples generated features ({FD_BOOTSTRAP_DRAWS} resamples, reference "
                      "statistics fixed)",
         "timing": "seconds per batch of batch_size: noise + solve + decode, device synchronised, warm-up excluded",
         "nfe": "score evaluations per batch solve, incl. rejected steps and initial step selection",
+        "stderr": "nfe_stderr, seconds_stderr: over the n_batches timed batches; fd_stderr: bootstrap",
         "feature_extractor": extractor.describe() if extractor else None,
         "reference": None if stats is None else {"path": str(stats_path), "name": stats["name"], "n": stats["n"]},
     }
@@ -118,7 +125,7 @@ def evaluate_cost(model: str, stats_path: str | None, *, tolerances: list[float]
         return metrics_record("cost", run, {"rows": rows}, settings, device=dev, started=started)
     set_bn_mode(run.vae, bn_mode)
     rows = [cost_row(run, extractor, ref, batch_size=batch_size, n_batches=n_batches, fd_samples=fd_samples,
-                     fd_batch_size=fd_batch_size, seed=seed, device=dev, warmup=i == 0,
+                     fd_batch_size=fd_batch_size, seed=settings["eval_seed"], device=dev, warmup=i == 0,
                      sampling=Sampling(sampler=s, tolerance=t, solver=solver, t_eps=t_eps, temperature=temperature,
                                        vae_temperature=vae_temperature, pc_steps=n, snr=snr))
             for i, (s, t, n) in enumerate(plan)]

@@ -32,9 +32,11 @@ from torch_fidelity.metric_fid import (
 from torch_fidelity.utils import get_featuresdict_from_dataset
 
 from lsgm.eval.common import (
+    SEED_RULE,
     EvalError,
     LoadedRun,
     load_user_file,
+    evaluation_seed,
     metrics_record,
     quantize_uint8,
     resolve_device,
@@ -109,7 +111,10 @@ class ReferenceFD:
                 self._root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
             b = a @ self._root
             gram = b.T @ b
-        eig = np.clip(np.linalg.eigvalsh((gram + gram.T) / 2), 0.0, None)
+        eig = np.linalg.eigvalsh((gram + gram.T) / 2)
+        # eigenvalues that are zero in exact arithmetic (rank N - 1 < D) come out as +-(rounding) and their square
+        # roots as ~1e-8 each: below numpy's rank tolerance (max |l| x size x eps, as matrix_rank) they are zero
+        eig[eig < np.abs(eig).max(initial=0.0) * eig.size * np.finfo(np.float64).eps] = 0.0
         return float(np.sum((mu - self.mu) ** 2) + np.sum(a * a) + self.trace - 2.0 * np.sum(np.sqrt(eig)))
 
 
@@ -291,27 +296,33 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: floa
                              solver=solver, t_eps=t_eps, temperature=temperature, vae_temperature=vae_temperature)
     settings = {
         **sampling_settings(run.kind, sampling), "n_samples": n_samples, "batch_size": batch_size,
-        "bn_mode": bn_mode, "seed": seed,
-        "seeding": "per-sample generator seeded by (seed, sample index)", "decoder": "mean",
+        "bn_mode": bn_mode, "seed": seed, "eval_seed": evaluation_seed(seed, run.cfg.name, "fid"), "seed_rule": SEED_RULE,
+        "seeding": "per-sample generator seeded by (eval_seed, sample index)", "decoder": "mean",
         "quantization": "uint8 round(255 x)", "feature_extractor": extractor.describe(),
         "reference": {"path": str(stats_path), "name": stats["name"], "dataset": stats["dataset"],
                       "split": stats["split"], "n": stats["n"], **stats["reference"]},
         "statistics": "pooled mean/covariance over all samples; torch-fidelity fid_statistics_to_metric",
         "torch_fidelity_extractor": extractor.name,
     }
-    metrics = {extractor.metric_name: math.nan, "nfe_mean": math.nan}
+    name = extractor.metric_name
+    metrics = {name: math.nan, f"{name}_stderr": math.nan, "nfe_mean": math.nan}
+    settings["stderr"] = (f"{name}_stderr: bootstrap over the n_samples generated features ({FD_BOOTSTRAP_DRAWS} "
+                          "resamples, the reference statistics fixed): the Monte Carlo error of the samples drawn")
     if run.diverged:
         return metrics_record("fid", run, metrics, settings, device=dev, started=started)
     set_bn_mode(run.vae, bn_mode)
     try:
-        feats, batches = sample_features(run, extractor, n_samples, batch_size, seed=seed, sampling=sampling,
-                                         device=dev)
+        feats, batches = sample_features(run, extractor, n_samples, batch_size, seed=settings["eval_seed"],
+                                         sampling=sampling, device=dev)
     except (FloatingPointError, AssertionError) as err:  # NaN samples / solver underflow: not a crash
         return metrics_record("fid", run, metrics, settings, status="diverged", reason=f"sampling failed: {err}",
                               device=dev, started=started)
     ref = {"mu": stats["mu"].numpy(), "sigma": stats["sigma"].numpy()}
-    metrics[extractor.metric_name] = frechet_distance(feature_statistics(feats), ref)
-    metrics["nfe_mean"] = float(np.mean([b.nfe for b in batches]))
+    metrics[name] = frechet_distance(feature_statistics(feats), ref)
+    metrics[f"{name}_stderr"] = fd_standard_error(feats, ref, seed=settings["eval_seed"])
+    nfe = np.array([b.nfe for b in batches], dtype=float)
+    metrics["nfe_mean"] = float(nfe.mean())
+    metrics["nfe_stderr"] = float(nfe.std(ddof=1) / math.sqrt(nfe.size)) if nfe.size > 1 else math.nan
     return metrics_record("fid", run, metrics, settings, device=dev, started=started)
 
 

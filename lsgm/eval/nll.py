@@ -34,7 +34,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lsgm.eval.common import EvalError, LoadedRun, load_run, metrics_record, resolve_device, sample_seed
+from lsgm.eval.common import (
+    SEED_RULE, EvalError, LoadedRun, evaluation_seed, load_run, metrics_record, resolve_device, sample_seed,
+)
 from lsgm.likelihood import iw_nll, nats_to_bpd, ode_log_likelihood
 from lsgm.objectives import nelbo_terms, normal_cross_entropy, prior_cross_entropy, truncation_term
 from lsgm.time_sampling import make_time_sampler
@@ -58,6 +60,7 @@ class PriorTerm:
     cross_entropy: torch.Tensor  # [B] -log p(z_0), mean over the M solves / t draws
     inner_sem: torch.Tensor | None  # [B] standard error of that mean over the M solves (ODE, M > 1)
     nfe: list[int] = field(default_factory=list)  # one per ODE solve
+    mc_var: torch.Tensor | None = None  # [B] variance of the DSM mean from its t draws (Monte Carlo; None: not DSM)
 
 
 def prior_term(run: LoadedRun, z0: torch.Tensor, ps: PriorSettings, gen: torch.Generator) -> PriorTerm:
@@ -70,9 +73,11 @@ def prior_term(run: LoadedRun, z0: torch.Tensor, ps: PriorSettings, gen: torch.G
         except ValueError as err:
             raise EvalError(f"DSM prior term: {err} (pass --t-eps)") from err
         with torch.no_grad():
-            draws = [prior_cross_entropy(z0, run.score, run.sde, sampler, generator=gen) for _ in range(ps.t_draws)]
+            draws = torch.stack([prior_cross_entropy(z0, run.score, run.sde, sampler, generator=gen).double()
+                                 for _ in range(ps.t_draws)])  # (T, B)
         truncation = truncation_term(run.sde, ps.t_eps, z0[0].numel())
-        return PriorTerm(torch.stack(draws).mean(0) + truncation, None)
+        mc_var = draws.var(0, unbiased=True) / ps.t_draws if ps.t_draws > 1 else torch.full_like(draws[0], math.nan)
+        return PriorTerm(draws.mean(0) + truncation, None, mc_var=mc_var)
     solves = [ode_log_likelihood(z0, run.score, run.sde, ps.t_eps, rtol=ps.tolerance, atol=ps.tolerance,
                                  probe=ps.probe, generator=gen, method=ps.solver) for _ in range(ps.inner)]
     ce = -torch.stack([s.logp for s in solves])  # (M, B)
@@ -93,13 +98,14 @@ class BatchTerms:
     lower_ce: torch.Tensor
     inner_sem: torch.Tensor | None
     nfe: list[int]
+    bound_mc_var: torch.Tensor | None = None  # [B] Monte Carlo variance of nelbo_bound's DSM term (its t draws)
 
 
 def batch_terms(run: LoadedRun, x: torch.Tensor, ps: PriorSettings, iw_samples: int, seed: int,
                 batch_index: int) -> BatchTerms:
     """NELBO terms and the IW NLL of one batch x [B, C, H, W]; encoder noise and probes are seeded by
     (seed, batch_index, k)."""
-    terms = {name: [] for name in ("nelbo", "recon", "neg_ent", "prior", "lower", "sem", "bound")}
+    terms = {name: [] for name in ("nelbo", "recon", "neg_ent", "prior", "lower", "sem", "bound", "mc")}
     nfe: list[int] = []
     for k in range(iw_samples):
         gen = torch.Generator(device=x.device)
@@ -108,13 +114,13 @@ def batch_terms(run: LoadedRun, x: torch.Tensor, ps: PriorSettings, iw_samples: 
             out = run.vae(x, generator=gen)
         prior = prior_term(run, out.z0, ps, gen)
         parts = nelbo_terms(out, prior.cross_entropy)
-        bound = parts.nelbo
+        bound, mc = parts.nelbo, prior.mc_var
         if ps.prior == "ode":  # the same encoder sample under the DSM bound (training t_eps)
-            dsm = replace(ps, prior="dsm", t_eps=run.cfg.sde.t_eps)
-            bound = nelbo_terms(out, prior_term(run, out.z0, dsm, gen).cross_entropy).nelbo
+            dsm = prior_term(run, out.z0, replace(ps, prior="dsm", t_eps=run.cfg.sde.t_eps), gen)
+            bound, mc = nelbo_terms(out, dsm.cross_entropy).nelbo, dsm.mc_var
         values = {"nelbo": parts.nelbo, "recon": parts.reconstruction, "neg_ent": parts.neg_entropy,
                   "prior": parts.prior_cross_entropy, "lower": parts.lower_cross_entropy, "sem": prior.inner_sem,
-                  "bound": bound}
+                  "bound": bound, "mc": mc}
         for name, value in values.items():
             terms[name].append(value)
         nfe += prior.nfe
@@ -124,7 +130,8 @@ def batch_terms(run: LoadedRun, x: torch.Tensor, ps: PriorSettings, iw_samples: 
                       reconstruction=stack["recon"].mean(0),
                       neg_entropy=stack["neg_ent"].mean(0), prior_ce=stack["prior"].mean(0),
                       lower_ce=stack["lower"].mean(0),
-                      inner_sem=None if sem is None else sem.pow(2).mean(0).sqrt() / math.sqrt(iw_samples), nfe=nfe)
+                      inner_sem=None if sem is None else sem.pow(2).mean(0).sqrt() / math.sqrt(iw_samples), nfe=nfe,
+                      bound_mc_var=stack["mc"].sum(0) / iw_samples ** 2 if "mc" in stack else None)
 
 
 def _mean_se(values: torch.Tensor) -> tuple[float, float]:
@@ -132,8 +139,12 @@ def _mean_se(values: torch.Tensor) -> tuple[float, float]:
     return float(values.mean()), (float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.nan)
 
 
+PER_EXAMPLE = ("nelbo", "nll", "nelbo_bound")  # kept per test example (paired differences between models)
+
+
 def summarize(batches: list[BatchTerms], unit: str, dims: int) -> dict:
-    """Dataset means (and standard errors over test examples) in ``unit``."""
+    """Dataset means (and standard errors over test examples: data and Monte Carlo error together) in ``unit``;
+    ``nelbo_bound_mc_stderr``: the Monte Carlo part of its DSM term alone (the t draws), sqrt(sum_i var_i) / N."""
     conv = (lambda v: nats_to_bpd(v, dims)) if unit == "bpd" else (lambda v: v)
     cat = {name: conv(torch.cat([getattr(b, name) for b in batches]))
            for name in ("nelbo", "nll", "nelbo_bound", "reconstruction", "neg_entropy", "prior_ce", "lower_ce")}
@@ -150,10 +161,22 @@ def summarize(batches: list[BatchTerms], unit: str, dims: int) -> dict:
     if sems:  # standard error of the dataset-mean cross entropy due to the M inner solves
         sem = conv(torch.cat(sems))
         out["ode_inner_stderr"] = float(sem.pow(2).sum().sqrt() / sem.numel())
+    mc = [b.bound_mc_var for b in batches if b.bound_mc_var is not None]
+    if mc:  # nats^2 -> unit: the conversion is linear
+        var = torch.cat(mc)
+        out["nelbo_bound_mc_stderr"] = float(conv(var.sum().sqrt()) / var.numel())
     nfe = [n for b in batches for n in b.nfe]
     if nfe:
         out["nfe_mean"], out["nfe_std"] = float(np.mean(nfe)), float(np.std(nfe))
+        out["nfe_stderr"] = float(np.std(nfe, ddof=1) / math.sqrt(len(nfe))) if len(nfe) > 1 else math.nan
     return out
+
+
+def per_example(batches: list[BatchTerms], unit: str, dims: int) -> dict[str, list[float]]:
+    """The per-example values of :data:`PER_EXAMPLE` in ``unit``, in test-split order (the record's ``per_example``:
+    two models evaluated on the same split are compared example by example)."""
+    conv = (lambda v: nats_to_bpd(v, dims)) if unit == "bpd" else (lambda v: v)
+    return {name: [float(v) for v in conv(torch.cat([getattr(b, name) for b in batches]))] for name in PER_EXAMPLE}
 
 
 def _test_loader(run: LoadedRun, split: str, batch_size: int, root: str | None) -> DataLoader:
@@ -201,7 +224,10 @@ def evaluate_nll(model: str, *, prior: str, iw_samples: int, inner: int, toleran
                                f"truncation term -D log m(t_eps))"}[kind],
         "nelbo_bound_t_eps": None if kind == "normal" else (run.cfg.sde.t_eps if kind == "ode" else t_eps),
         "ode_system": "one ODE per batch (NFE depends on the batch size)" if kind == "ode" else None,
-        "n_batches": n_batches, "split": split, "seed": seed, "bn_mode": "eval", "temperature": 1.0,
+        "n_batches": n_batches, "split": split, "seed": seed, "eval_seed": evaluation_seed(seed, run.cfg.name, "nll"),
+        "seed_rule": SEED_RULE + "; the dynamic binarization of the test data (binary data) draws from torch's "
+                     "generator seeded by seed itself: every model is evaluated on the same test images",
+        "bn_mode": "eval", "temperature": 1.0,
         "unit": data.unit, "eval_dims": data.eval_dims,
         "unit_note": _unit_note(data), "dynamic_binarization": data.binary,
     }
@@ -222,7 +248,7 @@ def evaluate_nll(model: str, *, prior: str, iw_samples: int, inner: int, toleran
         for i, (x, _) in enumerate(_test_loader(run, split, batch_size, root)):
             if n_batches is not None and i >= n_batches:
                 break
-            batches.append(batch_terms(run, x.to(dev), ps, iw_samples, seed, i))
+            batches.append(batch_terms(run, x.to(dev), ps, iw_samples, settings["eval_seed"], i))
     except AssertionError as err:  # torchdiffeq underflow / step budget: report, never crash
         return metrics_record("nll", run, metrics, settings, status="diverged", reason=f"ODE solve failed: {err}",
                               device=dev, started=started)
@@ -230,7 +256,9 @@ def evaluate_nll(model: str, *, prior: str, iw_samples: int, inner: int, toleran
     settings["n_examples"] = metrics["n_examples"]
     status = "ok" if math.isfinite(metrics["nll"]) else "diverged"
     reason = None if status == "ok" else "non-finite NLL"
-    return metrics_record("nll", run, metrics, settings, status=status, reason=reason, device=dev, started=started)
+    record = metrics_record("nll", run, metrics, settings, status=status, reason=reason, device=dev, started=started)
+    record["per_example"] = per_example(batches, data.unit, data.eval_dims)
+    return record
 
 
 def _unit_note(data) -> str:

@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 
 from lsgm.eval.common import (
+    SEED_RULE,
     EvalError,
     LoadedRun,
+    evaluation_seed,
     load_run,
     metrics_record,
     resolve_device,
@@ -115,7 +117,9 @@ def evaluate_samples(model: str, out: str, *, n: int, nrow: int, batch_size: int
                              solver=solver, t_eps=t_eps, temperature=temperature, vae_temperature=vae_temperature)
     settings = {
         **sampling_settings(run.kind, sampling), "n": n, "nrow": nrow, "batch_size": batch_size,
-        "bn_mode": bn_mode, "seed": seed, "seeding": "per-sample generator seeded by (seed, sample index)",
+        "bn_mode": bn_mode, "seed": seed, "eval_seed": evaluation_seed(seed, run.cfg.name, "fid"),
+        "seed_rule": SEED_RULE + "; a grid takes its FID's eval_seed: it shows the first n samples the FID measures",
+        "seeding": "per-sample generator seeded by (eval_seed, sample index)",
         "decoder": "mean (Bernoulli probabilities, not binarized)" if run.data.binary else "mean",
         "quantization": "uint8 round(255 x) (torchvision save_image)", "padding": PADDING, "pad_value": PAD_VALUE,
         "crop": run.data.crop,
@@ -130,7 +134,8 @@ def evaluate_samples(model: str, out: str, *, n: int, nrow: int, batch_size: int
     else:
         set_bn_mode(run.vae, bn_mode)
         try:
-            images, nfes, seconds = draw_samples(run, n, batch_size, seed=seed, sampling=sampling, device=dev)
+            images, nfes, seconds = draw_samples(run, n, batch_size, seed=settings["eval_seed"], sampling=sampling,
+                                                 device=dev)
         except (FloatingPointError, AssertionError) as err:  # NaN samples / solver underflow: not a crash
             status, reason = "diverged", f"sampling failed: {err}"
             save_placeholder(out, size)

@@ -36,6 +36,7 @@ from lsgm.plan.common import (
     DERIVED_OWN_KEYS, EVALUATIONS, PlanError, SCALES, STAGES, _with_samples, check_eval_settings, check_shrink,
     deep_merge,
 )
+from lsgm.plan import scaling
 from lsgm.plan.run import Run
 
 
@@ -182,6 +183,21 @@ class Resolution:
             train.setdefault(opt, {})["warmup_steps"] = steps["warmup_epochs"]
         return spec.get("epochs", off.epochs if off is not None else None)
 
+    def _scaling_rules(self, cfg: dict, reference: dict, explicit: dict) -> None:
+        """A scale smaller than the paper's keeps the EMA horizon and warm-up of the run's reference (the official
+        recipe; a miniature's: its paper-scale run) as fractions of the steps (:mod:`lsgm.plan.scaling`); a value the
+        scale sets itself (``explicit``: its layers' ``train``) stays. Recorded in the run's deviations."""
+        ref = (reference or {}).get("train") or {}
+        if self.scale == "paper" or "steps" not in ref or "steps" not in cfg.get("train", {}):
+            return
+        official = scaling.Official(
+            steps=int(ref["steps"]), ema_decay=ref.get("ema_decay") if "ema_decay" not in explicit else None,
+            warmup_steps={opt: int(ref[opt]["warmup_steps"]) for opt in ("vae_optim", "score_optim")
+                          if "warmup_steps" in ref.get(opt, {}) and "warmup_steps" not in explicit.get(opt, {})})
+        values, notes = scaling.shrunk(cfg["train"], official)
+        cfg["train"] = deep_merge(cfg["train"], values)
+        cfg["deviations"] = sorted(set(cfg.get("deviations", [])) | set(notes))
+
     def _official_eval_layer(self, kind: str, official: str | None) -> tuple[dict | None, str | None]:
         """The one place the official evaluation commands enter: (settings per evaluation, what they are), for an
         LSGM at the paper scale (its NVlabs/LSGM evaluation commands) and a pixel SGM (score_sde's PC sampler; its
@@ -237,8 +253,12 @@ class Resolution:
             cfg["data"].setdefault("root", root)  # lsgm.data finds <root>/MNIST/raw, <root>/celeba256/... itself
         epochs = self._steps(dataset, cfg, spec, off, where)
         own = None if cell else name
+        reference = off_cfg if self.base == self.scale else copy.deepcopy(cfg)  # the durations the rules keep
         if shrink:  # a control (``shrink`` False) already has its LSGM's and backbone's shrunk sections
             cfg = deep_merge(cfg, *self._shrink_layers(kind, own, "config"))
+            explicit = deep_merge(rec.get("config") or {}, self.sc["defaults"].get(kind, {}).get("config") or {},
+                                  spec.get("config") or {}, *self._shrink_layers(kind, own, "config"))
+            self._scaling_rules(cfg, reference, explicit.get("train") or {})
         if self.base != self.scale:
             epochs = None  # a miniature's steps are its own, not the paper's epochs
         try:
