@@ -10,6 +10,8 @@ the one builder training and evaluation share.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -62,6 +64,21 @@ class MixedScore(nn.Module):
         if not self.mixed:
             return eps_net
         return (1.0 - self.alpha) * self.sde.mixing_component(z_t.float(), t.float()) + self.alpha * eps_net
+
+
+def initial_latent_scale(alpha: torch.Tensor, sde: SDE, t_eps: float) -> torch.Tensor:
+    """The standard deviation per channel of the top latent that the mixed score draws at initialisation: with eps' = 0
+    the score is -(1 - alpha) z_t, and for a VP-type SDE (f = -g^2 / 2) the probability-flow ODE is the linear
+    dz/dt = -alpha g^2(t) z / 2, so z_{t_eps} = z_1 (m(t_eps) / m(1))^alpha with m the SDE's mean coefficient
+    (int g^2 dt = 2 log(m(t_eps) / m(1))). The initial prior is therefore N(0, tau^2 I) with tau = (m(t_eps) /
+    m(1))^alpha per channel: e.g. 1.27 for the VPSDE (beta 0.1..20) at mixing logit -3.
+
+    alpha: the mixing coefficients [C] (sigmoid of the initial logit, 0 on inactive channels) -> tau [C]."""
+    if sde.prior_var != 1.0:
+        raise ValueError(f"the initial mixed score's latent scale is derived for VP-type SDEs; {sde.type} is not one")
+    ends = torch.tensor([float(t_eps), 1.0], dtype=torch.float64)
+    m_eps, m_1 = sde.mean_coeff(ends).tolist()
+    return torch.exp(alpha.double() * math.log(m_eps / m_1))
 
 
 class NoiseConditioned(nn.Module):

@@ -100,3 +100,45 @@ def test_noise_conditioned_feeds_log_sigma_and_pixel_spaces_round_trip():
         torch.testing.assert_close(to_unit(to_model_space(x, centered), centered), x)
     torch.testing.assert_close(to_model_space(x, True), 2 * x - 1)
     torch.testing.assert_close(to_model_space(x, False), x)
+
+
+class Zero(nn.Module):
+    """eps' = 0: the mixed score at initialisation (the real output layer starts at gain 1e-5)."""
+
+    def forward(self, z, t):
+        return torch.zeros_like(z)
+
+
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+
+from lsgm.sampling import ode_sample  # noqa: E402
+from lsgm.score import initial_latent_scale  # noqa: E402
+
+
+@pytest.mark.parametrize("sde_cfg", [SDEConfig(type="vpsde"), SDEConfig(type="geometric", sigma2_min=3e-5,
+                                                                          sigma2_max=0.999)])
+def test_the_initial_mixed_score_samples_a_rescaled_normal(sde_cfg):
+    """Closed form: at eps' = 0 the probability-flow ODE maps z_1 to (m(t_eps)/m(1))^alpha z_1 per channel (the
+    sample-quality control draws N(0, tau^2 I) with this tau); an inactive channel (alpha 0) keeps N(0, I)."""
+    sde = make_sde(sde_cfg)
+    model = MixedScore(Zero(), sde, (3, 2, 2), mixing_logit_init=-3.0)
+    model.set_active(torch.tensor([True, False, True]))
+    z1 = torch.randn(6, 3, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z0 = ode_sample(model, sde, z1.shape, 1e-5, rtol=1e-9, atol=1e-9, z1=z1).z0
+    alpha = model.alpha.detach().flatten()
+    tau = initial_latent_scale(alpha, sde, 1e-5)
+    torch.testing.assert_close(z0, z1 * tau.reshape(1, 3, 1, 1), rtol=1e-6, atol=1e-8)
+    assert tau[1] == 1.0 and tau[0] > 1.0
+
+
+def test_the_vpsde_initial_prior_is_wider_by_1_27():
+    """The VPSDE (beta 0.1 .. 20) at mixing logit -3: tau = exp(sigmoid(-3) int_0^1 beta / 2) = 1.269, the latent
+    inflation behind the quick LSGMs' sample-quality gain at initialisation."""
+    sde = make_sde(SDEConfig(type="vpsde"))
+    alpha = torch.sigmoid(torch.tensor([-3.0], dtype=torch.float64))
+    integral = 0.1 * (1 - 1e-5) + 0.5 * (20.0 - 0.1) * (1 - 1e-10)
+    want = math.exp(float(alpha) * integral / 2)
+    assert float(initial_latent_scale(alpha, sde, 1e-5)) == pytest.approx(want, rel=1e-9)
+    assert want == pytest.approx(1.269, abs=1e-3)

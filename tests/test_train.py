@@ -577,3 +577,33 @@ def test_temp_files_of_a_killed_save_are_removed_at_the_next_start(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+@pytest.mark.parametrize("objective", [{}, {"drop_inactive_var": True}])
+def test_the_run_at_initialisation_holds_the_trained_runs_initial_weights(vae_model, tmp_path, objective):
+    """The control "LSGM at initialisation" (train.steps 0, lsgm/controls.py) is the model a trained run of the same
+    config and seed starts from: its score (raw and EMA), mixing logit, active channels and VAE equal the trainer's
+    before its first step."""
+    from lsgm.config import load_run_config
+    from lsgm.train.distributed import unwrap
+    from lsgm.train.lsgm import LSGMTask
+    from lsgm.train.run import Run
+
+    cfg = write_config(tmp_path / "init.yaml", "lsgm", train={"steps": 0, **STAGE2_OPTIM}, objective=objective)
+    assert run_cli("train-lsgm", "--config", str(cfg), "--vae", str(vae_model), "--out", str(tmp_path / "init")) == 0
+    info = assert_run_dir(tmp_path / "init")
+    assert info["step"] == 0
+    saved = torch.load(tmp_path / "init" / "model.pt", weights_only=True)
+    trained = write_config(tmp_path / "trained.yaml", "lsgm", train={"steps": 6, **STAGE2_OPTIM}, objective=objective)
+    run = Run(load_run_config(trained), tmp_path / "trained")
+    try:
+        task = LSGMTask(run, str(vae_model))
+        start = {"score": unwrap(task.score).state_dict(), "vae": unwrap(task.vae).state_dict()}
+    finally:
+        run.close()
+    for part in ("score", "vae"):
+        assert saved["state"][part].keys() == start[part].keys()
+        for key, value in start[part].items():
+            assert torch.equal(saved["state"][part][key], value), (part, key)
+    for key, value in saved["ema"].items():
+        assert torch.equal(value, start["score"][key]), key

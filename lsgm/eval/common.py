@@ -210,7 +210,7 @@ def run_section(cfg: RunConfig) -> dict:
         "weighting": cfg.objective.weighting if score else None,
         "sampling": cfg.objective.sampling if score else None,
         "q_objective": cfg.objective.q_objective if cfg.kind == "lsgm" else None,
-        "seed": cfg.seed,
+        "seed": cfg.seed, "steps": cfg.train.steps,
     }
 
 

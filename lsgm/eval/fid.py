@@ -48,6 +48,7 @@ from lsgm.eval.generate import (
     SampleBatch,
     Sampling,
     make_sampling,
+    matched_scale,
     sample_batch,
     sampling_settings,
 )
@@ -280,10 +281,12 @@ def sample_features(run: LoadedRun, extractor: Extractor, n_samples: int, batch_
 def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: float, sampler: str,
                  pc_steps: int | None, snr: float, solver: str, batch_size: int, temperature: float,
                  vae_temperature: float, seed: int, bn_mode: str, t_eps: float, use_ema: bool,
-                 classifier: str | None, inception_weights: str | None, device: str | None) -> dict:
+                 classifier: str | None, inception_weights: str | None, device: str | None,
+                 latent: str = "prior") -> dict:
     """FID (Inception) or FD (classifier features) of ``n_samples`` samples against ``stats_path``: ODE samples, or
     for the pixel SGM (``sampler='pc'``) predictor-corrector samples with ``pc_steps`` steps, as the original SGM's
-    published FIDs were measured."""
+    published FIDs were measured. ``latent='matched_normal'``: an LSGM's decoder with its score prior replaced by the
+    Normal its mixed score is at initialisation (the sample-quality control; a record of kind ``fid_normal``)."""
     from lsgm.eval.common import load_run
 
     started = time.perf_counter()
@@ -293,10 +296,12 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: floa
     extractor = extractor_for_stats(stats, classifier, inception_weights, dev)
     check_stats(stats, extractor, run.cfg.data.name, stats_path)
     sampling = make_sampling(run.kind, sampler=sampler, tolerance=tolerance, pc_steps=pc_steps, snr=snr,
-                             solver=solver, t_eps=t_eps, temperature=temperature, vae_temperature=vae_temperature)
+                             solver=solver, t_eps=t_eps, temperature=temperature, vae_temperature=vae_temperature,
+                             latent=latent)
+    kind = "fid_normal" if latent == "matched_normal" else "fid"
     settings = {
         **sampling_settings(run.kind, sampling), "n_samples": n_samples, "batch_size": batch_size,
-        "bn_mode": bn_mode, "seed": seed, "eval_seed": evaluation_seed(seed, run.cfg.name, "fid"), "seed_rule": SEED_RULE,
+        "bn_mode": bn_mode, "seed": seed, "eval_seed": evaluation_seed(seed, run.cfg.name, kind), "seed_rule": SEED_RULE,
         "seeding": "per-sample generator seeded by (eval_seed, sample index)", "decoder": "mean",
         "quantization": "uint8 round(255 x)", "feature_extractor": extractor.describe(),
         "reference": {"path": str(stats_path), "name": stats["name"], "dataset": stats["dataset"],
@@ -309,13 +314,19 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: floa
     settings["stderr"] = (f"{name}_stderr: bootstrap over the n_samples generated features ({FD_BOOTSTRAP_DRAWS} "
                           "resamples, the reference statistics fixed): the Monte Carlo error of the samples drawn")
     if run.diverged:
-        return metrics_record("fid", run, metrics, settings, device=dev, started=started)
+        return metrics_record(kind, run, metrics, settings, device=dev, started=started)
+    if latent == "matched_normal":
+        tau = matched_scale(run, t_eps).flatten()
+        settings["latent_scale"] = {"tau": [round(float(v), 6) for v in tau], "mean": float(tau.mean()),
+                                    "rule": "tau = (m(t_eps) / m(1))^alpha_0 per channel, alpha_0 = sigmoid(objective."
+                                            "mixing_logit_init) (0 on inactive channels): the mixed score with eps' = 0",
+                                    "mixing_logit_init": run.cfg.objective.mixing_logit_init}
     set_bn_mode(run.vae, bn_mode)
     try:
         feats, batches = sample_features(run, extractor, n_samples, batch_size, seed=settings["eval_seed"],
                                          sampling=sampling, device=dev)
     except (FloatingPointError, AssertionError) as err:  # NaN samples / solver underflow: not a crash
-        return metrics_record("fid", run, metrics, settings, status="diverged", reason=f"sampling failed: {err}",
+        return metrics_record(kind, run, metrics, settings, status="diverged", reason=f"sampling failed: {err}",
                               device=dev, started=started)
     ref = {"mu": stats["mu"].numpy(), "sigma": stats["sigma"].numpy()}
     metrics[name] = frechet_distance(feature_statistics(feats), ref)
@@ -323,7 +334,7 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: floa
     nfe = np.array([b.nfe for b in batches], dtype=float)
     metrics["nfe_mean"] = float(nfe.mean())
     metrics["nfe_stderr"] = float(nfe.std(ddof=1) / math.sqrt(nfe.size)) if nfe.size > 1 else math.nan
-    return metrics_record("fid", run, metrics, settings, device=dev, started=started)
+    return metrics_record(kind, run, metrics, settings, device=dev, started=started)
 
 
 # --------------------------------------------------------------------------------------------------

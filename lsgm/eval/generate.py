@@ -38,10 +38,11 @@ class Sampling:
     vae_temperature: float  # scale of the decoder's lower-scale groups, official --vae_temp
     pc_steps: int | None  # PC steps (None for the ODE)
     snr: float | None  # PC corrector signal-to-noise ratio (None for the ODE)
+    latent: str = "prior"  # LSGM: "prior" (its score prior) | "matched_normal" (N(0, tau^2 I), the initial prior)
 
 
 def make_sampling(kind: str, *, sampler: str, tolerance: float, pc_steps: int | None, snr: float, solver: str,
-                  t_eps: float, temperature: float, vae_temperature: float) -> Sampling:
+                  t_eps: float, temperature: float, vae_temperature: float, latent: str = "prior") -> Sampling:
     """The :class:`Sampling` of one sampler's command-line settings for a ``kind`` run (``lsgm evaluate fid`` and
     ``samples``): PC is the pixel SGM's sampler and needs its step count; the ODE's tolerance is dropped under PC,
     PC's steps and snr under the ODE."""
@@ -49,20 +50,43 @@ def make_sampling(kind: str, *, sampler: str, tolerance: float, pc_steps: int | 
         raise EvalError(f"--sampler pc is the pixel SGM's sampler; this is a {kind} run (use --sampler ode)")
     if sampler == "pc" and not pc_steps:
         raise EvalError("--sampler pc needs --pc-steps N (the original SGM: its num_scales, e.g. 2000)")
+    if latent != "prior" and kind != "lsgm":
+        raise EvalError(f"--latent {latent} replaces an LSGM's score prior; this is a {kind} run (drop --latent)")
     pc = sampler == "pc"
     return Sampling(sampler=sampler, tolerance=None if pc else tolerance, solver=solver, t_eps=t_eps,
                     temperature=temperature, vae_temperature=vae_temperature, pc_steps=pc_steps if pc else None,
-                    snr=snr if pc else None)
+                    snr=snr if pc else None, latent=latent)
 
 
 def sampling_settings(kind: str, s: Sampling) -> dict:
     """``s`` as a metrics file records it: ``None`` where a ``kind`` run does not use a setting (the VAE has no
     sampler, the pixel SGM no temperatures)."""
     pc, vae, sgm = s.sampler == "pc", kind == "vae", kind == "sgm"
+    if s.latent == "matched_normal":  # no sampler: z_0 ~ N(0, tau^2 I), then the decoder
+        return {"sampler": None, "pc_steps": None, "snr": None, "n_corrector": None, "tolerance": None, "solver": None,
+                "latent": s.latent, "t_eps": s.t_eps, "temperature": s.temperature,
+                "vae_temperature": s.vae_temperature}
     return {"sampler": None if vae else s.sampler, "pc_steps": s.pc_steps, "snr": s.snr, "n_corrector": 1 if pc else None,
             "tolerance": None if vae else s.tolerance, "solver": None if vae else s.solver,
             "t_eps": None if vae else s.t_eps, "temperature": None if sgm else s.temperature,
             "vae_temperature": None if sgm else s.vae_temperature}
+
+
+def matched_scale(run: LoadedRun, t_eps: float) -> torch.Tensor:
+    """tau [1, C, 1, ...] of an LSGM run: the latent scale of its mixed score at initialisation
+    (:func:`lsgm.score.initial_latent_scale` at its initial mixing logit, alpha 0 on inactive channels)."""
+    from lsgm.score import initial_latent_scale
+
+    score = run.score
+    alpha0 = torch.sigmoid(torch.tensor(run.cfg.objective.mixing_logit_init, dtype=torch.float64)) \
+        * score.active.to(torch.float64).cpu()
+    if not run.cfg.objective.mixed_score:
+        raise EvalError(f"{run.path}: --latent matched_normal needs the mixed score (objective.mixed_score)")
+    try:
+        tau = initial_latent_scale(alpha0, run.sde, t_eps)
+    except ValueError as err:
+        raise EvalError(f"{run.path}: --latent matched_normal: {err}") from None
+    return tau.reshape((1, -1) + (1,) * (len(run.vae.latent_shape) - 1)).float()
 
 
 @dataclass
@@ -91,7 +115,7 @@ def sample_batch(run: LoadedRun, start: int, count: int, *, seed: int, sampling:
                  device: torch.device | str) -> SampleBatch:
     """Samples ``start .. start + count - 1`` of an evaluation seeded ``seed`` (images in [0, 1]), drawn as
     ``sampling`` says (the VAE: its decoder only)."""
-    from lsgm.sampling import ode_sample, pc_sample
+    from lsgm.sampling import SampleResult, ode_sample, pc_sample
     from lsgm.score import to_unit
 
     s, device = sampling, torch.device(device)
@@ -107,7 +131,9 @@ def sample_batch(run: LoadedRun, start: int, count: int, *, seed: int, sampling:
         # the prior N(0, prior_var I): N(0, I) for VP-type SDEs, N(0, sigma_max^2 I) for the VESDE
         z1 = per_sample_normal(shape, gens, device,
                                scale=(s.temperature if run.kind == "lsgm" else 1.0) * run.sde.prior_std)
-        if s.sampler == "ode":
+        if s.latent == "matched_normal":  # the LSGM's initial prior, N(0, tau^2 I): no score network
+            res = SampleResult(z0=z1 * matched_scale(run, s.t_eps).to(device, z1.dtype), nfe=0, seconds=0.0)
+        elif s.sampler == "ode":
             res = ode_sample(run.score, run.sde, z1.shape, s.t_eps, rtol=s.tolerance, atol=s.tolerance,
                              method=s.solver, z1=z1)
         else:

@@ -101,7 +101,8 @@ def save_placeholder(out: Path, size: tuple[int, int], text: str = "diverged") -
 
 def evaluate_samples(model: str, out: str, *, n: int, nrow: int, batch_size: int, tolerance: float, sampler: str,
                      pc_steps: int | None, snr: float, solver: str, temperature: float, vae_temperature: float,
-                     seed: int, bn_mode: str, t_eps: float, use_ema: bool, device: str | None) -> dict:
+                     seed: int, bn_mode: str, t_eps: float, use_ema: bool, device: str | None,
+                     latent: str = "prior") -> dict:
     """Write the grid of ``n`` samples of ``model`` to ``out`` (PNG) and its sidecar JSON; return the sidecar
     record."""
     for name, value in (("--n", n), ("--nrow", nrow), ("--batch-size", batch_size)):
@@ -114,10 +115,12 @@ def evaluate_samples(model: str, out: str, *, n: int, nrow: int, batch_size: int
     dev = resolve_device(device)
     run = load_run(model, use_ema=use_ema, device=dev)
     sampling = make_sampling(run.kind, sampler=sampler, tolerance=tolerance, pc_steps=pc_steps, snr=snr,
-                             solver=solver, t_eps=t_eps, temperature=temperature, vae_temperature=vae_temperature)
+                             solver=solver, t_eps=t_eps, temperature=temperature, vae_temperature=vae_temperature,
+                             latent=latent)
     settings = {
         **sampling_settings(run.kind, sampling), "n": n, "nrow": nrow, "batch_size": batch_size,
-        "bn_mode": bn_mode, "seed": seed, "eval_seed": evaluation_seed(seed, run.cfg.name, "fid"),
+        "bn_mode": bn_mode, "seed": seed,
+        "eval_seed": evaluation_seed(seed, run.cfg.name, "fid_normal" if latent == "matched_normal" else "fid"),
         "seed_rule": SEED_RULE + "; a grid takes its FID's eval_seed: it shows the first n samples the FID measures",
         "seeding": "per-sample generator seeded by (eval_seed, sample index)",
         "decoder": "mean (Bernoulli probabilities, not binarized)" if run.data.binary else "mean",

@@ -131,6 +131,9 @@ _GENERATION = (
     _s("bn_mode", str, "eval", "BatchNorm mode while sampling (official --vae_train_mode: train)",
        choices=("eval", "train")),
 )
+_LATENT = _s("latent", str, "prior", "LSGM: the top latent from its score prior ('prior'), or ('matched_normal') from "
+             "N(0, tau^2 I), tau = (m(t_eps)/m(1))^alpha_0 per channel: the Normal its mixed score is at initialisation "
+             "(the sample-quality control)", choices=("prior", "matched_normal"))
 _SNR = _s("snr", float, 0.16, "PC corrector signal-to-noise ratio (score_sde)", low=0.0, low_open=True)
 _ONE_SAMPLER = (
     _TOLERANCE,
@@ -159,7 +162,7 @@ for _command, _settings in {
         _s("n_batches", int, None, "test batches", low=1, unset="all", none_text="all"),
         _s("split", str, "test", "the split evaluated", choices=("test", "train")),
     ),
-    "fid": (_SEED, *_GENERATION, *_ONE_SAMPLER,
+    "fid": (_SEED, *_GENERATION, *_ONE_SAMPLER, _LATENT,
             _s("batch_size", int, 64, "samples per batch (the ODE system's size)", low=1),
             _s("n_samples", int, 50_000, "samples (official 50,000)", low=2)),
     "cost": (_SEED, *_GENERATION, _SNR,
@@ -172,7 +175,7 @@ for _command, _settings in {
              _s("pc_steps", int, None, "pixel SGM: PC step counts", low=1, many=True, unset="none"),
              _s("samplers", str, None, "pixel SGM: which samplers", choices=("ode", "pc"), many=True,
                 unset="both")),
-    "samples": (_SEED, *_GENERATION, *_ONE_SAMPLER,
+    "samples": (_SEED, *_GENERATION, *_ONE_SAMPLER, _LATENT,
                 _s("n", int, 64, "samples in the grid", low=1),
                 _s("nrow", int, 8, "samples per grid row", low=1),
                 _s("batch_size", int, 64, "samples per batch", low=1)),
@@ -193,8 +196,8 @@ def defaults(command: str) -> dict[str, Any]:
 # What a model kind does not use: a VAE has no score prior (no ODE, no DSM term, no PC sampler); an LSGM samples
 # with the ODE only.
 _UNUSED = {"vae": {"prior", "inner", "tolerance", "tolerances", "t_eps", "probe", "solver", "t_draws", "sampler",
-                   "pc_steps", "samplers", "snr"},
-           "lsgm": {"sampler", "pc_steps", "samplers", "snr"}, "sgm": set(), "classifier": set()}
+                   "pc_steps", "samplers", "snr", "latent"},
+           "lsgm": {"sampler", "pc_steps", "samplers", "snr"}, "sgm": {"latent"}, "classifier": set()}
 
 
 def applicable(command: str, kind: str) -> list[str]:
@@ -241,6 +244,8 @@ def check_combination(command: str, settings: dict, where: str) -> None:
                            "NELBO) or prior ode")
     if command in ("fid", "samples") and settings.get("sampler") == "pc" and settings.get("pc_steps") is None:
         raise SettingError(f"{where}: sampler pc needs pc_steps")
+    if command in ("fid", "samples") and settings.get("latent") == "matched_normal" and settings.get("sampler") == "pc":
+        raise SettingError(f"{where}: latent matched_normal draws no sampler (the LSGM control); drop sampler pc")
     if command == "cost" and settings.get("fd_samples") == 1:
         raise SettingError(f"{where}: fd_samples = 1: a Fréchet distance needs at least 2 samples (or 0: none)")
 

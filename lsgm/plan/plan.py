@@ -10,7 +10,7 @@ from __future__ import annotations
 from lsgm import like_for_like
 from lsgm.datasets_info import FID_REFERENCE
 from lsgm.plan import layout
-from lsgm.plan.common import PlanError, check_eval_settings, deep_merge, resolved_settings
+from lsgm.plan.common import TABLE_METRICS, PlanError, check_eval_settings, deep_merge, resolved_settings
 from lsgm.plan.resolve import Resolution
 from lsgm.plan.run import Run
 
@@ -47,7 +47,7 @@ class Plan(Resolution):
         score model, the same M inner ODE solves, tolerance and end time (issue: a K = 100 VAE bound printed beside
         K = 1 LSGM estimates), and every FD/FID the same sample count (:mod:`lsgm.like_for_like`, which the report's
         check of the metrics files shares)."""
-        by_path = {r.metrics_path(m): (m, r) for r in self.runs.values() for m in ("nll", "fid")}
+        by_path = {r.metrics_path(m): (m, r) for r in self.runs.values() for m in ("nll", "fid")}  # fid_normal: fid's
         rows = [(metric, run.kind, f"{run.kind}/{run.name}", run.eval_settings[metric])
                 for metric, run in (by_path[p] for p in self.table_inputs(table) if p in by_path)]
         for metric, k, values in like_for_like.mismatches(rows)[:1]:
@@ -105,10 +105,13 @@ class Plan(Resolution):
         names = {self.same_as.get((kind, n), n) for n in names}
         return [r for r in self.runs.values() if r.kind == kind and r.name in names]
 
-    def table6_runs(self) -> list[Run]:
+    def table6_runs(self, controls: bool = False) -> list[Run]:
+        """The Table 6 cells (``controls``: and each SDE's control at initialisation)."""
         names = {cell.run_name for cell in self.cells}
+        sdes = {cell.sde for cell in self.cells} if controls else set()
         dataset = self._dataset(self.config["table6"]["dataset"], "table6.dataset")
-        return [r for r in self.runs.values() if r.kind == "lsgm" and r.name in names and r.dataset == dataset]
+        return [r for r in self.runs.values() if r.kind == "lsgm" and (r.name in names or r.init_of in sdes)
+                and r.dataset == dataset]
 
     def table_inputs(self, table: str) -> list[str]:
         if table not in self.config["tables"]:
@@ -118,14 +121,18 @@ class Plan(Resolution):
         if spec.get("table6"):  # the cells and, as the grid's reference row, their backbone (no score prior)
             t6 = self.config["table6"]
             dataset = self._dataset(t6["dataset"], "table6.dataset")
-            runs = self.table6_runs() + [r for r in self.runs_of("vae", [t6["backbone"]]) if r.dataset == dataset]
+            runs = self.table6_runs(controls=True) + [r for r in self.runs_of("vae", [t6["backbone"]])
+                                                      if r.dataset == dataset]
         for kind in ("vae", "lsgm", "sgm"):
             runs += self.runs_of(kind, spec.get(kind, []))
-        return sorted({r.metrics_path(m) for r in runs for m in r.evals if m in ("nll", "fid")})
+        lsgms = set(spec.get("lsgm", []))
+        runs += [r for r in self.runs.values() if r.init_of in lsgms]  # each LSGM's control at initialisation
+        return sorted({r.metrics_path(m) for r in runs for m in r.evals if m in TABLE_METRICS})
 
     def figure4_inputs(self) -> list[str]:
         f4 = self.config["figure4"]
         runs = self.runs_of("lsgm", f4["lsgm"]) + self.runs_of("sgm", f4["sgm"])
+        runs += [r for r in self.runs.values() if r.init_of in f4["lsgm"]]  # the LSGM at initialisation beside it
         return sorted(r.metrics_path("cost") for r in runs if "cost" in r.evals)
 
     def variance_inputs(self) -> list[str]:
@@ -156,9 +163,9 @@ class Plan(Resolution):
     def targets(self) -> list[str]:
         out = [r.metrics_path(m) for r in self.runs.values() for m in r.evals]
         out += self.samples_targets()
-        out += [layout.fill(layout.TABLE, scale=self.scale, table=t, ext=e) for t in self.config["tables"]
+        out += [layout.fill(layout.TABLE, scale=self.scale, table=t, ext=e) for t in self.tables
                 for e in ("md", "csv")]
-        out += [layout.fill(layout.FIGURE, scale=self.scale, figure=f, ext=e) for f in ("figure4", "variance")
+        out += [layout.fill(layout.FIGURE, scale=self.scale, figure=f, ext=e) for f in self.figures
                 for e in ("png", "csv")]
         return sorted(set(out))
 

@@ -27,13 +27,14 @@ from __future__ import annotations
 import copy
 import math
 
-from lsgm import recipes
+from lsgm import controls, recipes
 from lsgm.config import ConfigError, RunConfig, from_dict, to_dict
 from lsgm.datasets_info import DATASETS, EXPECTED_COUNTS
 from lsgm.eval import settings as eval_settings
 from lsgm.methods import Cell
 from lsgm.plan.common import (
-    DERIVED_OWN_KEYS, EVALUATIONS, PlanError, SCALES, STAGES, _with_samples, check_eval_settings, check_shrink,
+    CONTROL_EVALS, DERIVED_OWN_KEYS, EVALUATIONS, PlanError, SCALES, STAGES, _with_samples, check_eval_settings,
+    check_shrink,
     deep_merge,
 )
 from lsgm.plan import scaling
@@ -72,6 +73,7 @@ class Resolution:
         self._check_eval_blocks(config["scales"][scale], f"scales.{scale}")
         self.cells = self._parse_cells()
         self._build()
+        self._select()
 
     # ---------------------------------------------------------------- building
     def _check_datasets(self) -> None:
@@ -236,7 +238,10 @@ class Resolution:
         if unknown:
             raise PlanError(f"{where}: unknown evaluation {unknown[0]!r}"
                             f"{eval_settings.closest(unknown[0], EVALUATIONS)}; known: {', '.join(EVALUATIONS)}")
-        return check_eval_settings({m: dict(base.get(m, {})) for m in EVALUATIONS}, where)
+        settings = check_eval_settings({m: dict(base.get(m, {})) for m in EVALUATIONS}, where)
+        for control, (command, fixed) in CONTROL_EVALS.items() if kind == "lsgm" else ():  # its command's settings
+            settings[control] = check_eval_settings({command: {**settings[command], **fixed}}, where)[command]
+        return settings
 
     def _make(self, kind: str, name: str, dataset: str, seed: int, *, rec: dict, spec: dict, evals, where: str,
               extra: dict | None = None, official: str | None = None, cell: bool = False, shrink: bool = True) -> Run:
@@ -267,6 +272,8 @@ class Resolution:
             raise PlanError(str(err)) from err
         nodes, per_node = self._geometry(off, spec, kind)
         runtime = int(spec.get("runtime", self.sc["defaults"].get(kind, {}).get("runtime", 60)))
+        if kind == "lsgm" and "fid" in evals:  # the sample-quality control of every trained LSGM (lsgm/plan/common.py)
+            evals = (*evals, *(c for c, (command, _) in CONTROL_EVALS.items() if command == "fid"))
         run = Run(scale=self.scale, kind=kind, dataset=dataset, name=name, seed=seed, config=resolved, nodes=nodes,
                   gpus_per_node=per_node, runtime=runtime, evals=tuple(evals),
                   eval_settings=self._eval_settings(kind, spec, official, where, own), official=official,
@@ -332,11 +339,18 @@ class Resolution:
                 lsgms[name] = run = self._recipe_run("lsgm", name, rec, seed)
                 backbone = self.sc["runs"].get("lsgm", {}).get(name, {}).get("backbone", rec["backbone"])
                 self._attach(run, backbones, backbone, f"recipes.lsgm.{name}")
+                if run.evals:
+                    self._init_run(run, controls.init_name(name))
             for name, rec in recipes_cfg["vae"].items():
                 if "stage2" in rec:
                     self._control_run(name, rec, lsgms, seed)
+            first_cells = {}
             for cell in self.cells:
-                self._attach(self._cell_run(cell, seed), backbones, t6["backbone"], "table6.backbone")
+                run = self._cell_run(cell, seed)
+                self._attach(run, backbones, t6["backbone"], "table6.backbone")
+                first_cells.setdefault(cell.sde, run)
+            for sde, run in first_cells.items():  # the cells of one SDE start from the same model
+                self._init_run(run, controls.table6_init_name(sde)).init_of = sde
             for name, rec in recipes_cfg["sgm"].items():
                 if ("sgm", name) not in self.same_as:
                     self._recipe_run("sgm", name, self._with_shared_evals("sgm", name, rec), seed)
@@ -348,6 +362,36 @@ class Resolution:
             if features == "classifier":
                 spec = self.sc["runs"].get("classifier", {}).get("fd", {})
                 self._make_classifier(dataset, spec)
+
+    @property
+    def tables(self) -> list[str]:
+        """The tables this scale compiles (``scales.S.select.tables``; default every table of ``tables:``)."""
+        return list(self.sc.get("select", {}).get("tables", self.config["tables"]))
+
+    @property
+    def figures(self) -> list[str]:
+        """The figures this scale draws (``scales.S.select.figures``; default Figure 4 and the variance figure)."""
+        return list(self.sc.get("select", {}).get("figures", ("figure4", "variance")))
+
+    def _select(self) -> None:
+        """``scales.S.select``: a scale that runs part of the experiment (e.g. ``demo``: one recipe and its controls).
+        A run outside it keeps no evaluation, so it is trained only where a selected run needs it (a backbone)."""
+        select = self.sc.get("select", {})
+        chosen, table6 = select.get("recipes", {}), select.get("table6", True)
+        where = f"scales.{self.scale}.select"
+        for kind, names in chosen.items():
+            for name in set(names) - set(self.config["recipes"][kind]):
+                raise PlanError(f"{where}.recipes.{kind}: {name!r} is not a recipe under recipes.{kind}")
+        for table in select.get("tables", []):
+            if table not in self.config["tables"]:
+                raise PlanError(f"{where}.tables: {table!r} is not a table under tables ({sorted(self.config['tables'])})")
+        recipes = self.config["recipes"]
+        for run in self.runs.values():
+            name = run.init_of if run.init_of in recipes["lsgm"] else run.name
+            cell = run.kind == "lsgm" and name not in recipes["lsgm"]  # a Table 6 cell or its SDE's control
+            keep = table6 if cell else run.kind == "classifier" or name in chosen.get(run.kind, recipes[run.kind])
+            if not keep:
+                run.evals = ()
 
     def _read_same_as(self, kind: str, name: str) -> None:
         """Record ``scales.S.runs.KIND.NAME.same_as`` in ``self.same_as`` (checked: another recipe of the same kind and
@@ -395,6 +439,25 @@ class Resolution:
                          where=where, extra=extra, shrink=False)
         run.nodes, run.gpus_per_node = lsgm.nodes, lsgm.gpus_per_node  # its LSGM's launch, whatever the caps
         run.backbone = backbone
+        return run
+
+    def _init_run(self, lsgm: Run, name: str) -> Run:
+        """The control "LSGM at initialisation" of ``lsgm``: the same run config with ``train.steps`` 0 (its backbone
+        as stage 2 receives it, the initial mixing logit and eps', the same seed and so the same initial weights),
+        evaluated like it (its evaluations and their settings; no sample-quality control of its own). One process: it
+        trains nothing."""
+        config = copy.deepcopy(lsgm.config)
+        config["name"] = config["name"].replace(f"/{lsgm.name}-s", f"/{name}-s")
+        config["train"]["steps"] = 0
+        config["deviations"] = sorted(set(config["deviations"]) | {
+            f"control: LSGM {lsgm.name} at initialisation (train.steps 0): what its evaluations give before stage 2"})
+        run = Run(scale=self.scale, kind="lsgm", dataset=lsgm.dataset, name=name, seed=lsgm.seed, config=config,
+                  nodes=1, gpus_per_node=min(1, lsgm.gpus_per_node), runtime=min(60, lsgm.runtime),
+                  evals=tuple(m for m in lsgm.evals if m not in CONTROL_EVALS),
+                  eval_settings=copy.deepcopy(lsgm.eval_settings),
+                  official=lsgm.official, per_gpu=lsgm.per_gpu, gpu=lsgm.gpu, backbone=lsgm.backbone,
+                  init_of=lsgm.name)
+        self.runs[("lsgm", lsgm.dataset, name, lsgm.seed)] = run
         return run
 
     def _make_classifier(self, dataset: str, spec: dict) -> Run:

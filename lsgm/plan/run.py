@@ -29,6 +29,7 @@ class Run:
     official: str | None = None  # the official recipe it follows (recipes/official.yaml)
     epochs: int | None = None
     backbone: "Run | None" = None
+    init_of: str | None = None  # the control "LSGM at initialisation": the LSGM recipe (or Table 6 SDE) it starts
     per_gpu: dict = field(default_factory=dict)  # scales.S.resources.train: threads and mem_mb per GPU
     gpu: bool = True  # one GPU per process; False: CPU processes (the miniature, gloo), no GPU resources
 

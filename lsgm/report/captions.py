@@ -5,7 +5,8 @@ and how our rows compare with the paper's.
 from __future__ import annotations
 
 from lsgm.report.comparison import NOT_COMPARABLE_DATA, not_comparable
-from lsgm.report.render import MARK, fmt_setting
+from lsgm.controls import init_of
+from lsgm.report.render import MARK, SIGNIFICANT, fmt_setting
 from lsgm.report.runs import (
     BACKBONE_DIVERGED,
     OURS_SECTION,
@@ -18,10 +19,22 @@ from lsgm.report.runs import (
     nelbo_key,
     recipe_of,
 )
-from lsgm.report.table6 import BACKBONE_COLUMN
+from lsgm.report.table6 import BACKBONE_COLUMN, INIT_COLUMN
 
 
 UNITS = {"bpd": "bits/dim", "nats": "nats"}
+CONTROLS = ("Controls: LSGM at initialisation = the same run config and seed with 0 stage-2 steps (its backbone as stage "
+            "2 receives it, the mixing logit at its initial value, eps' ~ 0: the mixed score is then a Normal prior "
+            "at another scale), evaluated exactly like the LSGM. learned = LSGM − at initialisation: each seed's "
+            "difference (NELBO, NLL: paired over the same test examples, se from the per-example differences), then "
+            f"mean ± se over seeds as above; {SIGNIFICANT} = more than 2 se from 0. Only a difference with "
+            f"{SIGNIFICANT} is learned by stage 2; one without could be the initialisation or the evaluations' noise.")
+SAMPLE_CONTROL = ("Sample-quality control: the LSGM's own decoder with its score prior replaced by N(0, τ² I), τ = "
+                  "(m(t_eps)/m(1))^α₀ per latent channel (α₀ = sigmoid of the initial mixing logit): at "
+                  "initialisation eps' ~ 0 and the probability-flow ODE is linear, dz/dt = -α₀ g²(t) z / 2, so the "
+                  "initial prior is exactly this rescaled Normal (the VPSDE at logit -3: τ = 1.27). It separates a "
+                  "learned prior from a rescaled one, with the decoder fixed: learned prior = LSGM − control (FD; se "
+                  "from the two FDs' bootstrap errors, combined over seeds).")
 
 
 def unique_settings(docs: list[dict], keys: tuple[str, ...], section: str = "settings") -> str:
@@ -51,11 +64,16 @@ def seeds_line(entries: list[dict]) -> str:
     seeds = sorted({s for g in groups for s in g.seeds if s is not None})
     n = f"n = {ns[0]} seed{'s' * (ns[0] > 1)} per row of ours" if len(ns) == 1 else \
         f"n = {ns[0]}–{ns[-1]} seeds per row of ours"
-    single = " With n = 1 a cell is that seed's value: no ± std, no spread known." if ns[0] == 1 else ""
-    return (f"Rows of ours (section \"{OURS_SECTION}\"): one per recipe, mean ± std over its seeds (sample std, "
-            f"ddof=1); {n} (column n; seeds {', '.join(map(str, seeds)) or '?'}); (n=k) on a cell with fewer "
-            f"seeds than its row.{single} NaN (k of n seeds diverged): a seed diverged, so the mean is NaN (every "
-            "seed's value is in tableN.seeds.csv).")
+    single = (" With n = 1 the ± is that evaluation's own standard error: no spread over seeds is known."
+              if ns[0] == 1 else "")
+    return (f"Rows of ours (section \"{OURS_SECTION}\"): one per recipe, mean ± se over its seeds; {n} (column n; "
+            f"seeds {', '.join(map(str, seeds)) or '?'}); (n=k) on a cell with fewer seeds than its row. se is the "
+            "standard error of the mean with the evaluations' Monte Carlo error in it: se² = std²/n + eval_se² (std: "
+            "sample std over seeds; eval_se: the root mean square of the seeds' evaluation standard errors, over the "
+            "test examples or the bootstrap of the samples; every seed's evaluation draws its own noise, and all "
+            "share the test split, whose error the spread over seeds misses); tableN.csv has std, se and eval_se."
+            f"{single} NaN (k of n seeds diverged): a seed diverged, so the mean is NaN (every seed's value is in "
+            "tableN.seeds.csv).")
 
 
 def nelbo_line(unit: str, nll_docs: list[dict]) -> str:
@@ -133,6 +151,10 @@ def metric_lines(table: str, meta: dict, entries: list[dict], published: dict) -
         lines.append(f"Sample quality (ours): {described}. n samples and sampler: "
                      f"{unique_settings(fid_docs, ('n_samples', 'sampler', 'tolerance', 'solver', 'temperature'))}.")
         lines.append("Paper rows: FID on 50k samples, Inception-v3 features.")
+    if any(init_of(recipe_of(e["run"]), e["run"].get("sde")) for e in entries):
+        lines.append(CONTROLS)
+    if any(e["fid_normal"] is not None for e in entries):
+        lines.append(SAMPLE_CONTROL)
     if any(e["run"]["model"] == "vae" and recipe_of(e["run"]).endswith(STAGE2_SUFFIX) for e in entries):
         lines.append("VAE backbone + stage-2 steps (Normal prior): the backbone trained on for the LSGM's stage-2 "
                      "steps with its Normal prior and the stage-2 optimizer -- it separates \"a better prior\" "
@@ -163,7 +185,7 @@ def table6_lines(entries: list[dict], meta: dict, relative: float) -> list[str]:
     """Table 6's own caption lines: columns, marks, the backbone reference, the comparison with the paper."""
     ns = sorted({len(g.entries) for g in group_runs([e for e in entries if e["run"]["model"] == "lsgm"])})
     marks = (f"{MARK} marks, per SDE and metric, the cell with the lowest mean and every cell not distinguishable "
-             "from it: |mean - best mean| <= 2 sqrt(se² + se_best²), se = std / sqrt(n) over seeds "
+             "from it: |mean - best mean| <= 2 sqrt(se² + se_best²), se as for every ± "
              f"(n = {', '.join(map(str, ns)) or '—'} per cell); cells with n < 2 are never marked")
     marks += "; with n = 1 no marks are drawn." if ns and ns[-1] < 2 else "."
     why_not = not_comparable(entries, meta)
@@ -180,7 +202,9 @@ def table6_lines(entries: list[dict], meta: dict, relative: float) -> list[str]:
                  "its NELBO and FD." if has_backbone else
                  f"Reference row: none -- no metrics of the Table 6 backbone (vae recipe `{TABLE6_BACKBONE}`) among "
                  "the inputs.")
-    return [columns, marks, reference, vs]
+    init = (f"Column '{INIT_COLUMN}': the SDE's cells before stage 2 (they share one initial model: the first cell's "
+            "run config with 0 stage-2 steps); rows 'learned …: cell − at initialisation' under each metric.")
+    return [columns, marks, reference, init, vs]
 
 
 def caption(table: str, published: dict, entries: list[dict], scale: str, commit: str) -> str:

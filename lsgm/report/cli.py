@@ -34,8 +34,8 @@ from lsgm.eval import settings as eval_settings
 from lsgm.io import check_output, git_commit
 
 REQUIRED = ("kind", "run", "run.name", "run.model", "run.dataset", "status", "metrics")
-REQUIRED_BY_KIND = {"nll": (), "fid": ("settings",), "cost": ("metrics.rows",)}
-KINDS = {"tables": ("nll", "fid"), "figure4": ("cost",), "variance": ()}
+REQUIRED_BY_KIND = {"nll": (), "fid": ("settings",), "fid_normal": ("settings",), "cost": ("metrics.rows",)}
+KINDS = {"tables": ("nll", "fid", "fid_normal"), "figure4": ("cost",), "variance": ()}
 # the variance measurement's defaults (config.yaml scales.S.eval.variance overrides them in the workflow)
 VARIANCE_DEFAULTS = eval_settings.defaults("variance")  # n_latents, n_draws, n_t_draws, batch_size, seed
 

@@ -35,16 +35,23 @@ CSV_COLUMNS = ["model", "run", "sampler", "tolerance", "n_steps", "nfe_mean", "n
 # the matched-quality columns, filled on every LSGM ODE row (see matched_quality)
 MATCH_COLUMNS = ["matched_setting", "matched_run", "matched_sampler", "matched_tolerance", "matched_steps",
                  "matched_fd", "matched_fd_stderr", "matched_nfe_ratio", "matched_time_ratio", "same_device"]
-MODEL_LABELS = {"lsgm": "LSGM", "sgm": "Pixel SGM", "vae": "VAE"}
+MODEL_LABELS = {"lsgm": "LSGM", "sgm": "Pixel SGM", "vae": "VAE", "lsgm_init": "LSGM at initialisation"}
 PANELS = (("fd", "fd_stderr", None), ("nfe_mean", "nfe_std", "NFE"),
           ("seconds_per_batch", "seconds_std", "seconds per batch"))
 
 
+def model_kind(doc: dict) -> str:
+    """``lsgm``, ``sgm``, or ``lsgm_init``: the control at initialisation (0 stage-2 steps; lsgm/controls.py), drawn
+    beside its LSGM: the cost of a prior that has learned nothing."""
+    run = doc["run"]
+    return "lsgm_init" if run["model"] == "lsgm" and run.get("steps") == 0 else run["model"]
+
+
 def model_label(doc: dict, docs: list[dict]) -> str:
-    """``LSGM`` / ``Pixel SGM``; the run name is appended when several runs share a model."""
-    model = doc["run"]["model"]
-    label = MODEL_LABELS.get(model, model)
-    same = sum(1 for d in docs if d["run"]["model"] == model)
+    """``LSGM`` / ``LSGM at initialisation`` / ``Pixel SGM``; the run name is appended when several runs share one."""
+    kind = model_kind(doc)
+    label = MODEL_LABELS.get(kind, kind)
+    same = sum(1 for d in docs if model_kind(d) == kind)
     return f"{label} ({doc['run']['name']})" if same > 1 else label
 
 
@@ -55,7 +62,7 @@ def cost_table(cost_metrics: list[dict]) -> pd.DataFrame:
         label = model_label(doc, cost_metrics)
         device = doc.get("provenance", {}).get("device")
         for row in doc["metrics"].get("rows", []):
-            rows.append({"model": label, "run": doc["run"]["name"], "kind": doc["run"]["model"],
+            rows.append({"model": label, "run": doc["run"]["name"], "kind": model_kind(doc),
                          **{k: row.get(k) for k in CSV_COLUMNS[2:-1]}, "device": device})
     df = pd.DataFrame(rows, columns=["kind", *CSV_COLUMNS])
     for col in ("tolerance", "nfe_mean", "nfe_std", "seconds_per_batch", "seconds_std", "fd", "fd_stderr"):
@@ -138,7 +145,10 @@ def figure_caption(df: pd.DataFrame, cost_metrics: list[dict], info: dict) -> st
             f"Commit: {info.get('commit', 'unknown')}. PC sampling (no tolerance) is a dashed/dotted line per step count; "
             f"NFE and time error bars are one standard deviation over batches. Matched quality, per LSGM tolerance: the "
             f"cheapest pixel-SGM setting (fewest NFE) whose {fd} is no worse than the LSGM's within their combined "
-            f"standard error (x in panels b and c; none where no pixel setting is that good).")
+            f"standard error (x in panels b and c; none where no pixel setting is that good)."
+            + (" LSGM at initialisation: the LSGM's run config with 0 stage-2 steps (its prior a rescaled Normal, whose "
+               "linear ODE is cheap): a cost ratio it shares with the LSGM is not the learned prior's."
+               if (df["kind"] == "lsgm_init").any() else ""))
 
 
 PC_STYLES = ["--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]  # one dash pattern per PC step count

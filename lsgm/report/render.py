@@ -16,7 +16,9 @@ from lsgm.report.runs import BACKBONE_DIVERGED, NA, SEED_COLUMNS, Agg
 
 TOKENS = {"nan": "NaN", "na": NA, "missing": "—"}
 DECIMALS = 2
+DIFFERENCE_DECIMALS = 3  # a learned difference is often a few thousandths of a bit/dim
 MARK = "†"
+SIGNIFICANT = "*"  # a difference more than 2 standard errors from 0
 
 
 def fmt_setting(value: Any) -> str:
@@ -31,17 +33,21 @@ def format_number(value: float, decimals: int | None) -> str:
 
 
 def format_agg(agg: Agg, row_n: Any = None) -> str:
-    """An aggregated cell as printed: ``mean ± std`` (one seed: the value), ``NaN (k of n seeds diverged)`` (``NaN (k
-    of n seeds: backbone diverged)`` when the runs were not trained because their backbone diverged), with ``(n=k)``
-    when its n is not the row's (column ``n``) and a trailing mark (Table 6)."""
+    """An aggregated cell as printed: ``mean ± se`` (the standard error of the mean, the evaluations' Monte Carlo
+    error included: :attr:`Agg.se`; ± omitted where unknown), ``NaN (k of n seeds diverged)`` (``NaN (k of n seeds:
+    backbone diverged)`` when the runs were not trained because their backbone diverged), with ``(n=k)`` when its n is
+    not the row's (column ``n``) and a trailing mark (Table 6). A difference: signed, 3 decimals, ``*`` when more than
+    2 standard errors from 0."""
     if agg.n_diverged:
         seeds = f"{agg.n_diverged} of {agg.n} seed{'s' * (agg.n > 1)}"
         text = (f"NaN ({seeds}: {BACKBONE_DIVERGED})" if agg.by_backbone == agg.n_diverged else
                 f"NaN ({seeds} diverged, {agg.by_backbone} of them: {BACKBONE_DIVERGED})" if agg.by_backbone else
                 f"NaN ({seeds} diverged)")
     else:
-        text = format_number(agg.mean, DECIMALS)
-        text += f" ± {format_number(agg.std, DECIMALS)}" if agg.n > 1 else ""
+        decimals = DIFFERENCE_DECIMALS if agg.difference else DECIMALS
+        text = format_cell(agg.mean, decimals, signed=agg.difference)
+        text += f" ± {format_number(agg.se, decimals)}" if math.isfinite(agg.se) else ""
+        text += f" {SIGNIFICANT}" if agg.difference and agg.significant else ""
         text += "" if str(agg.n) == str(row_n) else f" (n={agg.n})"
     return f"{text} {MARK}" if agg.mark else text
 
@@ -84,7 +90,8 @@ def _csv_value(value: Any) -> str:
 
 def csv_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The CSV of a table: the printed rows at full precision; each value column split into its mean (under the
-    column's own header), ``std``, ``n`` and ``diverged`` (Table 6 also ``mark``); paper values in the first."""
+    column's own header), ``std`` (over seeds), ``se`` (the printed ±: :attr:`Agg.se`), ``eval_se`` (the evaluations'
+    own), ``n`` and ``diverged`` (Table 6 also ``mark``); paper values in the first."""
     value_cols = set(df.attrs.get("value_columns", ()))
     out: dict[str, list[str]] = {}
     for col in df.columns:
@@ -94,6 +101,8 @@ def csv_frame(df: pd.DataFrame) -> pd.DataFrame:
             continue
         out[col] = [_csv_value(v.mean) if isinstance(v, Agg) else _csv_value(v) for v in cells]
         out[f"{col} std"] = [_csv_value(v.std) if isinstance(v, Agg) else TOKENS["missing"] for v in cells]
+        out[f"{col} se"] = [_csv_value(v.se) if isinstance(v, Agg) else TOKENS["missing"] for v in cells]
+        out[f"{col} eval_se"] = [_csv_value(v.eval_se) if isinstance(v, Agg) else TOKENS["missing"] for v in cells]
         out[f"{col} n"] = [str(v.n) if isinstance(v, Agg) else TOKENS["missing"] for v in cells]
         out[f"{col} diverged"] = [str(v.n_diverged) if isinstance(v, Agg) else TOKENS["missing"] for v in cells]
         if df.attrs.get("marks"):

@@ -31,7 +31,9 @@ from typing import Any
 
 import pandas as pd
 
+from lsgm.controls import init_of, table6_init_name
 from lsgm.io import atomic_write_text, check_output
+from lsgm.report.runs import Agg, Group, collect_runs, fd_names, group_runs, nelbo_key, paired_difference
 
 RTOL = 1e-3  # relative tolerance of "reproduced" (see the module docstring for the measurement behind it)
 ATOL = 1e-9  # absolute floor, for fields whose reference is 0
@@ -157,7 +159,7 @@ def compare_published(table_csvs: list[Path]) -> pd.DataFrame:
         label_col = "Method" if "Method" in df else "SDE"
         if "Metric" in df:  # Table 6: a Δ row and a verdict row per SDE, one column per cell
             cells = [c for c in df.columns if c not in ("Section", "SDE", "Metric", "n", "vs paper", "source")
-                     and not c.endswith((" std", " n", " diverged", " mark"))]
+                     and not c.endswith((" std", " se", " eval_se", " n", " diverged", " mark"))]
             for sde, group in ours.groupby("SDE", sort=False):
                 deltas = group[group["Metric"] == "Δ FID vs paper"]
                 verdicts = group[group["Metric"] == "FID reproduced"]
@@ -227,12 +229,60 @@ def summary_vs_paper(df: pd.DataFrame) -> str:
     return text
 
 
-def render(df: pd.DataFrame, summary: str, intro: str) -> str:
-    """The markdown report: the summary line, what was compared, then the moved fields first."""
+LEARNED_COLUMNS = ["lsgm", "start", "metric", "learned", "se", "n", "beyond_2_se", "reference", "reference_se"]
+
+
+def _learned_rows(groups: list[Group]) -> dict[tuple[str, str, str], Agg]:
+    """``{(lsgm recipe, its control at initialisation, metric): LSGM - at initialisation}`` for every LSGM recipe with a
+    control (Table 6: every cell against its SDE's); the FD also against its sample-quality control."""
+    by_name = {(g.recipe, g.dataset): g for g in groups if g.model == "lsgm"}
+    out = {}
+    for group in by_name.values():
+        sde = group.entries[0]["run"].get("sde")
+        if init_of(group.recipe, sde):
+            continue
+        start = by_name.get((f"{group.recipe}_init", group.dataset)) or by_name.get((table6_init_name(sde), group.dataset))
+        fds = sorted({n for e in group.entries for n in fd_names(e["fid"])})
+        for kind, key, metric in [("nll", nelbo_key, "NELBO"), ("nll", "nll", "NLL"),
+                                  *(("fid", name, name) for name in fds)]:
+            if start is not None and (diff := paired_difference(group, start, kind, key)) is not None:
+                out[(group.recipe, start.recipe, metric)] = diff
+        for name in fds:
+            diff = paired_difference(group, group, "fid", name, kind_b="fid_normal")
+            if diff is not None:
+                out[(group.recipe, "its N(0, τ² I) control", name)] = diff
+    return out
+
+
+def learned(run_docs: list[dict], reference_docs: list[dict] | None = None) -> pd.DataFrame:
+    """What stage 2 learned, this run beside the reference: LSGM - at initialisation per recipe and metric (mean over
+    seeds ± se, seeds' differences paired over the test examples: lsgm/controls.py), and the FD against the
+    sample-quality control."""
+    ours = _learned_rows(group_runs(list(collect_runs(run_docs).values())))
+    refs = _learned_rows(group_runs(list(collect_runs(reference_docs or []).values())))
+    rows = []
+    for (recipe, start, metric), agg in sorted(ours.items()):
+        ref = refs.get((recipe, start, metric))
+        rows.append({"lsgm": recipe, "start": start, "metric": metric, "learned": agg.mean, "se": agg.se, "n": agg.n,
+                     "beyond_2_se": "yes" if agg.significant else "no",
+                     "reference": None if ref is None else ref.mean, "reference_se": None if ref is None else ref.se})
+    return pd.DataFrame(rows, columns=LEARNED_COLUMNS)
+
+
+def render(df: pd.DataFrame, summary: str, intro: str, learned_df: pd.DataFrame | None = None) -> str:
+    """The markdown report: the summary line, what was compared, what stage 2 learned, then the moved fields first."""
     order = df.assign(_ok=df["verdict"].astype(str).str.startswith("reproduced")).sort_values(
         "_ok", kind="stable").drop(columns="_ok")
     table = order.to_markdown(index=False, floatfmt=".6g") if len(order) else "(nothing to compare)"
-    return f"{summary}\n\n{intro}\n\n{table}\n"
+    section = ""
+    if learned_df is not None and len(learned_df):
+        section = ("## Learned by stage 2\n\nlearned = LSGM − its control (at initialisation: the same run config and "
+                   "seed with 0 stage-2 steps; or, for the FD, its decoder with the prior replaced by the Normal of its "
+                   "initial mixed score), mean over seeds ± se (each seed's difference paired over the same test "
+                   "examples where the files keep them; se combines the spread over seeds with the evaluations' own "
+                   "error); beyond_2_se: |learned| > 2 se. reference: the same in the reference run.\n\n"
+                   f"{learned_df.to_markdown(index=False, floatfmt='.4g')}\n\n## Every metric\n\n")
+    return f"{summary}\n\n{intro}\n\n{section}{table}\n"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -261,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.reference / "metrics").is_dir():
                 raise ReproductionError(f"--reference {args.reference}: no metrics/ folder there")
             refs = [_read(p) for p in sorted((args.reference / "metrics").rglob("*.json"))]
-            df = compare_runs([_read(Path(p)) for p in args.metrics], refs)
+            docs = [_read(Path(p)) for p in args.metrics]
+            df = compare_runs(docs, refs)
+            learned_df = learned(docs, refs)
             summary = summary_vs_reference(df, str(args.reference))
             intro = (f"Scale {args.scale}: every numeric metric of this run's {len(args.metrics)} metrics files beside "
                      f"the committed reference run {args.reference} ({len(refs)} files), paired by kind and run. "
@@ -270,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                      "compared. Fields that moved come first.")
         else:
             df = compare_published(args.tables)
+            learned_df = learned([_read(Path(p)) for p in args.metrics])  # the tables' controls, when given
             summary = summary_vs_paper(df)
             intro = (f"Scale {args.scale}: our measured rows of {len(args.tables)} tables beside the paper's published "
                      "numbers (difference = our seed mean - the paper's value; the verdict and its tolerance are the "
@@ -278,6 +331,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lsgm report reproduction: error: {err}", file=sys.stderr)
         return 2
     atomic_write_text(args.csv, df.to_csv(index=False))
-    atomic_write_text(args.md, render(df, summary, intro))
+    atomic_write_text(args.md, render(df, summary, intro, learned_df))
     print(summary)
     return 0

@@ -17,6 +17,7 @@ from lsgm.report.comparison import (
     counterpart,
     delta_headers,
 )
+from lsgm.controls import init_of
 from lsgm.report.render import fmt_setting
 from lsgm.report.runs import (
     OURS_SECTION,
@@ -28,6 +29,7 @@ from lsgm.report.runs import (
     group_metric,
     nelbo_key,
     nll_setting,
+    paired_difference,
     published_rows,
     seed_records,
 )
@@ -40,6 +42,8 @@ ESTIMATOR = {"K": "iw_samples", "M": "inner", "prior term": "prior", "ODE tol.":
 def group_label(group: Group) -> str:
     """Our row's label; it names the recipe, so it never equals a paper label (checked by
     :func:`check_labels`)."""
+    if group.model == "lsgm" and init_of(group.recipe):
+        return f"LSGM at initialisation (recipe {init_of(group.recipe)}: 0 stage-2 steps)"
     if group.model == "lsgm":
         return f"LSGM, recipe {group.recipe}"
     if group.model == "vae" and group.recipe.endswith(STAGE2_SUFFIX):
@@ -114,6 +118,61 @@ def measured_row(table: str, group: Group, meta: dict, columns: list[str], fd_he
     return row, seed_records(table, group.label, "", group.entries, specs)
 
 
+def latent_scale(group: Group) -> str:
+    """The tau of a row's sample-quality control, as its fid_normal files record it."""
+    taus = sorted({f"{d['settings']['latent_scale']['mean']:.3g}" for e in group.entries
+                   if (d := e["fid_normal"]) is not None and d.get("settings", {}).get("latent_scale")})
+    return ", ".join(taus) or "?"
+
+
+def control_rows(table: str, group: Group, init: Group | None, meta: dict, columns: list[str],
+                 fd_headers: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict]]:
+    """The controls of one LSGM row (lsgm/controls.py): ``learned`` = LSGM - at initialisation (every metric), the
+    sample-quality control (its prior replaced by N(0, tau^2 I)) and ``learned prior`` = LSGM - that control (FD);
+    each a difference per seed with its standard error."""
+    nelbo_h, nll_h = bound_headers(meta)["nelbo"], bound_headers(meta)["nll"]
+    names = sorted({n for e in group.entries for n in fd_names(e["fid"])})
+    base = {"Section": OURS_SECTION, "n": len(group.entries), "source": "ours", "bound": False}
+    rows, seeds = [], []
+    if init is not None:
+        row = {**dict.fromkeys(columns), **base, "Method": f"learned: LSGM − at initialisation (recipe {group.recipe})",
+               nelbo_h: paired_difference(group, init, "nll", nelbo_key), nll_h: paired_difference(group, init, "nll",
+                                                                                                 "nll")}
+        row.update({fd_headers.get(n, n): paired_difference(group, init, "fid", n) for n in names})
+        rows.append(row)
+    if any(e["fid_normal"] is not None for e in group.entries):
+        label = f"LSGM, recipe {group.recipe}, score prior → N(0, τ² I), τ = {latent_scale(group)} (control)"
+        row = {**dict.fromkeys(columns), **base, "Method": label}
+        row.update({fd_headers.get(n, n): group_metric(group, "fid_normal", n) for n in names})
+        seeds += seed_records(table, label, "", group.entries, [("fid_normal", n) for n in names])
+        learned = {**dict.fromkeys(columns), **base,
+                   "Method": f"learned prior: LSGM − its N(0, τ² I) control (recipe {group.recipe})"}
+        learned.update({fd_headers.get(n, n): paired_difference(group, group, "fid", n, kind_b="fid_normal")
+                        for n in names})
+        rows += [row, learned]
+    return rows, seeds
+
+
+def ordered_rows(table: str, groups: list[Group], meta: dict, columns: list[str], fd_headers: dict[str, str],
+                 published: dict) -> list[tuple[dict[str, Any], list[dict]]]:
+    """Our rows: each LSGM with, under it, its control at initialisation, ``learned``, its sample-quality control and
+    ``learned prior``; then the other rows in their order."""
+    inits = {init_of(g.recipe): g for g in groups if g.model == "lsgm" and init_of(g.recipe)}
+    out, placed = [], set()
+    for group in groups:
+        if group.model == "lsgm" and not init_of(group.recipe):
+            out.append(measured_row(table, group, meta, columns, fd_headers, published))
+            init = inits.get(group.recipe)
+            if init is not None:
+                out.append(measured_row(table, init, meta, columns, fd_headers, published))
+                placed.add(id(init))
+            more, seeds = control_rows(table, group, init, meta, columns, fd_headers)
+            out += [(row, seeds if i == 0 else []) for i, row in enumerate(more)]
+    out += [measured_row(table, g, meta, columns, fd_headers, published) for g in groups
+            if id(g) not in placed and not (g.model == "lsgm" and not init_of(g.recipe))]
+    return out
+
+
 def paper_row(row: dict, table_meta: dict, columns: list[str]) -> dict[str, Any]:
     """One published row (the paper's own LSGM rows have source ``paper``, baselines ``paper [ref]``)."""
     values = dict.fromkeys(columns)
@@ -135,7 +194,7 @@ def build_results_table(table: str, groups: list[Group], published: dict, scale:
     headers, fd_headers = metric_columns(meta, groups)
     columns = ["Section", "Method", "n", *headers, *ESTIMATOR, *delta_headers(meta).values(), "reproduced",
                "source", "bound"]
-    built = [measured_row(table, g, meta, columns, fd_headers, published) for g in groups]
+    built = ordered_rows(table, groups, meta, columns, fd_headers, published)
     paper = sorted(published_rows(published, table), key=lambda r: r["family"] != "Ours")  # stable
     check_labels(table, [g.label for g in groups], [r["method"] for r in paper])
     df = pd.DataFrame([r for r, _ in built] + [paper_row(r, meta, columns) for r in paper], columns=columns,

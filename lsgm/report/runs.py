@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from lsgm.controls import table6_init_name
 from lsgm.datasets_info import offline_standin
 from lsgm.methods import Cell
 
@@ -57,17 +58,21 @@ def scale_of(run: dict) -> str | None:
     return run["name"].split("/", 1)[0] if run["name"].count("/") >= 3 else None
 
 
+TABLE_KINDS = ("nll", "fid", "fid_normal")  # the documents a table reads (fid_normal: the sample-quality control)
+
+
 def collect_runs(metrics: list[dict]) -> dict[str, dict[str, Any]]:
-    """Group metrics documents by run name: ``{name: {"run": run, "nll": doc|None, "fid": doc|None}}``.
+    """Group metrics documents by run name: ``{name: {"run": run, "nll": doc|None, "fid": doc|None, "fid_normal":
+    doc|None}}``.
 
     Documents of other kinds (``cost``) are ignored; two documents of one kind for one run are an error.
     """
     runs: dict[str, dict[str, Any]] = {}
     for doc in metrics:
-        if doc["kind"] not in ("nll", "fid"):
+        if doc["kind"] not in TABLE_KINDS:
             continue
         name = doc["run"]["name"]
-        entry = runs.setdefault(name, {"run": doc["run"], "nll": None, "fid": None})
+        entry = runs.setdefault(name, {"run": doc["run"], **dict.fromkeys(TABLE_KINDS)})
         if entry[doc["kind"]] is not None:
             raise ValueError(f"run {name!r}: more than one {doc['kind']!r} metrics document")
         entry[doc["kind"]] = doc
@@ -119,11 +124,14 @@ def group_runs(entries: list[dict]) -> list[Group]:
 
 
 def is_table6_run(run: dict) -> bool:
-    """A Table 6 run: an LSGM named for its cell (``vpsde-w_un-is-q_rew``) or the Table 6 backbone."""
+    """A Table 6 run: an LSGM named for its cell (``vpsde-w_un-is-q_rew``), the control at initialisation of an SDE's
+    cells (``vpsde-init``) or the Table 6 backbone."""
     if run["model"] == "vae":
         return recipe_of(run) == TABLE6_BACKBONE
     fields = [run.get(k) for k in ("sde", "weighting", "sampling", "q_objective")]
-    return run["model"] == "lsgm" and None not in fields and Cell(*fields).run_name == recipe_of(run)
+    if run["model"] != "lsgm" or None in fields:
+        return False
+    return Cell(*fields).run_name == recipe_of(run) or recipe_of(run) == table6_init_name(run["sde"])
 
 
 def select_runs(runs: dict[str, dict], table: str, dataset_map: dict[str, str],
@@ -144,11 +152,14 @@ def select_runs(runs: dict[str, dict], table: str, dataset_map: dict[str, str],
 
 @dataclass(frozen=True)
 class Agg:
-    """One metric of one row of ours over its seeds: ``values`` (one per seed reporting it; nan = diverged)."""
+    """One metric of one row of ours over its seeds: ``values`` (one per seed reporting it; nan = diverged) and each
+    value's evaluation standard error ``stderrs`` (its Monte Carlo error; nan where the file records none)."""
 
     values: tuple[float, ...]
     mark: bool = False  # Table 6: not distinguishable from the best cell of its SDE
     by_backbone: int = 0  # of the diverged seeds, those whose backbone diverged (never trained)
+    stderrs: tuple[float, ...] = ()
+    difference: bool = False  # a difference of two rows (printed signed, to 3 decimals, * beyond 2 se)
 
     @property
     def n(self) -> int:
@@ -168,8 +179,30 @@ class Agg:
         return math.nan if self.n_diverged or self.n < 2 else statistics.stdev(self.values)
 
     @property
+    def eval_se(self) -> float:
+        """The evaluations' own standard error, root mean square over the seeds (nan: none recorded)."""
+        finite = [s for s in self.stderrs if s is not None and math.isfinite(s)]
+        return math.sqrt(statistics.fmean(s * s for s in finite)) if finite else math.nan
+
+    @property
     def se(self) -> float:
-        return self.std / math.sqrt(self.n)
+        """The standard error of the mean over seeds, the evaluations' Monte Carlo error included:
+        se^2 = std^2 / n + eval_se^2. The spread over seeds already holds each evaluation's independent draws, but
+        every seed is evaluated on the same test split, whose sampling error is common to all seeds and so missing
+        from the spread; eval_se (over the test examples) holds it, so adding it in full is conservative. With one
+        seed: eval_se; without recorded evaluation errors: std / sqrt(n)."""
+        if self.n_diverged:
+            return math.nan
+        eval_se = self.eval_se
+        if self.n < 2:
+            return eval_se
+        spread = self.std ** 2 / self.n
+        return math.sqrt(spread + eval_se ** 2) if math.isfinite(eval_se) else math.sqrt(spread)
+
+    @property
+    def significant(self) -> bool:
+        """A difference more than 2 standard errors from 0."""
+        return math.isfinite(self.se) and abs(self.mean) > 2 * self.se
 
 
 def metric_value(doc: dict | None, key: str) -> float | str | None:
@@ -220,10 +253,51 @@ def backbone_diverged(doc: dict | None) -> bool:
 
 
 def group_metric(group: Group, kind: str, key: Callable[[dict | None], str] | str) -> Agg | str | None:
-    """One metric of a row over its seeds (``key``: a metric name, or a function of the document)."""
+    """One metric of a row over its seeds (``key``: a metric name, or a function of the document), with each seed's
+    evaluation standard error."""
     docs = [e[kind] for e in group.entries]
-    agg = aggregate([metric_value(doc, key if isinstance(key, str) else key(doc)) for doc in docs])
-    return replace(agg, by_backbone=sum(map(backbone_diverged, docs))) if isinstance(agg, Agg) else agg
+    names = [key if isinstance(key, str) else key(doc) for doc in docs]
+    values = [metric_value(doc, name) for doc, name in zip(docs, names)]
+    agg = aggregate(values)
+    if not isinstance(agg, Agg):
+        return agg
+    stderrs = tuple(_stderr(doc, name) for doc, name, v in zip(docs, names, values) if isinstance(v, float))
+    return replace(agg, by_backbone=sum(map(backbone_diverged, docs)),
+                   stderrs=tuple(math.nan if s is None else s for s in stderrs))
+
+
+def paired_difference(a: Group, b: Group, kind_a: str, key: Callable[[dict | None], str] | str,
+                      kind_b: str | None = None) -> Agg | None:
+    """Row ``a`` minus row ``b`` per seed (seeds both have), as an :class:`Agg` of differences: each seed's
+    difference and its standard error -- over the test examples of the per-example differences where both files keep
+    them (``per_example``: the same split, paired example by example; the examples' own spread cancels), else
+    sqrt(se_a^2 + se_b^2) (independent draws). None when no seed has both."""
+    kind_b = kind_b or kind_a
+    by_seed = {seed_of(e["run"]): e[kind_b] for e in b.entries}
+    values, stderrs, backbone = [], [], 0
+    for entry in a.entries:
+        doc_a, doc_b = entry[kind_a], by_seed.get(seed_of(entry["run"]))
+        if doc_a is None or doc_b is None:
+            continue
+        name_a, name_b = ((key if isinstance(key, str) else key(doc)) for doc in (doc_a, doc_b))
+        va, vb = metric_value(doc_a, name_a), metric_value(doc_b, name_b)
+        if not (isinstance(va, float) and isinstance(vb, float)):
+            continue
+        values.append(va - vb)
+        stderrs.append(_difference_stderr(doc_a, doc_b, name_a, name_b))
+        backbone += backbone_diverged(doc_a) or backbone_diverged(doc_b)
+    if not values:
+        return None
+    return Agg(tuple(values), stderrs=tuple(stderrs), by_backbone=backbone, difference=True)
+
+
+def _difference_stderr(doc_a: dict, doc_b: dict, name_a: str, name_b: str) -> float:
+    per_a, per_b = (doc.get("per_example", {}).get(name) for doc, name in ((doc_a, name_a), (doc_b, name_b)))
+    if per_a and per_b and len(per_a) == len(per_b) and len(per_a) > 1:
+        diffs = [x - y for x, y in zip(per_a, per_b)]
+        return statistics.stdev(diffs) / math.sqrt(len(diffs))
+    se_a, se_b = _stderr(doc_a, name_a), _stderr(doc_b, name_b)
+    return math.nan if se_a is None or se_b is None else math.hypot(se_a, se_b)
 
 
 def _stderr(doc: dict, key: str) -> float | None:

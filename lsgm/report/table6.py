@@ -1,5 +1,7 @@
 """Table 6: the ablation of SGM weighting, time sampling and encoder objective, per SDE (rows = SDE x metric,
-columns = the 10 cells and the backbone's ``no score prior``), with marks and, at the paper's data, Δ rows.
+columns = the 10 cells, the backbone's ``no score prior`` and the SDE's cells ``at initialisation``), with marks, the
+controls (``learned`` = cell - at initialisation; the sample-quality control and ``learned prior``) and, at the paper's
+data, Δ rows.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from lsgm.controls import table6_init_name
 from lsgm.methods import TABLE6_COLUMNS, Cell
 from lsgm.report.comparison import NOT_COMPARABLE_FD, check_labels, check_unit, not_comparable
 from lsgm.report.runs import (
@@ -25,12 +28,15 @@ from lsgm.report.runs import (
     group_metric,
     group_runs,
     nelbo_key,
+    paired_difference,
+    recipe_of,
     published_rows,
     seed_records,
 )
 
 
 BACKBONE_COLUMN = "no score prior"
+INIT_COLUMN = "at initialisation"  # the SDE's cells before stage 2 (lsgm/controls.py)
 
 
 def cell_of(run: dict) -> Cell:
@@ -74,27 +80,58 @@ def vs_paper_text(label: str, why_not: str | None, comparable_fid: bool) -> str:
     return "see the Δ rows" if comparable_fid else NOT_COMPARABLE_FD
 
 
-def table6_sde_rows(sde: str, cells: dict[Cell, list[dict]], metrics: list, meta: dict,
+def table6_sde_rows(sde: str, cells: dict[Cell, list[dict]], init: list[dict], metrics: list, meta: dict,
                     paper: dict[tuple[str, str], dict], relative: float) -> tuple[list[dict], list[dict]]:
-    """The rows of one measured SDE (one per metric, plus Δ rows at paper scale) and their per-seed records."""
+    """The rows of one measured SDE (one per metric, its controls, plus Δ rows at paper scale) and their per-seed
+    records. ``init``: the entries of the SDE's control at initialisation."""
     label = f"{SDE_LABELS.get(sde, sde)} (measured)"
     columns = {header: Cell.parse(sde, text) for text, header in TABLE6_COLUMNS.items()}
     dataset = next(e["run"]["dataset"] for c, es in cells.items() if c.sde == sde for e in es)
+    groups = {h: Group("lsgm", cell.run_name, dataset, cells.get(cell, [])) for h, cell in columns.items()}
+    start = Group("lsgm", table6_init_name(sde), dataset, init) if init else None
     rows, seeds = [], []
     for metric, kind, key in metrics:
         values = {}
         for header, cell in columns.items():
-            group = Group("lsgm", cell.run_name, dataset, cells.get(cell, []))
-            values[header] = NA if cell.na_reason else group_metric(group, kind, key)
-            seeds += seed_records("table6", label, header, group.entries, [(kind, key)])
+            values[header] = NA if cell.na_reason else group_metric(groups[header], kind, key)
+            seeds += seed_records("table6", label, header, groups[header].entries, [(kind, key)])
         values = mark_best(values)
+        if start is not None:
+            values[INIT_COLUMN] = group_metric(start, kind, key)
+            seeds += seed_records("table6", label, INIT_COLUMN, start.entries, [(kind, key)])
         why_not = not_comparable([e for c, es in cells.items() if c.sde == sde for e in es], meta)
         comparable = metric == "fid" and why_not is None
         rows.append({"Section": OURS_SECTION, "SDE": label, "Metric": metric, "n": n_text(list(values.values())),
                      **values, "vs paper": vs_paper_text(metric, why_not, comparable), "source": "ours"})
+        more, more_seeds = table6_control_rows(label, metric, kind, key, columns, groups, start)
+        rows, seeds = rows + more, seeds + more_seeds
         if comparable:
             theirs = {h: paper.get((sde, h), {}).get("fid") for h in columns}
             rows += table6_delta_rows(label, values, theirs, relative)
+    return rows, seeds
+
+
+def table6_control_rows(label: str, metric: str, kind: str, key, columns: dict[str, Cell], groups: dict[str, Group],
+                        start: Group | None) -> tuple[list[dict], list[dict]]:
+    """Under a metric's row: ``learned`` (each cell - the SDE's cells at initialisation) and, for the FD, the
+    sample-quality control (each cell's prior replaced by N(0, tau^2 I)) and ``learned prior`` (cell - control)."""
+    common = {"Section": OURS_SECTION, "SDE": label, "vs paper": None, "source": "ours"}
+    rows, seeds = [], []
+
+    def row(name: str, value_of) -> dict:
+        values = {h: NA if cell.na_reason else value_of(groups[h]) for h, cell in columns.items()}
+        return {**common, "Metric": name, "n": n_text(list(values.values())), **values}
+
+    if start is not None:
+        rows.append(row(f"learned {metric}: cell − at initialisation",
+                        lambda g: paired_difference(g, start, kind, key) if g.entries else None))
+    if kind == "fid" and any(e["fid_normal"] is not None for g in groups.values() for e in g.entries):
+        control = f"{metric}, score prior → N(0, τ² I) (control)"
+        rows.append(row(control, lambda g: group_metric(g, "fid_normal", key)))
+        for header, group in groups.items():
+            seeds += seed_records("table6", label, f"{header} ({control})", group.entries, [("fid_normal", key)])
+        rows.append(row(f"learned prior {metric}: cell − its control",
+                        lambda g: paired_difference(g, g, "fid", key, kind_b="fid_normal") if g.entries else None))
     return rows, seeds
 
 
@@ -151,23 +188,29 @@ def build_table6(entries: list[dict], published: dict) -> pd.DataFrame:
     for entry in entries:
         check_unit(entry, "table6", meta["unit"])
     cells: dict[Cell, list[dict]] = defaultdict(list)
+    inits: dict[str, list[dict]] = defaultdict(list)
     for entry in entries:
-        if entry["run"]["model"] == "lsgm":
-            cells[cell_of(entry["run"])].append(entry)
+        run = entry["run"]
+        if run["model"] == "lsgm" and recipe_of(run) == table6_init_name(run["sde"]):
+            inits[run["sde"]].append(entry)
+        elif run["model"] == "lsgm":
+            cells[cell_of(run)].append(entry)
     metrics = table6_metrics(entries)
     paper = {(r["sde"], r["column"]): r for r in published_rows(published, "table6")}
     rows, seeds = [], []
     for sde in SDE_LABELS:
         if any(cell.sde == sde for cell in cells):
-            more_rows, more_seeds = table6_sde_rows(sde, cells, metrics, meta, paper,
+            more_rows, more_seeds = table6_sde_rows(sde, cells, inits.get(sde, []), metrics, meta, paper,
                                                     published["reproduction"]["fid"]["relative"])
             rows, seeds = rows + more_rows, seeds + more_seeds
     backbones = group_runs([e for e in entries if e["run"]["model"] == "vae"])
     more_rows, more_seeds = table6_backbone_rows(backbones, metrics)
     paper_rows = table6_paper_rows(published)
     check_labels("table6", sorted({r["SDE"] for r in rows + more_rows}), [r["SDE"] for r in paper_rows])
-    columns = ["Section", "SDE", "Metric", "n", *TABLE6_COLUMNS.values(), BACKBONE_COLUMN, "vs paper", "source"]
+    columns = ["Section", "SDE", "Metric", "n", *TABLE6_COLUMNS.values(), BACKBONE_COLUMN, INIT_COLUMN, "vs paper",
+               "source"]
     df = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows + more_rows + paper_rows], columns=columns,
                       dtype=object)
-    df.attrs.update(value_columns=[*TABLE6_COLUMNS.values(), BACKBONE_COLUMN], marks=True, seeds=seeds + more_seeds)
+    df.attrs.update(value_columns=[*TABLE6_COLUMNS.values(), BACKBONE_COLUMN, INIT_COLUMN], marks=True,
+                    seeds=seeds + more_seeds)
     return df

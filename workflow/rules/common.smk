@@ -2,6 +2,7 @@
 # resources), wildcard constraints and the input functions the rules use. No arithmetic lives here, and no path:
 # every file's pattern is in lsgm/plan/layout.py (the rules declare those patterns; the plan fills them in).
 import re
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -10,6 +11,12 @@ from snakemake.utils import validate
 from lsgm.config import RunConfig, from_dict, save_run_config
 from lsgm.config_sources import ConfigSources
 from lsgm.plan import EVAL_RESOURCE_KEYS, SCALES, TRAIN_RESOURCE_KEYS, Plan, PlanError, eval_args, layout
+
+from lsgm import snakemake_fix
+
+_installed, _note = snakemake_fix.install()  # Snakemake's scheduler starts a timer chain per job event
+if not _installed:
+    print(_note, file=sys.stderr)
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 # config.yaml, the --configfile overlays and --config: errors name the one that set the value (lsgm/config_sources.py)
@@ -100,11 +107,12 @@ def reference_run(scale):
 
 
 def reproduction_inputs(wc):
-    """This run's metrics files and the reference's (against a reference run), or the tables' CSVs (the paper)."""
-    if reference_run(wc.scale) is None:
-        return {"tables": [layout.fill(layout.TABLE, scale=wc.scale, table=t, ext="csv")
-                           for t in PLANS[wc.scale].config["tables"]]}
+    """This run's metrics files and the reference's (against a reference run), or the tables' CSVs (the paper) and
+    the metrics (what stage 2 learned)."""
     metrics = sorted({r.metrics_path(m) for r in PLANS[wc.scale].runs.values() for m in r.evals})
+    if reference_run(wc.scale) is None:
+        return {"metrics": metrics, "tables": [layout.fill(layout.TABLE, scale=wc.scale, table=t, ext="csv")
+                                               for t in PLANS[wc.scale].tables]}
     return {"metrics": metrics, "reference": sorted(map(str, (reference_run(wc.scale) / "metrics").rglob("*.json")))}
 
 
@@ -112,7 +120,7 @@ def reproduction_args(wc, input):
     """The flags of ``lsgm report reproduction`` for this scale's reference."""
     folder = reference_run(wc.scale)
     if folder is None:
-        return "--tables " + " ".join(input.tables)
+        return f"--tables {' '.join(input.tables)} --metrics {' '.join(input.metrics)}"
     return f"--metrics {' '.join(input.metrics)} --reference {folder}"
 
 

@@ -82,20 +82,23 @@ rule eval_nll:
 
 
 rule eval_fid:
-    """FID (Inception) or FD (offline classifier features) from ODE samples."""
+    """FID (Inception) or FD (offline classifier features) from ODE samples; `fid_normal`, an LSGM's sample-quality
+    control: its decoder with its score prior replaced by the Normal its mixed score is at initialisation."""
     input:
         model=per_seed(layout.MODEL),
         stats=fid_stats_for,
         inception=inception_for,
     output:
-        per_seed(layout.part(layout.METRICS, metric="fid")),
+        per_seed(layout.METRICS),
     params:
-        flags=eval_flags("fid"),
+        flags=lambda wc: eval_args(the_run(wc).eval_settings[wc.metric]),
         inception=inception_flag,
     log:
-        layout.log("eval_fid", SEED_STEM),
+        layout.log("eval_{metric}", SEED_STEM),
     benchmark:
-        layout.benchmark("eval_fid", SEED_STEM)
+        layout.benchmark("eval_{metric}", SEED_STEM)
+    wildcard_constraints:
+        metric="fid|fid_normal",
     threads: eval_threads
     priority: 1  # see rule train
     resources:
