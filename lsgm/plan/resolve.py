@@ -73,7 +73,6 @@ class Resolution:
         self._check_eval_blocks(config["scales"][scale], f"scales.{scale}")
         self.cells = self._parse_cells()
         self._build()
-        self._select()
 
     # ---------------------------------------------------------------- building
     def _check_datasets(self) -> None:
@@ -362,36 +361,6 @@ class Resolution:
             if features == "classifier":
                 spec = self.sc["runs"].get("classifier", {}).get("fd", {})
                 self._make_classifier(dataset, spec)
-
-    @property
-    def tables(self) -> list[str]:
-        """The tables this scale compiles (``scales.S.select.tables``; default every table of ``tables:``)."""
-        return list(self.sc.get("select", {}).get("tables", self.config["tables"]))
-
-    @property
-    def figures(self) -> list[str]:
-        """The figures this scale draws (``scales.S.select.figures``; default Figure 4 and the variance figure)."""
-        return list(self.sc.get("select", {}).get("figures", ("figure4", "variance")))
-
-    def _select(self) -> None:
-        """``scales.S.select``: a scale that runs part of the experiment (e.g. ``demo``: one recipe and its controls).
-        A run outside it keeps no evaluation, so it is trained only where a selected run needs it (a backbone)."""
-        select = self.sc.get("select", {})
-        chosen, table6 = select.get("recipes", {}), select.get("table6", True)
-        where = f"scales.{self.scale}.select"
-        for kind, names in chosen.items():
-            for name in set(names) - set(self.config["recipes"][kind]):
-                raise PlanError(f"{where}.recipes.{kind}: {name!r} is not a recipe under recipes.{kind}")
-        for table in select.get("tables", []):
-            if table not in self.config["tables"]:
-                raise PlanError(f"{where}.tables: {table!r} is not a table under tables ({sorted(self.config['tables'])})")
-        recipes = self.config["recipes"]
-        for run in self.runs.values():
-            name = run.init_of if run.init_of in recipes["lsgm"] else run.name
-            cell = run.kind == "lsgm" and name not in recipes["lsgm"]  # a Table 6 cell or its SDE's control
-            keep = table6 if cell else run.kind == "classifier" or name in chosen.get(run.kind, recipes[run.kind])
-            if not keep:
-                run.evals = ()
 
     def _read_same_as(self, kind: str, name: str) -> None:
         """Record ``scales.S.runs.KIND.NAME.same_as`` in ``self.same_as`` (checked: another recipe of the same kind and
