@@ -53,7 +53,7 @@ def plan_error(mutate, scale: str = "quick") -> str:
      "recipes.vae.balanced_stage2 (scale quick): stage2 'fidd' is not a recipe under recipes.lsgm"),
     # an FD's bias depends on n: Table 6's reference row with another sample count than its cells
     (lambda c: c["scales"]["quick"]["runs"]["vae"].pop("table6"),
-     "tables.table6: FDs/FIDs not like for like: lsgm/geometric-w_ll-uniform-q_rew has eval.fid.n_samples = 200, "
+     "tables.table6: FDs/FIDs not like for like: lsgm/geometric-init has eval.fid.n_samples = 200, "
      "vae/table6 has 250"),
     (lambda c: c["scales"]["quick"]["runs"]["sgm"]["celeba"].update(same_as="cifar"),
      "scales.quick.runs.sgm.celeba.same_as: 'cifar' is not another recipe under recipes.sgm"),
@@ -141,7 +141,7 @@ def test_miniature_is_the_resolved_paper_scale_with_sizes_changed_only():
     from lsgm.plan.scaling import NOTE, RULE_KEYS
 
     paper, mini = Plan(CONFIG, "paper"), Plan(CONFIG, "mini")
-    assert set(mini.runs) == set(paper.runs) and len(paper.runs) == 33
+    assert set(mini.runs) == set(paper.runs) and len(paper.runs) == 41  # 33 trained + 8 controls at initialisation
     for key, run in paper.runs.items():
         small = mini.runs[key]
         # sizes, data and name, and what the scaling rules derive from the sizes (lsgm/plan/scaling.py)
@@ -183,8 +183,8 @@ def test_lsgm_plan_lists_evaluations_warns_on_the_placeholder_account_and_refuse
     assert main(["--scale", "paper", "--config", str(root / "config.yaml"),
                  "--profile", str(root / "workflow/profiles/slurm/config.yaml")]) == 0
     out, err = capsys.readouterr()
-    assert "97 evaluation jobs" in out and "| fid " in out and "n_samples 50000" in out
-    assert "33 training jobs at scale paper" in out
+    assert "144 evaluation jobs" in out and "| fid " in out and "n_samples 50000" in out
+    assert "41 training jobs at scale paper" in out
     assert err.count("\n") == 1 and "slurm_account is still 'CHANGE_ME'" in err
     profile = tmp_path / "profile.yaml"
     profile.write_text("default-resources:\n  slurm_account: my_lab\n")

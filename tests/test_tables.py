@@ -123,11 +123,14 @@ def test_a_row_is_a_recipe_over_its_seeds(tables):
     cell = ours(df).set_index("Method").loc["LSGM, recipe fid", "NLL (bpd)"]
     assert isinstance(cell, Agg) and cell.n == 3 and cell.mean == pytest.approx(2.1)
     assert cell.std == pytest.approx(statistics.stdev([2.0, 2.1, 2.2]))  # sample std, ddof=1
+    # ± is the standard error with the evaluations' own error: sqrt(std² / n + eval_se²) (nll_stderr 0.01 per seed)
+    assert cell.se == pytest.approx(math.sqrt(0.1 ** 2 / 3 + 0.01 ** 2))
     text = printed(df)
-    assert text.loc["LSGM, recipe fid", "NLL (bpd)"] == "2.10 ± 0.10"
-    assert text.loc["LSGM, recipe fid", "n"] == "3" and text.loc["LSGM, recipe fid", "fd_digits (ours)"] == "3.20 ± 0.20"
-    assert text.loc["LSGM, recipe balanced", "n"] == "1"  # one seed: its value, n = 1
-    assert text.loc["LSGM, recipe balanced", "NLL (bpd)"] == "2.41"
+    assert text.loc["LSGM, recipe fid", "NLL (bpd)"] == "2.10 ± 0.06"
+    assert text.loc["LSGM, recipe fid", "n"] == "3"
+    assert text.loc["LSGM, recipe fid", "fd_digits (ours)"] == "3.20 ± 0.12"  # no recorded error: std / sqrt(n)
+    assert text.loc["LSGM, recipe balanced", "n"] == "1"  # one seed: its value ± its evaluation's error, n = 1
+    assert text.loc["LSGM, recipe balanced", "NLL (bpd)"] == "2.41 ± 0.01"
     assert text.loc["Pixel SGM (VESDE), recipe cifar10", "NLL (bpd)"] == "—"  # not measured
     assert "n = 1–3 seeds per row of ours (column n; seeds 0, 1, 2)" in df.attrs["caption"]
     assert "n = 3 seeds per row of ours" in tables["table4"].attrs["caption"]
@@ -209,8 +212,8 @@ def test_nelbo_beside_nll_for_every_row_with_the_estimator_columns(tables):
         assert df.columns.get_loc(nelbo) + 1 == df.columns.get_loc(nll), key
         assert {"K", "M", "prior term", "ODE tol."} <= set(df.columns), key
     text = printed(tables["table2"])
-    assert text.loc["LSGM, recipe fid", "NELBO (bpd)"] == "2.20 ± 0.10"  # nelbo_bound = NLL + 0.1
-    assert text.loc["VAE backbone (recipe balanced)", "NELBO (bpd)"] == "2.45 ± 0.10"  # its NELBO
+    assert text.loc["LSGM, recipe fid", "NELBO (bpd)"] == "2.20 ± 0.06"  # nelbo_bound = NLL + 0.1
+    assert text.loc["VAE backbone (recipe balanced)", "NELBO (bpd)"] == "2.45 ± 0.06"  # its NELBO
     estimator = ["K", "M", "prior term", "ODE tol.", "t_eps (NLL)", "t_eps (NELBO)"]
     assert list(text.loc["LSGM, recipe fid", estimator]) == ["1", "1", "ode", "1e-05", "1e-05", "0.01"]
     assert list(text.loc["VAE backbone (recipe balanced)", estimator]) == ["1", "—", "normal", "—", "—", "—"]
@@ -221,7 +224,7 @@ def test_nelbo_beside_nll_for_every_row_with_the_estimator_columns(tables):
 def test_nelbo_falls_back_to_nelbo_and_says_so():
     docs = nll_docs("lsgm", "fid", [2.0, 2.1], bound=False) + nll_docs("lsgm", "nll", [2.0, 2.1])
     df = build_tables(docs, "quick", COMMIT, only=("table2",))["table2"]
-    assert printed(df).loc["LSGM, recipe fid", "NELBO (bpd)"] == "2.10 ± 0.07"  # nelbo = NLL + 0.05
+    assert printed(df).loc["LSGM, recipe fid", "NELBO (bpd)"] == "2.10 ± 0.05"  # nelbo = NLL + 0.05 (2 seeds)
     assert "fallback for LSGM recipes fid (no `nelbo_bound` in their metrics files)" in df.attrs["caption"]
 
 
@@ -326,7 +329,7 @@ def test_table6_cells_over_seeds(tables):
     assert list(df.columns[4:14]) == list(TABLE6_COLUMNS.values())
     text = printed(df, "SDE")
     vp = text.loc["VPSDE (measured)"].set_index("Metric")
-    assert vp.loc["fd_digits", "w_ll U rew."] == f"1.00 ± 0.10 {MARK}" and vp.loc["fd_digits", "n"] == "3"
+    assert vp.loc["fd_digits", "w_ll U rew."] == f"1.00 ± 0.06 {MARK}" and vp.loc["fd_digits", "n"] == "3"
     assert vp.loc["NELBO (bpd)", "w_re U rew."] == "—"  # not run
     geo = text.loc["Geom. VPSDE (measured)"].set_index("Metric")
     assert geo.loc["NELBO (bpd)", "w_un U rew."] == "NaN (3 of 3 seeds diverged)"
@@ -345,7 +348,7 @@ def test_table6_marks_the_cells_not_distinguishable_from_the_best(tables):
     # means 2.5, 2.7, 2.5 (best 2.5): 2.7 - 2.5 = 0.2 > 0.163
     assert nelbo["w_ll U rew."].mark and nelbo["w_re r_re rew."].mark and not nelbo["w_un r_un rew."].mark
     cap = tables["table6"].attrs["caption"]
-    assert "|mean - best mean| <= 2 sqrt(se² + se_best²), se = std / sqrt(n)" in cap and "(n = 3 per cell)" in cap
+    assert "|mean - best mean| <= 2 sqrt(se² + se_best²), se as for every ±" in cap and "(n = 3 per cell)" in cap
 
 
 def test_table6_marks_a_constructed_case():
@@ -406,7 +409,7 @@ def test_written_files(tables, tmp_path):
         assert md.startswith(caption) and caption == df.attrs["caption"]
         back = pd.read_csv(tmp_path / f"{key}.csv", keep_default_na=False, dtype=str)
         assert len(back) == len(df)
-    assert "| 2.10 ± 0.10" in (tmp_path / "table2.md").read_text(encoding="utf-8")
+    assert "| 2.10 ± 0.06" in (tmp_path / "table2.md").read_text(encoding="utf-8")
 
 
 def write_json(path: Path, doc: dict) -> str:

@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # 10 VPSDE cells + 7 geometric cells. The paper's Table 6 has 2 x 10 columns with 3 n/a cells on the
 # geometric row (w_ll r_ll = U, w_un r_un rew. and w_un r_un r_ll), so 17 trained cells per dataset-seed.
 TABLE6_CELLS = 17
+# the controls "LSGM at initialisation" (lsgm/controls.py): one per LSGM recipe and one per Table 6 SDE
+INIT_CONTROLS = 6 + 2
 MAIN_LSGMS = 6  # CIFAR-10 FID / NLL / balanced, CelebA-HQ-256, MNIST, OMNIGLOT
 # one per main configuration + the Table 6 backbone + the control "balanced backbone + stage-2 steps"; the quick
 # scale lets the CIFAR-10 FID and NLL LSGMs share the balanced backbone (scales.quick.runs.lsgm.*.backbone)
@@ -63,7 +65,7 @@ def test_offline_scales_plan_the_whole_dag(scale):
     jobs_per_run = 1 if sc.get("batch_seeds") else len(sc["seeds"])  # batched: one job trains every seed of a run
     kinds = trained(text)
     # one pixel SGM: the CelebA-HQ recipe is same_as the CIFAR-10 one on the shared stand-in
-    assert kinds == {"lsgm": (MAIN_LSGMS + TABLE6_CELLS) * jobs_per_run, "vae": BACKBONES[scale] * jobs_per_run,
+    assert kinds == {"lsgm": (MAIN_LSGMS + TABLE6_CELLS + INIT_CONTROLS) * jobs_per_run, "vae": BACKBONES[scale] * jobs_per_run,
                      "sgm": 1 * jobs_per_run}
     assert counts["train"] == sum(kinds.values())
     assert counts["run_config"] == sum(kinds.values()) * len(sc["seeds"]) // jobs_per_run + 1  # + the FD classifier's
@@ -101,7 +103,7 @@ def test_default_scale_is_quick():
 def test_slurm_profile_resolves_and_requests_gpus():
     assert (ROOT / "slurm" / "config.yaml").is_file(), "`--profile slurm` needs ./slurm/config.yaml"
     counts, text = dry_run("--profile", "slurm")
-    assert trained(text)["lsgm"] == MAIN_LSGMS + TABLE6_CELLS
+    assert trained(text)["lsgm"] == MAIN_LSGMS + TABLE6_CELLS + INIT_CONTROLS
     assert counts["fid_stats"] == 2 and "train_classifier" not in counts  # Inception at paper scale
     assert "results/paper/fid_stats/cifar10-train-8bit-inception-v1.pt" in text
     assert "--dataset celeba256 --split train+test --bits 8" in text  # the official reference (train + validation)
@@ -122,7 +124,7 @@ def test_slurm_profile_resolves_and_requests_gpus():
             n_trained += rule.startswith("train")
         if rule in ("tables", "figure4", "run_config"):
             assert res is None or "gpu=" not in res.group(1)
-    assert n_trained == MAIN_LSGMS + TABLE6_CELLS + BACKBONES["paper"] + 2  # + the two pixel SGMs
+    assert n_trained == MAIN_LSGMS + TABLE6_CELLS + INIT_CONTROLS + BACKBONES["paper"] + 2  # + the two pixel SGMs
     # several GPUs -> torchrun DDP on one node; the 16-GPU recipes on 2 nodes x 8 GPUs, one torchrun per node
     assert "lsgm launch --nodes 1 --nproc-per-node 8 --gpu -- train-vae" in text
     two_node = re.findall(r"wildcards: scale=paper, dataset=(\w+), kind=(\w+), run=(\w+), seed=0\n"
@@ -144,8 +146,8 @@ def test_one_table6_cell_plans_only_its_chain():
 
 
 def test_one_table_plans_only_its_runs():
-    counts, text = dry_run("results/quick/tables/table5.md")  # MNIST: LSGM + its backbone
-    assert trained(text) == {"lsgm": 1, "vae": 1} and counts["tables"] == 1
+    counts, text = dry_run("results/quick/tables/table5.md")  # MNIST: LSGM, its control at initialisation, backbone
+    assert trained(text) == {"lsgm": 2, "vae": 1} and counts["tables"] == 1
     assert "fid_stats" not in counts
 
 
@@ -226,7 +228,7 @@ def test_unbatched_training_commands_name_each_run_once(args):
     folder as --out and one checkpoint folder -- never the characters of a path (the per_seed bug: --out . . . /)."""
     _, text = dry_run("-p", *args)
     jobs = _train_jobs(text)
-    assert len(jobs) == MAIN_LSGMS + TABLE6_CELLS + BACKBONES["paper"] + 2
+    assert len(jobs) == MAIN_LSGMS + TABLE6_CELLS + INIT_CONTROLS + BACKBONES["paper"] + 2
     for outputs, cmd in jobs:
         (model,) = outputs
         flags = re.findall(r"--(config|out|ckpt-dir|vae) (\S+)(?= --| >)", cmd)

@@ -117,8 +117,9 @@ def _with_samples(official: dict) -> dict:
 def resolved_settings(evaluation: str, settings: dict, kind: str | None = None) -> dict:
     """What an evaluation job runs with: its settings over the command's defaults (:mod:`lsgm.eval.settings`), the
     ones a ``kind`` model does not use left out."""
-    out = {**eval_settings.defaults(evaluation), **{k: v for k, v in settings.items() if v is not None}}
-    used = eval_settings.applicable(evaluation, kind) if kind else out
+    command = CONTROL_EVALS[evaluation][0] if evaluation in CONTROL_EVALS else evaluation  # a control: its command's
+    out = {**eval_settings.defaults(command), **{k: v for k, v in settings.items() if v is not None}}
+    used = eval_settings.applicable(command, kind) if kind else out
     return {k: v for k, v in out.items() if k in used}
 
 

@@ -19,7 +19,7 @@ from lsgm.report.runs import (
     nelbo_key,
     recipe_of,
 )
-from lsgm.report.table6 import BACKBONE_COLUMN, INIT_COLUMN
+from lsgm.report.table6 import BACKBONE_COLUMN, INIT_COLUMN, learned_cells
 
 
 UNITS = {"bpd": "bits/dim", "nats": "nats"}
@@ -204,6 +204,14 @@ def table6_lines(entries: list[dict], meta: dict, relative: float) -> list[str]:
                  "the inputs.")
     init = (f"Column '{INIT_COLUMN}': the SDE's cells before stage 2 (they share one initial model: the first cell's "
             "run config with 0 stage-2 steps); rows 'learned …: cell − at initialisation' under each metric.")
+    learned = learned_cells(entries)
+    if learned:
+        counts = "; ".join(f"{metric}: {k} of {n} cells" for metric, (k, n) in learned.items())
+        init += (f" Cells whose learned difference exceeds 2 se ({SIGNIFICANT}): {counts}.")
+        if not any(k for k, _ in learned.values()):
+            init += (" No cell has learned anything its standard error can tell from the initialisation: at this "
+                     "budget the cells measure the pipeline, not the ablation, and their differences are the "
+                     "initialisation's and the evaluations' noise.")
     return [columns, marks, reference, init, vs]
 
 

@@ -181,12 +181,8 @@ def table6_paper_rows(published: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def build_table6(entries: list[dict], published: dict) -> pd.DataFrame:
-    """Table 6 (no caption): rows = SDE x metric (ours over seeds, the backbone reference, then the paper),
-    columns = the 10 cells and the backbone's ``no score prior``."""
-    meta = published["tables"]["table6"]
-    for entry in entries:
-        check_unit(entry, "table6", meta["unit"])
+def split_entries(entries: list[dict]) -> tuple[dict[Cell, list[dict]], dict[str, list[dict]]]:
+    """Table 6's LSGM entries by cell, and each SDE's control at initialisation."""
     cells: dict[Cell, list[dict]] = defaultdict(list)
     inits: dict[str, list[dict]] = defaultdict(list)
     for entry in entries:
@@ -195,6 +191,35 @@ def build_table6(entries: list[dict], published: dict) -> pd.DataFrame:
             inits[run["sde"]].append(entry)
         elif run["model"] == "lsgm":
             cells[cell_of(run)].append(entry)
+    return cells, inits
+
+
+def learned_cells(entries: list[dict]) -> dict[str, tuple[int, int]]:
+    """Per metric: (cells whose learned difference is more than 2 se from 0, cells with a learned difference)."""
+    cells, inits = split_entries(entries)
+    out: dict[str, list[int]] = {}
+    for metric, kind, key in table6_metrics(entries):
+        for cell, es in cells.items():
+            start = inits.get(cell.sde)
+            if not start:
+                continue
+            dataset = es[0]["run"]["dataset"]
+            diff = paired_difference(Group("lsgm", cell.run_name, dataset, es),
+                                     Group("lsgm", table6_init_name(cell.sde), dataset, start), kind, key)
+            if diff is not None:
+                counts = out.setdefault(metric, [0, 0])
+                counts[0] += diff.significant
+                counts[1] += 1
+    return {m: (a, b) for m, (a, b) in out.items()}
+
+
+def build_table6(entries: list[dict], published: dict) -> pd.DataFrame:
+    """Table 6 (no caption): rows = SDE x metric (ours over seeds, the backbone reference, then the paper),
+    columns = the 10 cells and the backbone's ``no score prior``."""
+    meta = published["tables"]["table6"]
+    for entry in entries:
+        check_unit(entry, "table6", meta["unit"])
+    cells, inits = split_entries(entries)
     metrics = table6_metrics(entries)
     paper = {(r["sde"], r["column"]): r for r in published_rows(published, "table6")}
     rows, seeds = [], []
