@@ -7,6 +7,7 @@ only dispatches, so ``lsgm --help`` stays fast (no torch import).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -16,8 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-classifier": ("lsgm.train.classifier", "train the feature classifier used for offline FD"),
     "fid-stats": ("lsgm.eval.fid", "compute reference feature statistics for FID/FD"),
     "make-data": ("lsgm.data.miniature", "write a miniature dataset in the official formats (or random Inception)"),
-    "evaluate": ("lsgm.eval.cli", "evaluate a trained run: nll | fid | cost"),
-    "report": ("lsgm.report.cli", "compile tables and figures: tables | figure4 | variance"),
+    "evaluate": ("lsgm.eval.cli", "evaluate a trained run: nll | fid | cost | samples"),
+    "report": ("lsgm.report.cli", "compile tables and figures: tables | figure4 | variance | reproduction"),
     "import-official": ("lsgm.official_import", "convert an NVlabs/LSGM train_vae/train_vada checkpoint to model.pt"),
     "launch": ("lsgm.launch", "start an lsgm command on N nodes x P processes (srun + torchrun, or torchrun locally)"),
     "plan": ("lsgm.plan", "every training job of a scale: GPUs, batches, steps (--json: resolved configs)"),
@@ -40,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lsgm: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except BrokenPipeError:  # `lsgm plan --json | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 0
 
 
 if __name__ == "__main__":

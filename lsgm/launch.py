@@ -121,17 +121,22 @@ def thread_env(env: dict, processes: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """``lsgm launch --nodes N --nproc-per-node P [--gpu] [--dry-run] -- COMMAND ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        print("lsgm launch: error: give the lsgm command after '--' (e.g. -- train-vae --config RUN.yaml ...)",
-              file=sys.stderr)
-        return 2
-    split = argv.index("--")
-    p = argparse.ArgumentParser(prog="lsgm launch", description="start an lsgm command on N nodes x P processes "
-                                "(srun + torchrun in a Slurm allocation, torchrun on one machine otherwise)")
+    p = argparse.ArgumentParser(prog="lsgm launch", usage="lsgm launch --nodes N --nproc-per-node P [--gpu] [--dry-run] "
+                                "-- COMMAND ...", description="start an lsgm command on N nodes x P processes "
+                                "(srun + torchrun in a Slurm allocation, torchrun on one machine otherwise), e.g. "
+                                "lsgm launch --nodes 2 --nproc-per-node 8 --gpu -- train-lsgm --config RUN.yaml ...")
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--nproc-per-node", type=int, required=True)
     p.add_argument("--gpu", action="store_true", help="one GPU per process (srun --gres=gpu:P)")
     p.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
+    if "--" not in argv:
+        if {"-h", "--help"} & set(argv):
+            p.print_help()
+            return 0
+        print("lsgm launch: error: give the lsgm command after '--' (e.g. -- train-vae --config RUN.yaml ...)",
+              file=sys.stderr)
+        return 2
+    split = argv.index("--")
     args = p.parse_args(argv[:split])
     command = argv[split + 1:]
     if args.nodes < 1 or args.nproc_per_node < 1 or not command:

@@ -8,6 +8,7 @@ Pure Python (no Snakemake, no torch): the Snakefile, ``lsgm plan`` and the tests
 from __future__ import annotations
 
 from lsgm import like_for_like
+from lsgm.eval import settings as eval_settings
 from lsgm.datasets_info import FID_REFERENCE
 from lsgm.plan import layout
 from lsgm.plan.common import TABLE_METRICS, PlanError, check_eval_settings, deep_merge, resolved_settings
@@ -92,11 +93,22 @@ class Plan(Resolution):
     def run(self, kind: str, dataset: str, name: str, seed) -> Run:
         key = (kind, dataset, name, int(seed))
         if key not in self.runs:
-            raise PlanError(
-                f"no {kind} run '{name}' with seed {seed} on dataset {dataset} at scale {self.scale} in "
-                "config.yaml (see recipes, table6 and scales.*.seeds/datasets)"
-            )
+            raise PlanError(self._no_run(kind, dataset, name, int(seed)))
         return self.runs[key]
+
+    def _no_run(self, kind: str, dataset: str, name: str, seed: int) -> str:
+        """One line: what a target names that this scale has not, the closest name and the names there are."""
+        names = sorted({r.name for r in self.runs.values() if r.kind == kind and r.dataset == dataset})
+        seeds = sorted({r.seed for r in self.runs.values() if r.kind == kind and r.dataset == dataset and r.name == name})
+        if names and name in names:
+            return (f"{kind} run '{name}' on {dataset} at scale {self.scale} has no seed {seed}; its seeds: "
+                    f"{', '.join(map(str, seeds))} (scales.{self.scale}.seeds)")
+        datasets = sorted({r.dataset for r in self.runs.values() if r.kind == kind})
+        if not names:
+            return (f"no {kind} run on dataset '{dataset}' at scale {self.scale}"
+                    f"{eval_settings.closest(dataset, datasets)}; its {kind} runs are on: {', '.join(datasets)}")
+        return (f"no {kind} run '{name}' on {dataset} at scale {self.scale}{eval_settings.closest(name, names)} "
+                f"(the {kind} runs there: {', '.join(names)})")
 
     def stats_path(self, dataset: str, where: str = "fid") -> str:
         fd = self.sc["fd"]

@@ -32,6 +32,7 @@ from typing import Any
 
 from lsgm.eval import settings as eval_settings
 from lsgm.io import check_output, git_commit
+from lsgm.plan.common import SCALES
 
 REQUIRED = ("kind", "run", "run.name", "run.model", "run.dataset", "status", "metrics")
 REQUIRED_BY_KIND = {"nll": (), "fid": ("settings",), "fid_normal": ("settings",), "cost": ("metrics.rows",)}
@@ -94,11 +95,13 @@ def json_arg(text: str | None) -> Any:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The options of ``lsgm report``."""
     parser = argparse.ArgumentParser(prog="lsgm report", description="compile tables and figures")
-    parser.add_argument("what", choices=sorted(KINDS), help="tables: Tables 2-6; figure4: Figure 4; variance: the "
-                        "variance of the Table 6 cells' training estimators")
+    parser.add_argument("what", choices=sorted([*KINDS, "reproduction"]),
+                        help="tables: Tables 2-6; figure4: Figure 4; variance: the variance of the Table 6 cells' "
+                        "training estimators; reproduction: this run beside its reference (its own options: "
+                        "lsgm report reproduction --help)")
     parser.add_argument("--metrics", nargs="+", help="metrics JSON files (tables, figure4)")
     parser.add_argument("--models", nargs="+", help="variance: LSGM model.pt files (the Table 6 cells)")
-    parser.add_argument("--scale", required=True, help="smoke | quick | paper (printed in captions)")
+    parser.add_argument("--scale", required=True, help=f"{' | '.join(SCALES)} (printed in captions)")
     parser.add_argument("--out-dir", type=Path, help="every table's files (tables), Figure 4's or the variance files")
     parser.add_argument("--table", default=None, help="tables: build only this one (e.g. table2), to --md/--csv")
     parser.add_argument("--md", type=Path, help="with --table: its markdown file (caption, blank line, table)")

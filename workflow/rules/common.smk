@@ -19,6 +19,8 @@ if not _installed:
     print(_note, file=sys.stderr)
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# Every shell rule's software, used with `--sdm conda` (relative to workflow/rules/): pyproject.toml's pins
+CONDA_ENV = "../envs/lsgm.yaml"
 # config.yaml, the --configfile overlays and --config: errors name the one that set the value (lsgm/config_sources.py)
 SOURCES = ConfigSources.of_workflow(
     Path(workflow.basedir) / "config.yaml", workflow.config_settings.configfiles, workflow.config_settings.config

@@ -16,6 +16,8 @@ rule make_data:
     threads: 1
     resources:
         **per_key(lambda wc: DATA_PLANS[wc.root].eval_resources(), EVAL_RESOURCE_KEYS),
+    conda:
+        CONDA_ENV
     shell:
         "lsgm make-data --dataset {wildcards.dataset} --root {wildcards.root} {params.sizes} --seed 0 > {log} 2>&1"
 
@@ -30,6 +32,8 @@ rule inception_random:
     threads: 1
     resources:
         **per_key(lambda wc: DATA_PLANS[wc.root].eval_resources(), EVAL_RESOURCE_KEYS),
+    conda:
+        CONDA_ENV
     shell:
         "lsgm make-data --inception-weights {output} --seed 0 > {log} 2>&1"
 
@@ -56,6 +60,8 @@ rule fid_stats:
     threads: eval_threads
     resources:
         **EVAL_RESOURCES,
+    conda:
+        CONDA_ENV
     shell:
         "lsgm fid-stats --dataset {wildcards.dataset} --split {wildcards.splits}"
         " --bits {wildcards.bits} --features {wildcards.features} {params.classifier}"
@@ -77,6 +83,8 @@ rule eval_nll:
     threads: eval_threads
     resources:
         **EVAL_RESOURCES,
+    conda:
+        CONDA_ENV
     shell:
         "lsgm evaluate nll --model {input.model} --out {output} {params.flags} > {log} 2>&1"
 
@@ -103,6 +111,8 @@ rule eval_fid:
     priority: 1  # see rule train
     resources:
         **EVAL_RESOURCES,
+    conda:
+        CONDA_ENV
     shell:
         "lsgm evaluate fid --model {input.model} --stats {input.stats} --out {output} {params.flags}"
         "{params.inception} > {log} 2>&1"
@@ -129,6 +139,8 @@ rule eval_cost:
     priority: 1  # see rule train
     resources:
         **EVAL_RESOURCES,
+    conda:
+        CONDA_ENV
     shell:
         "lsgm evaluate cost --model {input.model} --stats {input.stats} --out {output} {params.flags}"
         "{params.inception} > {log} 2>&1"
@@ -157,5 +169,7 @@ rule samples:
     threads: eval_threads
     resources:
         **EVAL_RESOURCES,
+    conda:
+        CONDA_ENV
     shell:
         "lsgm evaluate samples --model {input.model} --out {output.png} {params.flags} > {log} 2>&1"

@@ -23,6 +23,8 @@ rule tables:
     log:
         layout.log("tables", "{table}"),
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "lsgm report tables --table {wildcards.table} --metrics {input.metrics} --scale {wildcards.scale}"
         " --md {output.md} --csv {output.csv} --seeds-csv {output.seeds} > {log} 2>&1"
@@ -45,6 +47,8 @@ rule figure4:
     log:
         layout.log("", "figure4"),
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "lsgm report figure4 --metrics {input.metrics} --scale {wildcards.scale}"
         " --out-dir {params.out} > {log} 2>&1"
@@ -78,6 +82,8 @@ rule variance:
     threads: eval_threads
     resources:
         **EVAL_RESOURCES,
+    conda:
+        CONDA_ENV
     shell:
         "lsgm report variance --models {input.models} --scale {wildcards.scale} {params.flags}"
         " --out-dir {params.out} > {log} 2>&1"
@@ -96,6 +102,8 @@ rule reproduction:
     log:
         layout.log("", "reproduction"),
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "lsgm report reproduction --scale {wildcards.scale} {params.flags} --md {output.md} --csv {output.csv}"
         " > {log} 2>&1"

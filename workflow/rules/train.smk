@@ -47,6 +47,8 @@ rule train:
     priority: 2
     resources:
         **TRAIN_RESOURCES,
+    conda:
+        CONDA_ENV
     shell:
         "{params.lsgm} train-{wildcards.kind} --config {input.config}{params.vae} --out {params.out}"
         " --ckpt-dir {params.ckpt} > {log} 2>&1"
@@ -67,5 +69,7 @@ rule train_classifier:
     threads: eval_threads
     resources:
         **EVAL_RESOURCES,
+    conda:
+        CONDA_ENV
     shell:
         "lsgm train-classifier --config {input.config} --out {params.out} > {log} 2>&1"
