@@ -11,10 +11,9 @@
 
 from __future__ import annotations
 
+from lsgm.eval.registry import CONTROL_EVALS  # noqa: F401  (the control evaluations: the registry's)
+
 INIT_SUFFIX = "_init"
-# A control that is another evaluation's command with fixed settings: (command, settings), on every trained LSGM that
-# has that evaluation.
-CONTROL_EVALS = {"fid_normal": ("fid", {"latent": "matched_normal"})}
 
 
 def init_name(recipe: str) -> str:

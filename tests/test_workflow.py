@@ -71,7 +71,7 @@ def test_offline_scales_plan_the_whole_dag(scale):
     assert counts["run_config"] == sum(kinds.values()) * len(sc["seeds"]) // jobs_per_run + 1  # + the FD classifier's
     assert counts["train_classifier"] == 1 and counts["fid_stats"] == 1
     assert counts["tables"] == 5 and counts["figure4"] == 1
-    assert {"eval_nll", "eval_fid", "eval_cost", "run_config"} <= set(counts)
+    assert {"evaluate", "evaluate_first_seed", "run_config"} <= set(counts)
     assert f"results/{scale}/fid_stats/digits-train-8bit-classifier-v1.pt" in text
     # the n/a cells of Table 6 are not planned, the others are
     assert "geometric-w_un-is-" not in text and "geometric-w_ll-is-" not in text
@@ -139,7 +139,7 @@ def test_slurm_profile_resolves_and_requests_gpus():
 def test_one_table6_cell_plans_only_its_chain():
     target = "results/quick/metrics/digits/lsgm/vpsde-w_un-is-q_rew-s0/nll.json"
     counts, text = dry_run(target)
-    assert counts == {"run_config": 6, "train": 2, "eval_nll": 1, "total": 9}  # 3 seeds, batched in one job each
+    assert counts == {"run_config": 6, "train": 2, "evaluate": 1, "total": 9}  # 3 seeds, batched in one job each
     assert "results/quick/runs/digits/lsgm/vpsde-w_un-is-q_rew-s2/model.pt" in text
     assert trained(text) == {"vae": 1, "lsgm": 1}
     assert "results/quick/runs/digits/vae/table6-s0/model.pt" in text

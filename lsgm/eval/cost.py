@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from lsgm.eval.common import SEED_RULE, LoadedRun, evaluation_seed, load_run, metrics_record, resolve_device, set_bn_mode
+from lsgm.eval.common import SEED_RULE, EvalError, LoadedRun, evaluation_seed, load_run, metrics_record, resolve_device, set_bn_mode
 from lsgm.eval.features import Extractor
 from lsgm.eval.fid import (
     check_stats,
@@ -81,13 +81,17 @@ def cost_row(run: LoadedRun, extractor: Extractor | None, ref: dict | None, *, s
     return {k: row.get(k) for k in ROW_KEYS} | ({"error": row["error"]} if "error" in row else {})
 
 
-def evaluate_cost(model: str, stats_path: str | None, *, tolerances: list[float], batch_size: int, n_batches: int,
+def evaluate_cost(model: str, stats: str | None, *, tolerances: list[float], batch_size: int, n_batches: int,
                   fd_samples: int, fd_batch_size: int, pc_steps: list[int] | None, samplers: list[str] | None,
                   solver: str, t_eps: float, temperature: float, vae_temperature: float, snr: float, seed: int,
                   bn_mode: str, use_ema: bool, classifier: str | None, inception_weights: str | None,
                   device: str | None) -> dict:
     """``lsgm evaluate cost``: rows per tolerance (ODE) and per step count (PC, pixel SGM). ``samplers`` None:
-    ODE and PC for a pixel SGM, the ODE otherwise; ``pc_steps`` None: 1000 where PC runs."""
+    ODE and PC for a pixel SGM, the ODE otherwise; ``pc_steps`` None: 1000 where PC runs. ``stats``: needed for the
+    FD at each setting (``fd_samples`` > 1), else unused."""
+    if fd_samples > 1 and not stats:
+        raise EvalError("--stats FILE.pt is required for the FD at each setting (or pass --fd-samples 0)")
+    stats_path = stats if fd_samples > 1 else None
     started = time.perf_counter()
     dev = resolve_device(device)
     run = load_run(model, use_ema=use_ema, device=dev)

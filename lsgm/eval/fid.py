@@ -278,7 +278,7 @@ def sample_features(run: LoadedRun, extractor: Extractor, n_samples: int, batch_
 # --------------------------------------------------------------------------------------------------
 
 
-def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: float, sampler: str,
+def evaluate_fid(model: str, stats: str | None, *, n_samples: int, tolerance: float, sampler: str,
                  pc_steps: int | None, snr: float, solver: str, batch_size: int, temperature: float,
                  vae_temperature: float, seed: int, bn_mode: str, t_eps: float, use_ema: bool,
                  classifier: str | None, inception_weights: str | None, device: str | None,
@@ -289,6 +289,9 @@ def evaluate_fid(model: str, stats_path: str, *, n_samples: int, tolerance: floa
     Normal its mixed score is at initialisation (the sample-quality control; a record of kind ``fid_normal``)."""
     from lsgm.eval.common import load_run
 
+    if not stats:
+        raise EvalError("--stats FILE.pt is required (lsgm fid-stats --dataset NAME --features ... --out FILE.pt)")
+    stats_path = stats
     started = time.perf_counter()
     dev = resolve_device(device)
     run = load_run(model, use_ema=use_ema, device=dev)

@@ -34,12 +34,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lsgm.eval.settings import SETTINGS
 from lsgm.eval.common import (
     SEED_RULE, EvalError, LoadedRun, evaluation_seed, load_run, metrics_record, resolve_device, sample_seed,
 )
 from lsgm.likelihood import iw_nll, nats_to_bpd, ode_log_likelihood
 from lsgm.objectives import nelbo_terms, normal_cross_entropy, prior_cross_entropy, truncation_term
 from lsgm.time_sampling import make_time_sampler
+
+
+ODE_T_EPS = SETTINGS["fid"]["t_eps"].default  # the official --ode_eps 1e-5, shared with the samplers
 
 
 @dataclass
@@ -194,8 +198,8 @@ def _test_loader(run: LoadedRun, split: str, batch_size: int, root: str | None) 
 def evaluate_nll(model: str, *, prior: str, iw_samples: int, inner: int, tolerance: float, t_eps: float | None,
                  probe: str, solver: str, batch_size: int, n_batches: int | None, seed: int, split: str,
                  use_ema: bool, t_draws: int, root: str | None, device: str | None) -> dict:
-    """``lsgm evaluate nll``: the metrics record (see the module docstring). ``t_eps`` None: the training t_eps
-    (DSM prior)."""
+    """``lsgm evaluate nll``: the metrics record (see the module docstring). ``t_eps`` None: the ODE's default end time
+    1e-5 (ODE prior), the training t_eps (DSM prior)."""
     started = time.perf_counter()
     dev = resolve_device(device)
     run = load_run(model, use_ema=use_ema, device=dev)
@@ -209,6 +213,8 @@ def evaluate_nll(model: str, *, prior: str, iw_samples: int, inner: int, toleran
                         "logsumexp biases the NLL low; use --iw-samples 1 (the NELBO) or --prior ode")
     if t_eps is None and kind == "dsm":
         t_eps = run.cfg.sde.t_eps
+    if t_eps is None and kind == "ode":
+        t_eps = ODE_T_EPS
     ps = PriorSettings(kind, t_eps=t_eps, tolerance=tolerance, solver=solver, probe=probe, inner=inner,
                        t_draws=t_draws)
     data = run.data

@@ -13,6 +13,7 @@ from lsgm.plan.common import (  # noqa: F401
     SCALES,
     KINDS,
     METRICS,
+    TABLE_METRICS,
     EVALUATIONS,
     SAMPLES_FROM_FID,
     STAGES,

@@ -8,16 +8,17 @@ import copy
 import hashlib
 import json
 
-from lsgm.controls import CONTROL_EVALS  # noqa: F401  (re-exported)
+from lsgm.eval import registry
 from lsgm.eval import settings as eval_settings
+from lsgm.eval.registry import CONTROL_EVALS  # noqa: F401  (re-exported)
 
 SCALES = ("smoke", "quick", "demo", "paper", "mini")
 KINDS = ("vae", "lsgm", "sgm", "classifier")
-METRICS = ("nll", "fid", "fid_normal", "cost")
-# The metrics the tables read (the rest: Figure 4's cost); fid_normal is a control (lsgm/controls.py)
-TABLE_METRICS = ("nll", "fid", "fid_normal")
+# The evaluations are the registry's (lsgm/eval/registry.py): the metrics files a run may have, those the tables read
+METRICS = tuple(n for n in registry.EVALUATIONS if n != "samples")
+TABLE_METRICS = registry.read_by("tables")
 # Settings blocks of scales.S.eval: the metrics, and the sample grid of every trained model (lsgm evaluate samples)
-EVALUATIONS = ("nll", "fid", "cost", "samples")
+EVALUATIONS = registry.COMMANDS  # nll, fid, cost, samples
 # What a sample grid takes from the official FID command / score_sde's PC sampler: how samples are drawn
 SAMPLES_FROM_FID = ("tolerance", "t_eps", "batch_size", "temperature", "vae_temperature", "bn_mode", "sampler",
                     "pc_steps", "snr")

@@ -30,6 +30,7 @@ import math
 from lsgm import controls, recipes
 from lsgm.config import ConfigError, RunConfig, from_dict, to_dict
 from lsgm.datasets_info import DATASETS, EXPECTED_COUNTS
+from lsgm.eval import registry
 from lsgm.eval import settings as eval_settings
 from lsgm.methods import Cell
 from lsgm.plan.common import (
@@ -184,21 +185,6 @@ class Resolution:
             train.setdefault(opt, {})["warmup_steps"] = steps["warmup_epochs"]
         return spec.get("epochs", off.epochs if off is not None else None)
 
-    def _scaling_rules(self, cfg: dict, reference: dict, explicit: dict) -> None:
-        """A scale smaller than the paper's keeps the EMA horizon and warm-up of the run's reference (the official
-        recipe; a miniature's: its paper-scale run) as fractions of the steps (:mod:`lsgm.plan.scaling`); a value the
-        scale sets itself (``explicit``: its layers' ``train``) stays. Recorded in the run's deviations."""
-        ref = (reference or {}).get("train") or {}
-        if self.scale == "paper" or "steps" not in ref or "steps" not in cfg.get("train", {}):
-            return
-        official = scaling.Official(
-            steps=int(ref["steps"]), ema_decay=ref.get("ema_decay") if "ema_decay" not in explicit else None,
-            warmup_steps={opt: int(ref[opt]["warmup_steps"]) for opt in ("vae_optim", "score_optim")
-                          if "warmup_steps" in ref.get(opt, {}) and "warmup_steps" not in explicit.get(opt, {})})
-        values, notes = scaling.shrunk(cfg["train"], official)
-        cfg["train"] = deep_merge(cfg["train"], values)
-        cfg["deviations"] = sorted(set(cfg.get("deviations", [])) | set(notes))
-
     def _official_eval_layer(self, kind: str, official: str | None) -> tuple[dict | None, str | None]:
         """The one place the official evaluation commands enter: (settings per evaluation, what they are), for an
         LSGM at the paper scale (its NVlabs/LSGM evaluation commands) and a pixel SGM (score_sde's PC sampler; its
@@ -244,6 +230,11 @@ class Resolution:
 
     def _make(self, kind: str, name: str, dataset: str, seed: int, *, rec: dict, spec: dict, evals, where: str,
               extra: dict | None = None, official: str | None = None, cell: bool = False, shrink: bool = True) -> Run:
+        unknown = [m for m in evals if m not in registry.RECIPE_EVALS]
+        if unknown:
+            raise PlanError(f"{where}: evals: {unknown[0]!r} is not an evaluation a recipe may list"
+                            f"{eval_settings.closest(unknown[0], registry.RECIPE_EVALS)} (lsgm/eval/registry.py: "
+                            f"{', '.join(registry.RECIPE_EVALS)})")
         official = official if official is not None else rec.get("official")
         off, off_cfg, deviations = self._official(kind, official)
         cfg = deep_merge(off_cfg, rec.get("config"), self.sc["defaults"].get(kind, {}).get("config"),
@@ -262,7 +253,8 @@ class Resolution:
             cfg = deep_merge(cfg, *self._shrink_layers(kind, own, "config"))
             explicit = deep_merge(rec.get("config") or {}, self.sc["defaults"].get(kind, {}).get("config") or {},
                                   spec.get("config") or {}, *self._shrink_layers(kind, own, "config"))
-            self._scaling_rules(cfg, reference, explicit.get("train") or {})
+            if self.scale != "paper":
+                scaling.apply(cfg, reference, explicit.get("train") or {})
         if self.base != self.scale:
             epochs = None  # a miniature's steps are its own, not the paper's epochs
         try:

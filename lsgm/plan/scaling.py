@@ -47,6 +47,23 @@ def warmup_steps(steps: int, official_steps: int, official_warmup: int) -> int:
     return max(1, round(official_warmup * steps / official_steps))
 
 
+def apply(cfg: dict, reference: dict, explicit: dict) -> None:
+    """Apply the rules to a run config ``cfg`` (in place) whose ``reference`` (the official recipe's run config; a
+    miniature's: its paper-scale run's) has more steps; a value the scale sets itself (``explicit``: its layers'
+    ``train``) stays. The rules' lines join the run's deviations."""
+    ref = (reference or {}).get("train") or {}
+    if "steps" not in ref or "steps" not in cfg.get("train", {}):
+        return
+    official = Official(
+        steps=int(ref["steps"]), ema_decay=ref.get("ema_decay") if "ema_decay" not in explicit else None,
+        warmup_steps={opt: int(ref[opt]["warmup_steps"]) for opt in ("vae_optim", "score_optim")
+                      if "warmup_steps" in ref.get(opt, {}) and "warmup_steps" not in explicit.get(opt, {})})
+    values, notes = shrunk(cfg["train"], official)
+    cfg["train"] = {**cfg["train"], **{k: ({**cfg["train"].get(k, {}), **v} if isinstance(v, dict) else v)
+                                       for k, v in values.items()}}
+    cfg["deviations"] = sorted(set(cfg.get("deviations", [])) | set(notes))
+
+
 def shrunk(train: dict, official: Official) -> tuple[dict, list[str]]:
     """``train`` (a run config's section, its ``steps`` the scale's) with the EMA decay and warm-ups the rules give it;
     -> (the updated keys as a partial ``train`` mapping, the deviation lines)."""

@@ -30,13 +30,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lsgm.eval import registry
 from lsgm.eval import settings as eval_settings
 from lsgm.io import check_output, git_commit
 from lsgm.plan.common import SCALES
 
 REQUIRED = ("kind", "run", "run.name", "run.model", "run.dataset", "status", "metrics")
-REQUIRED_BY_KIND = {"nll": (), "fid": ("settings",), "fid_normal": ("settings",), "cost": ("metrics.rows",)}
-KINDS = {"tables": ("nll", "fid", "fid_normal"), "figure4": ("cost",), "variance": ()}
+REQUIRED_BY_KIND = {name: e.fields for name, e in registry.EVALUATIONS.items()}  # lsgm/eval/registry.py
+KINDS = {"tables": registry.read_by("tables"), "figure4": registry.read_by("figure4"), "variance": ()}
 # the variance measurement's defaults (config.yaml scales.S.eval.variance overrides them in the workflow)
 VARIANCE_DEFAULTS = eval_settings.defaults("variance")  # n_latents, n_draws, n_t_draws, batch_size, seed
 

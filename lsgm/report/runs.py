@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from lsgm.controls import table6_init_name
+from lsgm.eval.registry import read_by
 from lsgm.datasets_info import offline_standin
 from lsgm.methods import Cell
 
@@ -58,7 +59,7 @@ def scale_of(run: dict) -> str | None:
     return run["name"].split("/", 1)[0] if run["name"].count("/") >= 3 else None
 
 
-TABLE_KINDS = ("nll", "fid", "fid_normal")  # the documents a table reads (fid_normal: the sample-quality control)
+TABLE_KINDS = read_by("tables")  # the documents a table reads (lsgm/eval/registry.py; fid_normal: the control)
 
 
 def collect_runs(metrics: list[dict]) -> dict[str, dict[str, Any]]:

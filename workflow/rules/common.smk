@@ -10,6 +10,7 @@ from snakemake.utils import validate
 
 from lsgm.config import RunConfig, from_dict, save_run_config
 from lsgm.config_sources import ConfigSources
+from lsgm.eval.registry import EVALUATIONS
 from lsgm.plan import EVAL_RESOURCE_KEYS, SCALES, TRAIN_RESOURCE_KEYS, Plan, PlanError, eval_args, layout
 
 from lsgm import snakemake_fix
@@ -164,6 +165,20 @@ def eval_threads(wc):
 def backbone_model(wc):
     """The backbone model.pt of each seed of an LSGM (or of the control that continues a backbone); else nothing."""
     return [r.backbone.model_path for r in the_runs(wc) if r.backbone]
+
+
+# The evaluations (lsgm/eval/registry.py): those a job runs on every seed, and those on the first seed only
+PER_SEED_EVALS = "|".join(n for n, e in EVALUATIONS.items() if not e.first_seed_only and n != "samples")
+FIRST_SEED_EVALS = "|".join(n for n, e in EVALUATIONS.items() if e.first_seed_only)
+
+
+def stats_if_read(wc):
+    """The reference statistics of an evaluation that reads them (registry: Evaluation.inputs), else nothing."""
+    return fid_stats_for(wc) if "stats" in EVALUATIONS[wc.metric].inputs else []
+
+
+def inception_if_read(wc):
+    return inception_for(wc) if "stats" in EVALUATIONS[wc.metric].inputs else []
 
 
 def fid_stats_for(wc):

@@ -1,6 +1,7 @@
 # Reference statistics and evaluations. One metrics JSON per (run, evaluation), with its settings
 # (docs/ARCHITECTURE.md "Metrics files"); a diverged run still gets its files (NaN metrics, exit 0).
-# Evaluation flags come from config.yaml (scales.S.eval < defaults.KIND.eval < runs.KIND.NAME.eval).
+# The evaluations are the registry's (lsgm/eval/registry.py); their flags come from config.yaml's eval settings as the
+# plan resolves them (lsgm/plan/resolve.py, Resolution._eval_settings).
 # `samples`: one PNG grid per trained model (its first seed; Plan.samples_targets), with a sidecar JSON.
 
 
@@ -68,45 +69,27 @@ rule fid_stats:
         " {params.root}{params.size}{params.inception} --out {output} > {log} 2>&1"
 
 
-rule eval_nll:
-    """NELBO and NLL (ODE prior likelihood with IW samples K and inner repeats M; VAE: IW bound)."""
+rule evaluate:
+    """An evaluation of the registry (lsgm/eval/registry.py) that runs on every seed -- nll (NELBO and NLL), fid (FID
+    or FD in offline classifier features), fid_normal (an LSGM's sample-quality control: its decoder with its score
+    prior replaced by the Normal its mixed score is at initialisation) -- with the settings config.yaml resolves."""
     input:
         model=per_seed(layout.MODEL),
-    output:
-        per_seed(layout.part(layout.METRICS, metric="nll")),
-    params:
-        flags=eval_flags("nll"),
-    log:
-        layout.log("eval_nll", SEED_STEM),
-    benchmark:
-        layout.benchmark("eval_nll", SEED_STEM)
-    threads: eval_threads
-    resources:
-        **EVAL_RESOURCES,
-    conda:
-        CONDA_ENV
-    shell:
-        "lsgm evaluate nll --model {input.model} --out {output} {params.flags} > {log} 2>&1"
-
-
-rule eval_fid:
-    """FID (Inception) or FD (offline classifier features) from ODE samples; `fid_normal`, an LSGM's sample-quality
-    control: its decoder with its score prior replaced by the Normal its mixed score is at initialisation."""
-    input:
-        model=per_seed(layout.MODEL),
-        stats=fid_stats_for,
-        inception=inception_for,
+        stats=stats_if_read,
+        inception=inception_if_read,
     output:
         per_seed(layout.METRICS),
     params:
+        command=lambda wc: EVALUATIONS[wc.metric].command,
         flags=lambda wc: eval_args(the_run(wc).eval_settings[wc.metric]),
+        stats=lambda wc, input: f" --stats {input.stats}" if input.stats else "",
         inception=inception_flag,
     log:
         layout.log("eval_{metric}", SEED_STEM),
     benchmark:
         layout.benchmark("eval_{metric}", SEED_STEM)
     wildcard_constraints:
-        metric="fid|fid_normal",
+        metric=PER_SEED_EVALS,
     threads: eval_threads
     priority: 1  # see rule train
     resources:
@@ -114,26 +97,30 @@ rule eval_fid:
     conda:
         CONDA_ENV
     shell:
-        "lsgm evaluate fid --model {input.model} --stats {input.stats} --out {output} {params.flags}"
+        "lsgm evaluate {params.command} --model {input.model} --out {output}{params.stats} {params.flags}"
         "{params.inception} > {log} 2>&1"
 
 
-rule eval_cost:
-    """Sampling cost: NFE, seconds per batch and FD/FID per ODE tolerance (and PC steps for the pixel SGM)."""
+rule evaluate_first_seed:
+    """An evaluation that runs on a scale's first seed only: cost (NFE, seconds per batch and FD/FID per ODE tolerance,
+    and PC steps for the pixel SGM: Figure 4)."""
     input:
         model=layout.MODEL,
-        stats=fid_stats_for,
-        inception=inception_for,
+        stats=stats_if_read,
+        inception=inception_if_read,
     output:
-        layout.part(layout.METRICS, metric="cost"),
+        layout.METRICS,
     params:
-        flags=eval_flags("cost"),
+        command=lambda wc: EVALUATIONS[wc.metric].command,
+        flags=lambda wc: eval_args(the_run(wc).eval_settings[wc.metric]),
+        stats=lambda wc, input: f" --stats {input.stats}" if input.stats else "",
         inception=inception_flag,
     log:
-        layout.log("eval_cost", layout.STEM),
+        layout.log("eval_{metric}", layout.STEM),
     benchmark:
-        layout.benchmark("eval_cost", layout.STEM)
+        layout.benchmark("eval_{metric}", layout.STEM)
     wildcard_constraints:
+        metric=FIRST_SEED_EVALS,
         kind="lsgm|sgm",
     threads: eval_threads
     priority: 1  # see rule train
@@ -142,7 +129,7 @@ rule eval_cost:
     conda:
         CONDA_ENV
     shell:
-        "lsgm evaluate cost --model {input.model} --stats {input.stats} --out {output} {params.flags}"
+        "lsgm evaluate {params.command} --model {input.model} --out {output}{params.stats} {params.flags}"
         "{params.inception} > {log} 2>&1"
 
 
