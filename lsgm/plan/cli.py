@@ -116,6 +116,27 @@ def load_config(path: str, overlays: list[str] = ()) -> dict:
     return deep_merge(config, *(read(name) for name in overlays))
 
 
+def print_why(plan: Plan, name: str, key: str) -> int:
+    """``lsgm plan --why RUN KEY``: the layers that set KEY of the run named RUN (``quick/digits/lsgm/balanced-s0`` or
+    ``digits/lsgm/balanced-s0``); one line if there is no such run."""
+    import sys
+
+    from lsgm.plan.layers import why
+
+    runs = {r.stem: r for r in plan.runs.values()}
+    run = runs.get(name.removeprefix(f"{plan.scale}/"))
+    if run is None:
+        import difflib
+
+        close = difflib.get_close_matches(name.removeprefix(f"{plan.scale}/"), list(runs), n=1)
+        hint = f"; did you mean {plan.scale}/{close[0]}?" if close else ""
+        print(f"lsgm plan: error: no run {name!r} at scale {plan.scale}{hint} (runs are DATASET/KIND/RUN-sSEED)",
+              file=sys.stderr)
+        return 2
+    print(why(run, key))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``lsgm plan --scale S [--json] [--config config.yaml] [--max-gpus-per-node N] [--max-nodes N]``."""
     import argparse
@@ -133,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-gpus-per-node", type=int, default=None)
     p.add_argument("--max-nodes", type=int, default=None)
     p.add_argument("--profile", default="workflow/profiles/slurm/config.yaml", help="the slurm profile (its account)")
+    p.add_argument("--why", nargs=2, metavar=("RUN", "KEY"),
+                   help="which config layer set KEY of RUN (e.g. --why quick/digits/lsgm/balanced-s0 train.ema_decay, "
+                        "or eval.nll.t_draws): every layer that sets it, in merge order (lsgm/plan/layers.py)")
     args = p.parse_args(argv)
     for flag in ("max_gpus_per_node", "max_nodes"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
@@ -153,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as err:  # a required key the schema would name (snakemake validates config.yaml first)
         print(f"lsgm plan: error: the config lacks the key {err}; compare it with config.yaml", file=sys.stderr)
         return 2
+    if args.why:
+        return print_why(plan, *args.why)
     measured, source = load_measured()
     if args.json:
         jobs = [run.job(with_config=True) | {"gpu_hours": gpu_hours(run, measured)} for run in plan.training_runs()]

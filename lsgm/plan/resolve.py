@@ -39,10 +39,18 @@ from lsgm.plan.common import (
     deep_merge,
 )
 from lsgm.plan import scaling
+from lsgm.plan.control_runs import ControlRuns
+from lsgm.plan.layers import Layers
 from lsgm.plan.run import Run
 
 
-class Resolution:
+def eval_block(layers: Layers, kind: str) -> dict:
+    """A run's settings per evaluation (every command's block, and an LSGM's controls) from its eval layers."""
+    merged = layers.merged()
+    return {m: merged.get(m, {}) for m in (*EVALUATIONS, *(CONTROL_EVALS if kind == "lsgm" else ()))}
+
+
+class Resolution(ControlRuns):
     """Every trained model of one scale (``runs``), resolved from the (schema-validated) config; :class:`~lsgm.plan.Plan`
     adds the DAG's questions and the checks across runs."""
 
@@ -150,14 +158,18 @@ class Resolution:
             return min(nodes, launch["max_nodes"]), min(gpus // nodes, launch["processes_per_node"])
         return nodes, gpus // nodes
 
-    def _shrink_layers(self, kind: str, name: str | None, section: str) -> list[dict | None]:
-        """A miniature's overlays of one run (``section``: config | eval), later winning: the whole scale's eval, the
-        kind's defaults, then the run's (``shrink.runs.KIND.NAME``; a Table 6 cell, ``name`` None: ``shrink.table6``)."""
+    def _shrink_layers(self, kind: str, name: str | None, section: str) -> list[tuple[str, dict | None]]:
+        """A miniature's named overlays of one run (``section``: config | eval), later winning: the whole scale's eval,
+        the kind's defaults, then the run's (``shrink.runs.KIND.NAME``; a Table 6 cell, ``name`` None:
+        ``shrink.table6``)."""
         if not self.shrink:
             return []
+        at = f"scales.{self.scale}.shrink"
         own = self.shrink.get("table6", {}) if name is None else (self.shrink.get("runs") or {}).get(kind, {}).get(name, {})
-        layers = [self.shrink.get("eval")] if section == "eval" else []
-        return layers + [(self.shrink.get("defaults") or {}).get(kind, {}).get(section), own.get(section)]
+        own_at = f"{at}.table6" if name is None else f"{at}.runs.{kind}.{name}"
+        layers = [(f"{at}.eval", self.shrink.get("eval"))] if section == "eval" else []
+        defaults = (self.shrink.get("defaults") or {}).get(kind, {}).get(section)
+        return layers + [(f"{at}.defaults.{kind}.{section}", defaults), (f"{own_at}.{section}", own.get(section))]
 
     def _data_sizes(self, cfg: dict, dataset: str) -> None:
         """``scales.S.data_sizes.DATASET: [n_train, n_test]`` (a miniature's data) into the run's data section."""
@@ -200,7 +212,7 @@ class Resolution:
             return pc, f"score_sde's sampler of {official}"
         return None, None
 
-    def _eval_settings(self, kind: str, spec: dict, official: str | None, where: str, name: str | None) -> dict:
+    def _eval_settings(self, kind: str, spec: dict, official: str | None, where: str, name: str | None) -> Layers:
         """The run's settings per evaluation: the scale's ``eval``, the kind's ``defaults.<kind>.eval``, the official
         layer, the run's own ``eval``, a derived scale's ``shrink``. A scale- or kind-level value the official layer
         replaces by another would take no effect for this run: refused, naming the key and where to deviate."""
@@ -217,19 +229,26 @@ class Resolution:
                         raise PlanError(f"{key_path}.{metric}.{key} = {value!r} takes no effect for {where}: "
                                         f"{what} sets {key} = {theirs[key]!r}; remove the key, or set "
                                         f"{own}.{metric}.{key} to deviate from the official value")
-        layers = [*scale_layers.values(), official_layer, spec.get("eval"), *self._shrink_layers(kind, name, "eval")]
-        base = deep_merge(*layers)
+        layers = Layers()
+        for layer_name, values in [*scale_layers.items(), (what, official_layer), (own, spec.get("eval")),
+                                   *self._shrink_layers(kind, name, "eval")]:
+            layers.add(layer_name, values)
+        base = layers.merged()
         unknown = sorted(set(base) - set(EVALUATIONS) - {"variance"})
         if unknown:
             raise PlanError(f"{where}: unknown evaluation {unknown[0]!r}"
                             f"{eval_settings.closest(unknown[0], EVALUATIONS)}; known: {', '.join(EVALUATIONS)}")
         settings = check_eval_settings({m: dict(base.get(m, {})) for m in EVALUATIONS}, where)
+        layers.add_changes("the evaluation's settings as checked (lsgm/eval/settings.py)", base, settings)
         for control, (command, fixed) in CONTROL_EVALS.items() if kind == "lsgm" else ():  # its command's settings
-            settings[control] = check_eval_settings({command: {**settings[command], **fixed}}, where)[command]
-        return settings
+            check_eval_settings({command: {**settings[command], **fixed}}, where)
+            layers.add(f"{control}: {command}'s settings (lsgm/eval/registry.py)", {control: settings[command]})
+            layers.add(f"{control}: the control's own (lsgm/eval/registry.py)", {control: fixed})
+        return layers
 
     def _make(self, kind: str, name: str, dataset: str, seed: int, *, rec: dict, spec: dict, evals, where: str,
-              extra: dict | None = None, official: str | None = None, cell: bool = False, shrink: bool = True) -> Run:
+              extra: dict | None = None, extra_name: str = "", official: str | None = None, cell: bool = False,
+              shrink: bool = True) -> Run:
         unknown = [m for m in evals if m not in registry.RECIPE_EVALS]
         if unknown:
             raise PlanError(f"{where}: evals: {unknown[0]!r} is not an evaluation a recipe may list"
@@ -237,8 +256,14 @@ class Resolution:
                             f"{', '.join(registry.RECIPE_EVALS)})")
         official = official if official is not None else rec.get("official")
         off, off_cfg, deviations = self._official(kind, official)
-        cfg = deep_merge(off_cfg, rec.get("config"), self.sc["defaults"].get(kind, {}).get("config"),
-                         spec.get("config"), extra)
+        layers, home = Layers(), f"scales.{self.base}"
+        layers.add(f"official recipe {official} (lsgm/recipes)", off_cfg)
+        layers.add(f"recipes.{kind}.{name}.config", rec.get("config"))
+        layers.add(f"{home}.defaults.{kind}.config", self.sc["defaults"].get(kind, {}).get("config"))
+        layers.add(f"{home}.table6.config" if cell else f"{home}.runs.{kind}.{name}.config", spec.get("config"))
+        layers.add(extra_name, extra)
+        cfg = layers.merged()
+        before = copy.deepcopy(cfg)
         cfg.update(kind=kind, name=f"{self.scale}/{dataset}/{kind}/{name}-s{seed}", seed=seed)
         cfg.setdefault("data", {})["name"] = dataset
         self._data_sizes(cfg, dataset)
@@ -247,29 +272,37 @@ class Resolution:
         if root:
             cfg["data"].setdefault("root", root)  # lsgm.data finds <root>/MNIST/raw, <root>/celeba256/... itself
         epochs = self._steps(dataset, cfg, spec, off, where)
+        layers.add_changes("the plan (kind, name, seed, data, deviations, epochs as steps)", before, cfg)
         own = None if cell else name
         reference = off_cfg if self.base == self.scale else copy.deepcopy(cfg)  # the durations the rules keep
         if shrink:  # a control (``shrink`` False) already has its LSGM's and backbone's shrunk sections
-            cfg = deep_merge(cfg, *self._shrink_layers(kind, own, "config"))
+            shrinks = [values for layer_name, values in self._shrink_layers(kind, own, "config")
+                       if layers.add(layer_name, values) or True]
+            cfg = deep_merge(cfg, *shrinks)
             explicit = deep_merge(rec.get("config") or {}, self.sc["defaults"].get(kind, {}).get("config") or {},
-                                  spec.get("config") or {}, *self._shrink_layers(kind, own, "config"))
+                                  spec.get("config") or {}, *shrinks)
             if self.scale != "paper":
+                before = copy.deepcopy(cfg)
                 scaling.apply(cfg, reference, explicit.get("train") or {})
+                layers.add_changes("the scaling rules (lsgm/plan/scaling.py)", before, cfg)
         if self.base != self.scale:
             epochs = None  # a miniature's steps are its own, not the paper's epochs
         try:
             resolved = to_dict(from_dict(RunConfig, cfg, where=where))
         except ConfigError as err:
             raise PlanError(str(err)) from err
+        defaults = Layers()
+        defaults.add_changes("lsgm/config.py (the run config's defaults and types)", cfg, resolved)
+        layers.entries[:0] = defaults.entries
         nodes, per_node = self._geometry(off, spec, kind)
         runtime = int(spec.get("runtime", self.sc["defaults"].get(kind, {}).get("runtime", 60)))
         if kind == "lsgm" and "fid" in evals:  # the sample-quality control of every trained LSGM (lsgm/plan/common.py)
             evals = (*evals, *(c for c, (command, _) in CONTROL_EVALS.items() if command == "fid"))
+        eval_layers = self._eval_settings(kind, spec, official, where, own)
         run = Run(scale=self.scale, kind=kind, dataset=dataset, name=name, seed=seed, config=resolved, nodes=nodes,
-                  gpus_per_node=per_node, runtime=runtime, evals=tuple(evals),
-                  eval_settings=self._eval_settings(kind, spec, official, where, own), official=official,
-                  epochs=epochs, per_gpu=dict(self.sc["resources"]["train"]),
-                  gpu=self.sc.get("launch", {}).get("gpu", True))
+                  gpus_per_node=per_node, runtime=runtime, evals=tuple(evals), eval_settings=eval_block(eval_layers, kind),
+                  official=official, epochs=epochs, per_gpu=dict(self.sc["resources"]["train"]),
+                  gpu=self.sc.get("launch", {}).get("gpu", True), layers={"config": layers, "eval": eval_layers})
         try:
             run.batch_split
         except ConfigError as err:
@@ -300,7 +333,8 @@ class Resolution:
         dataset = self._dataset(t6["dataset"], where)
         rec = {"official": t6["official"]}
         return self._make("lsgm", cell.run_name, dataset, seed, rec=rec, spec=self.sc.get("table6", {}),
-                          evals=t6["evals"], where=where, extra=extra, official=t6["official"], cell=True)
+                          evals=t6["evals"], where=where, extra=extra, official=t6["official"], cell=True,
+                          extra_name=f"Table 6 cell {cell.sde} {cell.text} (table6.sde_official, the cell's objective)")
 
     def _parse_cells(self) -> tuple[Cell, ...]:
         """The Table 6 grid, each cell parsed once (``self.cells``)."""
@@ -380,47 +414,6 @@ class Resolution:
                 evals += [m for m in self.config["recipes"][kind][alias].get("evals", []) if m not in evals]
         return {**rec, "evals": evals}
 
-    def _control_run(self, name: str, rec: dict, lsgms: dict, seed: int) -> Run:
-        """The control "VAE backbone + stage-2 steps" of ``recipes.vae.NAME.stage2: L``: LSGM L's backbone trained on,
-        with its Normal prior, for L's stage-2 steps with L's batch, VAE optimizer and KL schedule (its whole
-        ``train`` section; ``train.continue_backbone``). Sizes are the backbone's; nothing else of the scale applies."""
-        where = f"recipes.vae.{name} (scale {self.scale})"
-        if rec["stage2"] not in lsgms:
-            raise PlanError(f"{where}: stage2 {rec['stage2']!r} is not a recipe under recipes.lsgm ({sorted(lsgms)})")
-        lsgm = lsgms[rec["stage2"]]
-        backbone = lsgm.backbone
-        train = copy.deepcopy(lsgm.config["train"])
-        train["continue_backbone"] = True
-        note = (f"control: the {backbone.name} backbone trained on for LSGM {lsgm.name}'s stage-2 steps (train.steps) "
-                "with its Normal prior, the stage-2 VAE optimizer and KL schedule (no score model)")
-        extra = {"vae": backbone.config["vae"], "data": backbone.config["data"], "train": train,
-                 "deviations": [*lsgm.config.get("deviations", []), note]}
-        spec = {"gpus": lsgm.gpus, "runtime": lsgm.runtime, **self.sc["runs"].get("vae", {}).get(name, {})}
-        run = self._make("vae", name, backbone.dataset, seed, rec={}, spec=spec, evals=rec.get("evals", []),
-                         where=where, extra=extra, shrink=False)
-        run.nodes, run.gpus_per_node = lsgm.nodes, lsgm.gpus_per_node  # its LSGM's launch, whatever the caps
-        run.backbone = backbone
-        return run
-
-    def _init_run(self, lsgm: Run, name: str) -> Run:
-        """The control "LSGM at initialisation" of ``lsgm``: the same run config with ``train.steps`` 0 (its backbone
-        as stage 2 receives it, the initial mixing logit and eps', the same seed and so the same initial weights),
-        evaluated like it (its evaluations and their settings; no sample-quality control of its own). One process: it
-        trains nothing."""
-        config = copy.deepcopy(lsgm.config)
-        config["name"] = config["name"].replace(f"/{lsgm.name}-s", f"/{name}-s")
-        config["train"]["steps"] = 0
-        config["deviations"] = sorted(set(config["deviations"]) | {
-            f"control: LSGM {lsgm.name} at initialisation (train.steps 0): what its evaluations give before stage 2"})
-        run = Run(scale=self.scale, kind="lsgm", dataset=lsgm.dataset, name=name, seed=lsgm.seed, config=config,
-                  nodes=1, gpus_per_node=min(1, lsgm.gpus_per_node), runtime=min(60, lsgm.runtime),
-                  evals=tuple(m for m in lsgm.evals if m not in CONTROL_EVALS),
-                  eval_settings=copy.deepcopy(lsgm.eval_settings),
-                  official=lsgm.official, per_gpu=lsgm.per_gpu, gpu=lsgm.gpu, backbone=lsgm.backbone,
-                  init_of=lsgm.name)
-        self.runs[("lsgm", lsgm.dataset, name, lsgm.seed)] = run
-        return run
-
     def _make_classifier(self, dataset: str, spec: dict) -> Run:
         where = f"scales.{self.scale}.fd.features.{dataset}"
         recipe = self.config["recipes"]["classifier"]["fd"]
@@ -430,6 +423,7 @@ class Resolution:
         """An LSGM starts from its backbone: same architecture (copied) and same data."""
         run.backbone = self._backbone(backbones, name, run, where)
         run.config["vae"] = copy.deepcopy(run.backbone.config["vae"])
+        run.layers["config"].add(f"the backbone (recipes.vae.{name}: its vae section)", {"vae": run.config["vae"]})
 
     def _backbone(self, backbones: dict, name: str, run: Run, where: str) -> Run:
         if name not in backbones:
