@@ -6,15 +6,10 @@ scale is resolved up front and validated with ``lsgm.config.from_dict(RunConfig,
 the method's combination rules, one line naming the key); an impossible Table 6 cell raises
 :class:`PlanError`.
 
-A run config is the deep merge, later layers winning, of
-  1. the official recipe (``recipes.<kind>.<name>.official``: a README command of NVlabs/LSGM, translated by
-     :mod:`lsgm.recipes`): at the paper scale this IS the run, with its global batch, optimizers, epochs;
-  2. ``recipes.<kind>.<name>.config``             for the few runs with no official command (pixel SGM, classifier);
-  3. ``scales.<scale>.defaults.<kind>.config``   what the scale changes for every run of that kind (sizes, steps);
-  4. ``scales.<scale>.runs.<kind>.<name>.config`` what the scale changes for that run,
-plus what the workflow fills in: kind, name, seed, the dataset, steps from ``epochs`` and (LSGM) the
-backbone's ``vae`` section. Table 6 cells use ``table6.official`` / ``scales.<scale>.table6`` for layers 1/4
-and take the cell's SDE (parameters from ``table6.sde_official``) and objective.
+A run config and a run's evaluation settings are merges of named layers (:mod:`lsgm.plan.layers` writes their order
+once and records them per run: ``Run.layers``). At the paper scale the official recipe IS the run, with its global
+batch, optimizers and epochs. Table 6 cells use ``table6.official`` / ``scales.<scale>.table6`` and take the cell's SDE
+(parameters from ``table6.sde_official``) and objective.
 
 Batches: a run config holds the GLOBAL batch (``train.global_batch``) and a per-process cap
 (``train.max_batch_per_process``, the official per-GPU batch at the paper scale). The GPUs a job gets (the
