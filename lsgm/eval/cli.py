@@ -85,7 +85,8 @@ def run_fid(args: argparse.Namespace) -> dict:
                         sampler=args.sampler, pc_steps=args.pc_steps, snr=args.snr, solver=args.solver, batch_size=args.batch_size, temperature=args.temperature,
                         vae_temperature=args.vae_temperature, seed=args.seed, bn_mode=args.bn_mode,
                         t_eps=args.t_eps, use_ema=args.ema, classifier=args.classifier,
-                        inception_weights=args.inception_weights, device=args.device, latent=args.latent)
+                        inception_weights=args.inception_weights, device=args.device, latent=args.latent,
+                        official_processes=args.official_processes)
 
 
 def run_cost(args: argparse.Namespace) -> dict:

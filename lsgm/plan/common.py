@@ -11,7 +11,9 @@ import json
 from lsgm.controls import CONTROL_EVALS  # noqa: F401  (re-exported)
 from lsgm.eval import settings as eval_settings
 
-SCALES = ("smoke", "quick", "demo", "paper", "mini")
+SCALES = ("smoke", "quick", "demo", "paper", "mini")  # the scales that train
+RELEASED = "released"  # the scale of the NVlabs/LSGM released checkpoints: imported, not trained (lsgm/plan/released.py)
+ALL_SCALES = (*SCALES, RELEASED)
 KINDS = ("vae", "lsgm", "sgm", "classifier")
 METRICS = ("nll", "fid", "fid_normal", "cost")
 # The metrics the tables read (the rest: Figure 4's cost); fid_normal is a control (lsgm/controls.py)
@@ -119,6 +121,7 @@ def resolved_settings(evaluation: str, settings: dict, kind: str | None = None) 
     ones a ``kind`` model does not use left out."""
     command = CONTROL_EVALS[evaluation][0] if evaluation in CONTROL_EVALS else evaluation  # a control: its command's
     out = {**eval_settings.defaults(command), **{k: v for k, v in settings.items() if v is not None}}
+    out = {k: v for k, v in out.items() if v is not None or not eval_settings.SETTINGS[command][k].omit_unset}
     used = eval_settings.applicable(command, kind) if kind else out
     return {k: v for k, v in out.items() if k in used}
 
