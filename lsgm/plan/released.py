@@ -242,14 +242,16 @@ class ReleasedPlan(Plan):
         res = self.sc["resources"]["import"]
         return {"gpu": None, "cpus_per_task": res["threads"], "mem_mb": res["mem_mb"], "runtime": res.get("runtime", 60)}
 
-    def eval_jobs(self) -> list[dict]:
-        """The import jobs, then every evaluation (no variance: no Table 6 at this scale); ``gpu_hours`` through the
-        hook :func:`gpu_hours`."""
+    def import_jobs(self) -> list[dict]:
+        """One import per released run (CPU): its model.pt from its official checkpoint."""
         res = self.import_resources()
-        jobs = [{"target": r.model_path, "kind": "import", "run": r.stem, "gpus": 0, "runtime_minutes": res["runtime"],
+        return [{"target": r.model_path, "kind": "import", "run": r.stem, "gpus": 0, "runtime_minutes": res["runtime"],
                  "settings": {"checkpoint": self.import_of(r)["checkpoint"]}, "gpu_hours": None}
                 for r in self.training_runs()]
-        jobs += [j for j in super().eval_jobs() if j["kind"] != "variance"]
+
+    def eval_jobs(self) -> list[dict]:
+        """Every evaluation (no variance: no Table 6 at this scale); ``gpu_hours`` through the hook :func:`gpu_hours`."""
+        jobs = [j for j in super().eval_jobs() if j["kind"] != "variance"]
         for job in jobs:
             job["gpu_hours"] = gpu_hours(job)
         return jobs

@@ -10,7 +10,18 @@ from snakemake.utils import validate
 
 from lsgm.config import RunConfig, from_dict, save_run_config
 from lsgm.config_sources import ConfigSources
-from lsgm.plan import EVAL_RESOURCE_KEYS, SCALES, TRAIN_RESOURCE_KEYS, Plan, PlanError, eval_args, layout
+from lsgm.plan import (
+    ALL_SCALES,
+    EVAL_RESOURCE_KEYS,
+    RELEASED,
+    SCALES,
+    TRAIN_RESOURCE_KEYS,
+    Plan,
+    PlanError,
+    eval_args,
+    layout,
+    make_plan,
+)
 
 from lsgm import snakemake_fix
 
@@ -30,7 +41,10 @@ def _plans(cfg):
     """config.yaml's shape (the schema, which fills in its defaults), then every scale resolved, so a bad config fails
     at once whatever scale runs."""
     validate(cfg, str(SCHEMA))
-    return {scale: Plan(cfg, scale) for scale in SCALES}
+    plans = {scale: Plan(cfg, scale) for scale in SCALES}
+    if RELEASED in cfg["scales"]:  # the released checkpoints: the paper plan's runs, imported (lsgm/plan/released.py)
+        plans[RELEASED] = make_plan(cfg, RELEASED, plans["paper"])
+    return plans
 
 
 def _schema_error(cfg):
@@ -53,6 +67,15 @@ except WorkflowError:
 except PlanError as err:
     raise WorkflowError(SOURCES.blame(str(err), _plans, (WorkflowError, PlanError))) from None
 SCALE = config["scale"]
+if SCALE not in PLANS:
+    raise WorkflowError(f"scale {SCALE}: config.yaml has no scales.{SCALE}")
+# The released scale reads files nothing here makes: each is checked before any job (missing, unreadable, truncated:
+# one line naming the file and where it goes); the first job then records every file's sha256 (rule release_manifest).
+if SCALE == RELEASED:
+    try:
+        PLANS[SCALE].check_release()
+    except PlanError as err:
+        raise WorkflowError(f"released checkpoints: {err}") from None
 # Seeds: one job per seed, or (scales.S.batch_seeds) one job for all seeds of a run -- its rules then declare one
 # output per seed (per_seed) and name their logs "-seeds" instead of "-s{seed}" (SEED_STEM, TRAIN_STEM).
 SEEDS = PLANS[SCALE].seeds
@@ -77,7 +100,7 @@ DATA_PLANS = {plan.sc["data_root"]: plan for plan in PLANS.values() if plan.sc.g
 
 
 wildcard_constraints:
-    scale="|".join(SCALES),
+    scale="|".join(ALL_SCALES),
     root="|".join(map(re.escape, DATA_PLANS)),
     dataset="[a-z0-9_]+",
     kind="vae|lsgm|sgm",
@@ -199,6 +222,22 @@ def classifier_for_stats(wc):
 def eval_flags(metric):
     """`lsgm evaluate <metric>` flags of the run, from config.yaml's eval settings."""
     return lambda wc: eval_args(the_run(wc).eval_settings[metric])
+
+
+# The released scale's import jobs (rules import_official, release_manifest): the plan's files and flags.
+TRAINING_SCALES = "|".join(SCALES)  # the train and run_config rules: never the released scale (it imports)
+
+
+def import_input(wc):
+    """The official checkpoint(s) of a released run's import job, and the manifest that checked them first."""
+    plan = PLANS[wc.scale]
+    job = plan.import_of(the_run(wc))
+    return {"manifest": plan.manifest_path, "checkpoint": job["checkpoint"], "data": data_for(wc),
+            **({"vae": job["vae"]} if "vae" in job else {})}
+
+
+def import_flags(wc):
+    return PLANS[wc.scale].import_args(the_run(wc))
 
 
 def write_run_config(cfg: dict, out: str, log: str) -> None:
