@@ -229,3 +229,29 @@ def test_released_results_record_the_checkpoints_they_came_from(released_run, re
     assert fid["settings"]["official_processes"] == 16 and fid["settings"]["t_eps"] == 1e-6  # the official command's
     assert len(list((released_run / "samples").rglob("*.png"))) == 8
     assert (released_run / "figure4.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------------------------- the tables alone
+def _docs(n_samples: int, n_examples: int, nll: float = 2.88, fid: float = 2.15) -> list[dict]:
+    run = {"name": "released/cifar10/lsgm/fid-s0", "model": "lsgm", "dataset": "cifar10", "seed": 0}
+    settings = {"iw_samples": 1, "inner": 1, "prior": "ode", "tolerance": 1e-5, "t_eps": 1e-6,
+                "n_examples": n_examples}
+    return [{"kind": "nll", "run": run, "status": "ok", "settings": settings,
+             "metrics": {"nll": nll, "nelbo": nll + 0.1, "unit": "bpd", "nll_stderr": 0.001}},
+            {"kind": "fid", "run": run, "status": "ok",
+             "settings": {"n_samples": n_samples, "official_processes": 16, "tolerance": 1e-5},
+             "metrics": {"fid": fid, "fid_stderr": 0.01, "official_fid": fid + 0.02}}]
+
+
+@pytest.mark.parametrize("n_samples, n_examples, verdict", [
+    (50_000, 10_000, "no (NLL)"),  # the paper's protocol: a verdict (the LSGM (FID) row: NLL 3.43 vs our 2.88)
+    (32, 8, "not comparable (reduced protocol: FID on 32 of 50,000 samples, NLL on 8 of 10,000 test images)"),
+])
+def test_a_released_row_gets_delta_and_a_verdict_only_under_the_papers_protocol(n_samples, n_examples, verdict):
+    from lsgm.report.tables import build_tables
+
+    df = build_tables(_docs(n_samples, n_examples), "released", "abc", only=("table2",))["table2"]
+    row = df[df["Method"] == "LSGM (released checkpoint, recipe fid)"].iloc[0]
+    assert row["Δ NLL vs paper"] == pytest.approx(2.88 - 3.43) and row["Δ FID vs paper"] == pytest.approx(0.05)
+    assert row["reproduced"] == verdict
+    assert row["FID (official cov.)"].mean == pytest.approx(2.17)

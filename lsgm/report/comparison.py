@@ -127,8 +127,9 @@ def compare_row(group: Group, values: dict[str, Any], paper: dict | None, meta: 
         verdicts.append((COMPARED[key] + (" diverged" if ours.n_diverged else ""), ok))
     if not verdicts:
         return deltas, "; ".join(notes) or None
-    reduced = reduced_protocol(group.entries)
-    if reduced:  # Δ printed (what the run gives); a verdict would claim the paper's protocol
+    released = any(scale_of(e["run"]) == "released" for e in group.entries)
+    reduced = reduced_protocol(group.entries) if released else None
+    if reduced:  # the released scale: Δ printed (what the run gives); a verdict would claim the paper's protocol
         return deltas, "; ".join([f"not comparable (reduced protocol: {reduced})", *notes])
     failed = [name for name, ok in verdicts if not ok]
     verdict = "yes" if not failed else f"no ({', '.join(failed)})"
