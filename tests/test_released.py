@@ -172,6 +172,7 @@ def workflow_copy(tmp_path_factory) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_a_bad_folder_is_one_line_and_nothing_runs(release, workflow_copy, tmp_path):
     root = _copy(release, tmp_path)
     (root / "cifar10/nll/vae/checkpoint.pt").unlink()
@@ -193,6 +194,7 @@ def released_run(release, workflow_copy) -> Path:
     return workflow_copy / "results" / "released"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("table", ["table2", "table3", "table5"])
 def test_released_dag_builds_the_tables_with_released_rows_and_delta(released_run, table):
     df = pd.read_csv(released_run / "tables" / f"{table}.csv", keep_default_na=False)
@@ -215,6 +217,7 @@ def test_released_dag_builds_the_tables_with_released_rows_and_delta(released_ru
     assert len(paper) >= 1 and (df["source"].str.startswith("paper")).sum() >= 8
 
 
+@pytest.mark.slow
 def test_released_results_record_the_checkpoints_they_came_from(released_run, release):
     manifest = json.loads((released_run / "release.json").read_text())
     sha = {f["path"]: f["sha256"] for f in manifest["files"]}

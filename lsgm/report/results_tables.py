@@ -154,7 +154,8 @@ def control_rows(table: str, group: Group, init: Group | None, meta: dict, colum
         row.update({fd_headers.get(n, n): paired_difference(group, init, "fid", n) for n in names})
         rows.append(row)
     if any(e["fid_normal"] is not None for e in group.entries):
-        label = f"LSGM, recipe {group.recipe}, score prior → N(0, τ² I), τ = {latent_scale(group)} (control)"
+        name = group.label if scale_of(group.entries[0]["run"]) == RELEASED_SCALE else f"LSGM, recipe {group.recipe}"
+        label = f"{name}, score prior → N(0, τ² I), τ = {latent_scale(group)} (control)"
         row = {**dict.fromkeys(columns), **base, "Method": label}
         row.update({fd_headers.get(n, n): group_metric(group, "fid_normal", n) for n in names})
         seeds += seed_records(table, label, "", group.entries, [("fid_normal", n) for n in names])
