@@ -156,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configfile", nargs="+", default=[], metavar="FILE")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    from lsgm.io import OutputError, check_output
+
     try:
+        check_output(a.root, "--root", folder=True)
         plan = ReleasedPlan(load_config(a.config, a.configfile))
-    except PlanError as err:
+    except (PlanError, OutputError) as err:
         print(f"lsgm make-release: error: {err}", file=sys.stderr)
         return 2
     written = write_release(plan, a.root, a.seed)
