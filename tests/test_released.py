@@ -180,7 +180,7 @@ def test_a_bad_folder_is_one_line_and_nothing_runs(release, workflow_copy, tmp_p
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and not (workflow_copy / "results").exists() and "Select jobs" not in out
     lines = [line for line in out.splitlines() if "checkpoint.pt: missing" in line]
-    assert lines == [f"released checkpoints: {root}/cifar10/nll/vae/checkpoint.pt: missing: its stage-1 NVAE of "
+    assert lines == [f"released checkpoints: {root}/cifar10/nll/vae/checkpoint.pt: missing: the stage-1 NVAE of "
                      "recipe cifar10_nll (train_vae.py checkpoint, cifar10) goes there; see "
                      "docs/official_checkpoints.md for the release's layout"], out[-2000:]
     assert "Traceback" not in out

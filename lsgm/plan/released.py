@@ -48,7 +48,7 @@ class ReleaseFile:
 
     @property
     def role(self) -> str:
-        what = "LSGM (stage-2)" if self.stage == "stage2" else "its stage-1 NVAE"
+        what = "LSGM (stage-2)" if self.stage == "stage2" else "stage-1 NVAE"
         return f"{what} of recipe {self.recipe} ({STAGE_FILE[self.stage]} checkpoint, {self.dataset})"
 
 
