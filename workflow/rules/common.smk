@@ -240,6 +240,13 @@ def import_flags(wc):
     return PLANS[wc.scale].import_args(the_run(wc))
 
 
+def write_release_manifest(scale: str, out: str, log: str) -> None:
+    """The release's manifest (sizes, sha256, CRCs checked; lsgm/plan/released.py), and a sha256sum-style log."""
+    record = PLANS[scale].write_manifest(out)
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    Path(log).write_text("".join(f"{f['sha256']}  {f['path']} ({f['bytes']} bytes)\n" for f in record["files"]))
+
+
 def write_run_config(cfg: dict, out: str, log: str) -> None:
     """Validate a resolved run config again with the strict loader and write it atomically (torch-free), so the file on
     disk always loads with ``lsgm.config.load_run_config``."""

@@ -89,8 +89,7 @@ rule release_manifest:
         scale=RELEASED,
     localrule: True
     run:
-        record = PLANS[wildcards.scale].write_manifest(output[0])
-        Path(log[0]).write_text("".join(f"{f['sha256']}  {f['path']} ({f['bytes']} bytes)\n" for f in record["files"]))
+        write_release_manifest(wildcards.scale, output[0], log[0])
 
 
 rule import_official:
