@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("lsgm.eval.cli", "evaluate a trained run: nll | fid | cost | samples"),
     "report": ("lsgm.report.cli", "compile tables and figures: tables | figure4 | variance | reproduction"),
     "import-official": ("lsgm.official_import", "convert an NVlabs/LSGM train_vae/train_vada checkpoint to model.pt"),
+    "make-release": ("lsgm.official_writer", "write a miniature NVlabs/LSGM release (official-format, random weights)"),
     "launch": ("lsgm.launch", "start an lsgm command on N nodes x P processes (srun + torchrun, or torchrun locally)"),
     "plan": ("lsgm.plan", "every training job of a scale: GPUs, batches, steps (--json: resolved configs)"),
 }

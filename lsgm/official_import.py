@@ -165,6 +165,18 @@ def translate_args(stage: str, args: dict, source: str, vae_args: dict | None = 
     return cfg, deviations, notes
 
 
+def check_expected(path: Path, stage: str, args: dict, expect: dict) -> None:
+    """The checkpoint is the stage and dataset its place in a release says (one line naming both)."""
+    from lsgm import recipes
+
+    dataset = recipes.DATASET_NAMES.get(args.get("dataset"), args.get("dataset"))
+    want = (expect.get("stage", stage), expect.get("dataset", dataset))
+    if (stage, dataset) != want:
+        script = {"stage1": "train_vae.py", "stage2": "train_vada.py"}
+        raise OfficialImportError(f"{path} is a {dataset} {script[stage]} checkpoint; its place in the release holds a "
+                                  f"{want[1]} {script[want[0]]} checkpoint: put the right file there")
+
+
 # ----------------------------------------------------------------------------------------------- import
 IMPORT_DEVIATION = ("import: weights converted from an NVlabs/LSGM checkpoint (lsgm import-official, mapping v{v}); "
                     "the spectral-regularisation power-iteration buffers (sn_u, sn_v, sr_calls, sr_counter.calls) have "
@@ -175,8 +187,11 @@ INACTIVE_DEVIATION = ("import: the official drop_inactive_var mask (NCSNpp.is_ac
 
 
 def import_checkpoint(path: str | Path, vae_checkpoint: str | Path | None = None, name: str | None = None,
-                      data_root: str | None = None) -> dict:
-    """Convert an official checkpoint into this harness's model-file dict (see the module docstring)."""
+                      data_root: str | None = None, data_sizes: tuple[int, int] | None = None,
+                      expect: dict | None = None) -> dict:
+    """Convert an official checkpoint into this harness's model-file dict (see the module docstring).
+    ``data_sizes``: (n_train, n_test) of a miniature dataset (config ``data.n_train`` / ``data.n_test``);
+    ``expect``: ``{"stage": ..., "dataset": ...}`` the checkpoint must be (the released scale's layout)."""
     from lsgm.config import ConfigError, RunConfig, from_dict, to_dict
     from lsgm.data import dataset_info
     from lsgm.score import build_score
@@ -196,6 +211,8 @@ def import_checkpoint(path: str | Path, vae_checkpoint: str | Path | None = None
         vae_blob = load_official(vae_checkpoint)
         vae_args = checkpoint_args(vae_blob, Path(vae_checkpoint))
         del vae_blob
+    if expect is not None:
+        check_expected(path, stage, args, expect)
     cfg_dict, deviations, notes = translate_args(stage, args, str(path), vae_args)
     deviations = list(deviations) + [IMPORT_DEVIATION.format(v=MAPPING_VERSION)]
     if stage == "stage2" and args.get("drop_inactive_var"):
@@ -204,6 +221,8 @@ def import_checkpoint(path: str | Path, vae_checkpoint: str | Path | None = None
     cfg_dict["deviations"] = sorted(set(deviations))
     if data_root is not None:
         cfg_dict["data"]["root"] = str(data_root)
+    if data_sizes is not None:
+        cfg_dict["data"]["n_train"], cfg_dict["data"]["n_test"] = (int(n) for n in data_sizes)
     try:
         cfg = from_dict(RunConfig, cfg_dict)
     except ConfigError as err:
@@ -243,6 +262,7 @@ def import_checkpoint(path: str | Path, vae_checkpoint: str | Path | None = None
             "script": "train_vae.py" if stage == "stage1" else "train_vada.py",
             "epoch": blob.get("epoch"), "global_step": blob.get("global_step"),
             "vae_checkpoint": str(Path(vae_checkpoint).resolve()) if vae_checkpoint is not None else None,
+            "vae_sha256": file_sha256(vae_checkpoint) if vae_checkpoint is not None else None,
             "mapping_version": MAPPING_VERSION, "ema_source": ema_source[0], "ema_note": ema_source[1],
             "fresh_buffers": {"count": sum(is_fresh_buffer(k) for part in state.values() for k in part),
                               "names": ["*.sn_u", "*.sn_v", "sr_calls", "backbone.sr_counter.calls"],
@@ -273,10 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="run name recorded in the config (default: imported/<dir>/<file>)")
     p.add_argument("--data-root", default=None, help="dataset folder recorded as the config's data.root (else pass "
                                                         "--root to lsgm evaluate nll)")
+    p.add_argument("--data-sizes", type=int, nargs=2, default=None, metavar=("N_TRAIN", "N_TEST"),
+                   help="a miniature dataset's split sizes (config data.n_train, data.n_test)")
+    p.add_argument("--expect", nargs=2, default=None, metavar=("STAGE", "DATASET"),
+                   help="refuse a checkpoint that is not this stage (stage1|stage2) and dataset (the released scale)")
     a = p.parse_args(argv)
     try:
         check_output(a.out)
-        model = import_checkpoint(a.checkpoint, a.vae_checkpoint, a.name, a.data_root)
+        expect = dict(zip(("stage", "dataset"), a.expect)) if a.expect else None
+        model = import_checkpoint(a.checkpoint, a.vae_checkpoint, a.name, a.data_root, a.data_sizes, expect)
     except (OfficialImportError, OutputError) as err:
         print(f"lsgm import-official: error: {err}", file=sys.stderr)
         return 2

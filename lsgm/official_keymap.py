@@ -36,6 +36,7 @@ class Rule:
     sources: tuple[str, ...]
     fn: Callable[..., torch.Tensor] | None = None
     why: str = ""
+    inverse: Callable[[torch.Tensor], tuple] | None = None  # our tensor -> the official tensors (the writer's map)
 
 
 class KeyMap:
@@ -52,8 +53,8 @@ class KeyMap:
                 continue
             self.rules.append(Rule(f"{ours}.{name}", (f"{off}.{name}",)))
 
-    def add(self, ours: str, sources: tuple[str, ...], fn=None, why: str = "") -> None:
-        self.rules.append(Rule(ours, sources, fn, why))
+    def add(self, ours: str, sources: tuple[str, ...], fn=None, why: str = "", inverse=None) -> None:
+        self.rules.append(Rule(ours, sources, fn, why, inverse))
 
 
 def is_fresh_buffer(key: str) -> bool:
@@ -170,10 +171,11 @@ def nvae_keymap(vae: nn.Module) -> KeyMap:
         km.same(head, "head.1", off)
     else:  # reorder the output channels to our mixture-of-logistics layout
         order = torch.tensor(dml_channel_order(vae.data.channels, cfg.num_mix))
+        back = torch.argsort(order)
         for name in head.state_dict():
             if name not in SR_BUFFER_NAMES:
                 km.add(f"head.1.{name}", (f"{off}.{name}",), lambda t, o=order: t[o],
-                       "DML logit channels reordered")
+                       "DML logit channels reordered", inverse=lambda t, b=back: (t[b],))
     return km
 
 
@@ -204,9 +206,11 @@ def _attn_rules(km: KeyMap, attn: nn.Module, ours: str, off: str) -> None:
     NIN_0..2 = q, k, v, NIN_3 = output projection)."""
     km.same(attn.norm, f"{ours}.norm", f"{off}.GroupNorm_0")
     km.add(f"{ours}.qkv.weight", tuple(f"{off}.NIN_{i}.W" for i in range(3)),
-           nin_qkv, "NIN q,k,v fused, transposed")
-    km.add(f"{ours}.qkv.bias", tuple(f"{off}.NIN_{i}.b" for i in range(3)), lambda q, k, v: torch.cat([q, k, v]))
-    km.add(f"{ours}.out.weight", (f"{off}.NIN_3.W",), nin_conv, "NIN transposed")
+           nin_qkv, "NIN q,k,v fused, transposed", inverse=lambda w: tuple(p[:, :, 0, 0].t() for p in w.chunk(3)))
+    km.add(f"{ours}.qkv.bias", tuple(f"{off}.NIN_{i}.b" for i in range(3)), lambda q, k, v: torch.cat([q, k, v]),
+           inverse=lambda b: tuple(b.chunk(3)))
+    km.add(f"{ours}.out.weight", (f"{off}.NIN_3.W",), nin_conv, "NIN transposed",
+           inverse=lambda w: (w[:, :, 0, 0].t(),))
     km.add(f"{ours}.out.bias", (f"{off}.NIN_3.b",))
 
 
@@ -220,14 +224,16 @@ def ncsnpp_keymap(score: nn.Module) -> KeyMap:
 
     km, net = KeyMap(), score.backbone
     km.add("mixing_logit", ("mixing_logit",))
-    km.add("active", (), lambda: torch.ones_like(score.active), "official is_active is not saved: all active")
+    km.add("active", (), lambda: torch.ones_like(score.active), "official is_active is not saved: all active",
+           inverse=lambda t: ())
     idx = iter(range(10**9))
     def om() -> str:  # the next official module's prefix
         return f"all_modules.{next(idx)}"
 
     if isinstance(net.time_embed, FourierEmbedding):  # LSGM's RandomFourierEmbedding: w [1, D/2], no all_modules slot
         km.add("backbone.time_embed.w", ("temb_fun.w",), lambda w: w.reshape(-1),
-               "RandomFourierEmbedding.w [1, D/2] -> FourierEmbedding.w [D/2] (sin/cos(2 pi t w), the same map)")
+               "RandomFourierEmbedding.w [1, D/2] -> FourierEmbedding.w [D/2] (sin/cos(2 pi t w), the same map)",
+               inverse=lambda w: (w.reshape(1, -1),))
     km.same(net.temb_mlp[0], "backbone.temb_mlp.0", om())
     km.same(net.temb_mlp[2], "backbone.temb_mlp.2", om())
     km.same(net.conv_in, "backbone.conv_in", om())

@@ -33,6 +33,11 @@ class EvalError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 
 
+# what a metrics file records of an imported model's official checkpoint (lsgm import-official's meta.imported)
+IMPORTED_KEYS = ("source", "sha256", "script", "ema_source", "vae_checkpoint", "vae_sha256", "global_step",
+                 "mapping_version")
+
+
 @dataclass
 class LoadedRun:
     """A trained run rebuilt from its ``model.pt``. ``vae``/``score``/``sde`` are ``None`` where the
@@ -109,6 +114,9 @@ def load_run(path: str | Path, use_ema: bool = True, device: torch.device | str 
     status = str(blob.get("status", "completed"))
     run = LoadedRun(path=path, cfg=cfg, config_dict=blob["config"], data=dataset_info(cfg.data.name),
                     status=status, reason=blob.get("reason"), step=int(blob.get("step", -1)))
+    imported = (blob.get("meta") or {}).get("imported")
+    if isinstance(imported, dict):  # lsgm import-official: the official file it came from (sha256), its EMA source
+        run.extras["imported"] = {k: imported.get(k) for k in IMPORTED_KEYS if k in imported}
     if run.diverged:
         run.reason = run.reason or recorded_reason(path) or f"training status {status!r} in {path}"
         return run
@@ -225,7 +233,8 @@ def metrics_record(kind: str, run: LoadedRun, metrics: dict, settings: dict, *, 
         "reason": reason if reason is not None else (run.reason if run.diverged else None),
         "metrics": metrics,
         "settings": settings,
-        "checkpoint": {"path": str(run.path), "ema": run.ema, "step": run.step},
+        "checkpoint": {"path": str(run.path), "ema": run.ema, "step": run.step,
+                       **({"imported": run.extras["imported"]} if "imported" in run.extras else {})},
         "provenance": provenance(device, wall_seconds=time.perf_counter() - started, config=run.config_dict),
     }
 

@@ -119,6 +119,19 @@ class ReferenceFD:
         return float(np.sum((mu - self.mu) ** 2) + np.sum(a * a) + self.trace - 2.0 * np.sum(np.sqrt(eig)))
 
 
+def per_process_statistics(features: torch.Tensor, processes: int) -> dict:
+    """The official FID's statistics (evaluate_vada.py / the official fid code): ``processes`` GPUs each take
+    ceil(N / processes) consecutive samples (the last one the rest), compute their own mean and covariance, and the
+    statistics are averaged across the GPUs (not pooled: the spread of the per-GPU means is left out)."""
+    n = features.shape[0]
+    size = math.ceil(n / processes)
+    shards = [features[i:i + size] for i in range(0, n, size)]
+    if min(len(s) for s in shards) < 2:
+        raise EvalError(f"{n} samples over {processes} processes leave a process fewer than 2 samples")
+    stats = [feature_statistics(s) for s in shards]
+    return {k: np.mean([np.asarray(st[k], dtype=np.float64) for st in stats], axis=0) for k in ("mu", "sigma")}
+
+
 def fd_standard_error(features: torch.Tensor, reference: dict, *, draws: int = FD_BOOTSTRAP_DRAWS,
                       seed: int = 0) -> float:
     """The bootstrap standard error of ``frechet_distance(feature_statistics(features), reference)``: the standard
@@ -282,7 +295,7 @@ def evaluate_fid(model: str, stats: str | None, *, n_samples: int, tolerance: fl
                  pc_steps: int | None, snr: float, solver: str, batch_size: int, temperature: float,
                  vae_temperature: float, seed: int, bn_mode: str, t_eps: float, use_ema: bool,
                  classifier: str | None, inception_weights: str | None, device: str | None,
-                 latent: str = "prior") -> dict:
+                 latent: str = "prior", official_processes: int | None = None) -> dict:
     """FID (Inception) or FD (classifier features) of ``n_samples`` samples against ``stats_path``: ODE samples, or
     for the pixel SGM (``sampler='pc'``) predictor-corrector samples with ``pc_steps`` steps, as the original SGM's
     published FIDs were measured. ``latent='matched_normal'``: an LSGM's decoder with its score prior replaced by the
@@ -334,6 +347,13 @@ def evaluate_fid(model: str, stats: str | None, *, n_samples: int, tolerance: fl
     ref = {"mu": stats["mu"].numpy(), "sigma": stats["sigma"].numpy()}
     metrics[name] = frechet_distance(feature_statistics(feats), ref)
     metrics[f"{name}_stderr"] = fd_standard_error(feats, ref, seed=settings["eval_seed"])
+    if official_processes:  # the same samples, the official per-process covariances (docs/official_checkpoints.md)
+        settings["official_processes"] = official_processes
+        try:
+            metrics[f"official_{name}"] = frechet_distance(per_process_statistics(feats, official_processes), ref)
+        except EvalError as err:
+            metrics[f"official_{name}"] = math.nan
+            settings["official_note"] = str(err)
     nfe = np.array([b.nfe for b in batches], dtype=float)
     metrics["nfe_mean"] = float(nfe.mean())
     metrics["nfe_stderr"] = float(nfe.std(ddof=1) / math.sqrt(nfe.size)) if nfe.size > 1 else math.nan

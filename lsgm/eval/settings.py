@@ -49,6 +49,7 @@ class Setting:
     many: bool = False
     unset: str | None = None  # what the default None means
     none_text: str | None = None  # the command-line word for None (``--n-batches all``)
+    omit_unset: bool = False  # an opt-in measurement: a plan lists it only where a scale sets it
 
     @property
     def flag(self) -> str:
@@ -164,7 +165,10 @@ for _command, _settings in {
     ),
     "fid": (_SEED, *_GENERATION, *_ONE_SAMPLER, _LATENT,
             _s("batch_size", int, 64, "samples per batch (the ODE system's size)", low=1),
-            _s("n_samples", int, 50_000, "samples (official 50,000)", low=2)),
+            _s("n_samples", int, 50_000, "samples (official 50,000)", low=2),
+            _s("official_processes", int, None, "also the FID with the official covariance: the mean of the "
+               "per-process statistics of this many consecutive sample shards (evaluate_vada.py averages its GPUs')",
+               low=1, unset="not computed", omit_unset=True)),
     "cost": (_SEED, *_GENERATION, _SNR,
              _s("batch_size", int, 16, "samples per timed batch", low=1),
              _s("tolerances", float, [1e-5, 1e-4, 1e-3, 1e-2], "ODE tolerances (Figure 4's sweep)", many=True,

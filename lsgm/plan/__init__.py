@@ -5,12 +5,16 @@ errors, merging, evaluation flags), ``run`` (one trained model: paths, launch ge
 resources), ``resolve`` (:class:`~lsgm.plan.resolve.Resolution`: config.yaml -> every run of a scale), ``plan``
 (:class:`Plan`: the resolution, checked across runs, and the DAG's inputs and targets), ``cli`` (``lsgm plan``,
 GPU-hours). Everything is importable from ``lsgm.plan``.
+``released`` (:class:`ReleasedPlan`: the NVlabs/LSGM released checkpoints, imported and evaluated; :func:`make_plan`
+gives the plan of any scale).
 """
 
 from __future__ import annotations
 
 from lsgm.plan.common import (  # noqa: F401
     SCALES,
+    RELEASED,
+    ALL_SCALES,
     KINDS,
     METRICS,
     TABLE_METRICS,
@@ -39,6 +43,11 @@ from lsgm.plan.run import (  # noqa: F401
 from lsgm.plan.plan import (  # noqa: F401
     Plan,
 )
+from lsgm.plan.released import (  # noqa: F401
+    ReleasedPlan,
+    ReleaseFile,
+    make_plan,
+)
 from lsgm.plan.cli import (  # noqa: F401
     gpu_hours,
     load_measured,
@@ -48,3 +57,4 @@ from lsgm.plan.cli import (  # noqa: F401
     load_config,
     main,
 )
+

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 
-from lsgm.plan.common import PlanError, SCALES, STAGES, deep_merge
+from lsgm.plan.common import ALL_SCALES, RELEASED, PlanError, STAGES, deep_merge
 from lsgm.plan.plan import Plan
+from lsgm.plan.released import ReleasedPlan, make_plan
 from lsgm.plan.run import Run
 
 
@@ -75,6 +76,29 @@ def eval_table(plan: Plan) -> str:
     headers = ["evaluation", "jobs", "gpus", "runtime/attempt (min)", "settings", "est. GPU-h"]
     return (tabulate(rows, headers=headers, tablefmt="github")
             + f"\n{sum(len(j) for j in groups.values())} evaluation jobs (GPU-hours not estimated: none timed on a GPU)")
+
+
+def released_report(plan: ReleasedPlan, as_json: bool) -> str:
+    """``lsgm plan --scale released``: the expected files (sizes where ``--released-root`` holds them), the import
+    jobs, the evaluation jobs; GPU-hours through :func:`lsgm.plan.released.gpu_hours` (not estimated yet)."""
+    jobs, imports = plan.eval_jobs(), plan.import_jobs()
+    if as_json:
+        files = [{"file": f.relpath, "path": plan.path_of(f), "stage": f.stage, "recipe": f.recipe,
+                  "dataset": f.dataset, "role": f.role} for f in plan.release_files()]
+        return json.dumps({"scale": RELEASED, "released_root": plan.root, "files": files,
+                           "jobs": imports, "eval_jobs": jobs}, indent=1)
+    from tabulate import tabulate
+
+    rows = [[j["run"], j["settings"]["checkpoint"], j["runtime_minutes"]] for j in imports]
+    known = [j["gpu_hours"] for j in jobs if j["gpu_hours"] is not None]
+    hours = (f"estimated {sum(known):,.0f} GPU-hours" if known else "GPU-hours not estimated yet (the hook: "
+             "lsgm.plan.released.gpu_hours, filled by the FLOP-based estimates of lsgm plan)")
+    return "\n".join([f"The release ({'released_root ' + plan.root if plan.root else 'pass --released-root DIR'}):",
+                      plan.listing(), "",
+                      tabulate(rows, headers=["import (CPU)", "official checkpoint", "runtime (min)"],
+                               tablefmt="github"), "", eval_table(plan), "",
+                      f"{len(imports)} imports and {len(jobs)} evaluation jobs at scale {RELEASED} "
+                      f"(nothing trained); {hours}"])
 
 
 def warn_unset_account(profile: str) -> None:
@@ -146,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="lsgm plan", description="every training job of one scale of the DAG, resolved "
                                 "(what will this cost before I submit)")
-    p.add_argument("--scale", choices=SCALES, default="paper")
+    p.add_argument("--scale", choices=ALL_SCALES, default="paper")
+    p.add_argument("--released-root", default=None, help="scale released: the folder of the NVlabs/LSGM release "
+                   "(lists each expected file with its size; --check: refuse a missing or truncated one)")
+    p.add_argument("--check", action="store_true", help="scale released: check the release's files (one line)")
     p.add_argument("--config", default="config.yaml", help="the workflow's whole config.yaml")
     p.add_argument("--configfile", nargs="+", default=[], metavar="FILE",
                    help="overlays merged over --config in order, as `snakemake --configfile FILE` does")
@@ -169,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
             config["max_gpus_per_node"] = args.max_gpus_per_node
         if args.max_nodes:
             config["max_nodes"] = args.max_nodes
-        plan = Plan(config, args.scale)
+        if args.released_root is not None:
+            config["released_root"] = args.released_root
+        plan = make_plan(config, args.scale)
+        if args.check and isinstance(plan, ReleasedPlan):
+            plan.check_release()
         warn_unset_account(args.profile)
     except PlanError as err:
         print(f"lsgm plan: error: {err}", file=sys.stderr)
@@ -179,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.why:
         return print_why(plan, *args.why)
+    if isinstance(plan, ReleasedPlan):
+        print(released_report(plan, args.json))
+        return 0
     measured, source = load_measured()
     if args.json:
         jobs = [run.job(with_config=True) | {"gpu_hours": gpu_hours(run, measured)} for run in plan.training_runs()]

@@ -12,7 +12,9 @@ from lsgm.eval import registry
 from lsgm.eval import settings as eval_settings
 from lsgm.eval.registry import CONTROL_EVALS  # noqa: F401  (re-exported)
 
-SCALES = ("smoke", "quick", "demo", "paper", "mini")
+SCALES = ("smoke", "quick", "demo", "paper", "mini")  # the scales that train
+RELEASED = "released"  # the scale of the NVlabs/LSGM released checkpoints: imported, not trained (lsgm/plan/released.py)
+ALL_SCALES = (*SCALES, RELEASED)
 KINDS = ("vae", "lsgm", "sgm", "classifier")
 # The evaluations are the registry's (lsgm/eval/registry.py): the metrics files a run may have, those the tables read
 METRICS = tuple(n for n in registry.EVALUATIONS if n != "samples")
@@ -120,6 +122,7 @@ def resolved_settings(evaluation: str, settings: dict, kind: str | None = None) 
     ones a ``kind`` model does not use left out."""
     command = CONTROL_EVALS[evaluation][0] if evaluation in CONTROL_EVALS else evaluation  # a control: its command's
     out = {**eval_settings.defaults(command), **{k: v for k, v in settings.items() if v is not None}}
+    out = {k: v for k, v in out.items() if v is not None or not eval_settings.SETTINGS[command][k].omit_unset}
     used = eval_settings.applicable(command, kind) if kind else out
     return {k: v for k, v in out.items() if k in used}
 

@@ -24,6 +24,9 @@ CHECKPOINTS = f"checkpoints/{{scale}}/{STEM}-{{fingerprint}}"  # resume state; t
 FID_STATS_STEM = "{dataset}-{splits}-{bits}bit-{features}-{version}"  # reference statistics, versioned
 FID_STATS = f"results/{{scale}}/fid_stats/{FID_STATS_STEM}.pt"
 
+# the released scale: its checkpoints' sizes and sha256 (the first job; lsgm/plan/released.py)
+RELEASE_MANIFEST = "results/{scale}/release.json"
+
 # what the scale compiles
 TABLE = "results/{scale}/tables/{table}.{ext}"  # ext: md, csv, seeds.csv
 FIGURE = "results/{scale}/{figure}.{ext}"  # figure4 / variance; png, csv

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lsgm.datasets_info import EXPECTED_COUNTS
 from lsgm.like_for_like import NLL_SCORE_PRIOR, mismatches
 from lsgm.report.runs import Agg, Group, nll_setting, published_rows, scale_of
 
@@ -15,6 +16,8 @@ NOT_COMPARABLE_DATA = "not comparable (stand-in data)"
 NOT_COMPARABLE_MINI = "not comparable (miniature)"  # the paper's data and recipes, at toy sizes (scale mini)
 NOT_COMPARABLE_FD = "not comparable (FD, not FID)"
 COMPARED = {"nll": "NLL", "fid": "FID"}  # the metrics a row of ours is compared on with its paper counterpart
+COMPARABLE_SCALES = (None, "paper", "released")  # the paper's models at the paper's sizes (released: NVlabs' own)
+PAPER_FID_SAMPLES = 50_000  # every FID of the paper's tables
 
 
 def not_comparable(entries: list[dict], meta: dict) -> str | None:
@@ -22,9 +25,26 @@ def not_comparable(entries: list[dict], meta: dict) -> str | None:
     miniature sizes (a scale other than ``paper``); None when they can."""
     if any(e["run"]["dataset"] != meta["dataset"] for e in entries):
         return NOT_COMPARABLE_DATA
-    if any(scale_of(e["run"]) not in (None, "paper") for e in entries):
+    if any(scale_of(e["run"]) not in COMPARABLE_SCALES for e in entries):
         return NOT_COMPARABLE_MINI
     return None
+
+
+def reduced_protocol(entries: list[dict]) -> str | None:
+    """Why a row's evaluations are smaller than the paper's protocol (FID on fewer than 50,000 samples, NLL on part of
+    the test split), or None: its Δ vs paper is then printed, its verdict is not given."""
+    notes = []
+    for e in entries:
+        fid, nll = e.get("fid"), e.get("nll")
+        n = (fid or {}).get("settings", {}).get("n_samples")
+        if n is not None and n < PAPER_FID_SAMPLES:
+            notes.append(f"FID on {n:,} of {PAPER_FID_SAMPLES:,} samples")
+        if nll is not None:
+            count = nll.get("settings", {}).get("n_examples", nll.get("metrics", {}).get("n_examples"))
+            full = EXPECTED_COUNTS.get(e["run"]["dataset"], {}).get("test")
+            if count is not None and full is not None and count < full:
+                notes.append(f"NLL on {count:,} of {full:,} test images")
+    return ", ".join(sorted(set(notes))) or None
 
 
 def check_labels(table: str, ours: list[str], paper: list[str]) -> None:
@@ -107,6 +127,10 @@ def compare_row(group: Group, values: dict[str, Any], paper: dict | None, meta: 
         verdicts.append((COMPARED[key] + (" diverged" if ours.n_diverged else ""), ok))
     if not verdicts:
         return deltas, "; ".join(notes) or None
+    released = any(scale_of(e["run"]) == "released" for e in group.entries)
+    reduced = reduced_protocol(group.entries) if released else None
+    if reduced:  # the released scale: Δ printed (what the run gives); a verdict would claim the paper's protocol
+        return deltas, "; ".join([f"not comparable (reduced protocol: {reduced})", *notes])
     failed = [name for name, ok in verdicts if not ok]
     verdict = "yes" if not failed else f"no ({', '.join(failed)})"
     return deltas, "; ".join([verdict, *notes])

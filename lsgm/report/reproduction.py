@@ -222,6 +222,9 @@ def summary_vs_paper(df: pd.DataFrame) -> str:
     compared = df[df["difference"].notna()]
     ok = compared["verdict"].astype(str).str.startswith("reproduced")
     text = f"{int(ok.sum())} of {len(compared)} compared metrics reproduce the paper's published numbers"
+    reduced = compared["verdict"].astype(str).str.startswith("not comparable (reduced protocol")
+    if reduced.any():  # the released scale at a small sample count: a difference, no verdict
+        text += f" ({int(reduced.sum())} of them under a reduced protocol: a difference without a verdict)"
     other = len(df) - len(compared)
     if other:
         reasons = sorted(set(df.loc[df["difference"].isna(), "verdict"].astype(str)))

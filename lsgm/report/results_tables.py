@@ -31,8 +31,12 @@ from lsgm.report.runs import (
     nll_setting,
     paired_difference,
     published_rows,
+    scale_of,
     seed_records,
 )
+
+RELEASED_SCALE = "released"  # runs of the NVlabs/LSGM released checkpoints (lsgm/plan/released.py)
+OFFICIAL_FID = "FID (official cov.)"  # the same samples' FID with evaluate_vada.py's per-process covariances
 
 
 ESTIMATOR = {"K": "iw_samples", "M": "inner", "prior term": "prior", "ODE tol.": "tolerance", "t_eps (NLL)": "t_eps",
@@ -42,6 +46,9 @@ ESTIMATOR = {"K": "iw_samples", "M": "inner", "prior term": "prior", "ODE tol.":
 def group_label(group: Group) -> str:
     """Our row's label; it names the recipe, so it never equals a paper label (checked by
     :func:`check_labels`)."""
+    if group.entries and scale_of(group.entries[0]["run"]) == RELEASED_SCALE:
+        what = "LSGM (released checkpoint" if group.model == "lsgm" else "VAE backbone (released stage-1 checkpoint"
+        return f"{what}, recipe {group.recipe})"
     if group.model == "lsgm" and init_of(group.recipe):
         return f"LSGM at initialisation (recipe {init_of(group.recipe)}: 0 stage-2 steps)"
     if group.model == "lsgm":
@@ -96,6 +103,8 @@ def metric_columns(table_meta: dict, groups: list[Group]) -> tuple[list[str], di
             fd_headers[name] = metrics["fid"] if name == "fid" else f"{name} (ours)"
             if fd_headers[name] not in headers:
                 headers.append(fd_headers[name])
+        if any("official_fid" in (e["fid"] or {}).get("metrics", {}) for g in groups for e in g.entries):
+            headers.append(OFFICIAL_FID)
     return headers, fd_headers
 
 
@@ -110,11 +119,15 @@ def measured_row(table: str, group: Group, meta: dict, columns: list[str], fd_he
     names = sorted({n for e in group.entries for n in fd_names(e["fid"])})
     for name in names:
         row[fd_headers.get(name, name)] = group_metric(group, "fid", name)
+    official = [("fid", "official_fid")] if OFFICIAL_FID in columns and any(
+        "official_fid" in (e["fid"] or {}).get("metrics", {}) for e in group.entries) else []
+    if official:
+        row[OFFICIAL_FID] = group_metric(group, "fid", "official_fid")
     values = {"nll": row[nll_h], "fid": row[fd_headers["fid"]] if "fid" in fd_headers and "fid" in names else None,
               "fd": any(n != "fid" for n in names)}
     deltas, row["reproduced"] = compare_row(group, values, counterpart(group, table, published), meta, published)
     row.update({delta_headers(meta)[k]: v for k, v in deltas.items()})
-    specs = [("nll", nelbo_key), ("nll", "nll"), *(("fid", name) for name in names)]
+    specs = [("nll", nelbo_key), ("nll", "nll"), *(("fid", name) for name in names), *official]
     return row, seed_records(table, group.label, "", group.entries, specs)
 
 
@@ -141,7 +154,8 @@ def control_rows(table: str, group: Group, init: Group | None, meta: dict, colum
         row.update({fd_headers.get(n, n): paired_difference(group, init, "fid", n) for n in names})
         rows.append(row)
     if any(e["fid_normal"] is not None for e in group.entries):
-        label = f"LSGM, recipe {group.recipe}, score prior → N(0, τ² I), τ = {latent_scale(group)} (control)"
+        name = group.label if scale_of(group.entries[0]["run"]) == RELEASED_SCALE else f"LSGM, recipe {group.recipe}"
+        label = f"{name}, score prior → N(0, τ² I), τ = {latent_scale(group)} (control)"
         row = {**dict.fromkeys(columns), **base, "Method": label}
         row.update({fd_headers.get(n, n): group_metric(group, "fid_normal", n) for n in names})
         seeds += seed_records(table, label, "", group.entries, [("fid_normal", n) for n in names])

@@ -11,7 +11,18 @@ from snakemake.utils import validate
 from lsgm.config import RunConfig, from_dict, save_run_config
 from lsgm.config_sources import ConfigSources
 from lsgm.eval.registry import EVALUATIONS
-from lsgm.plan import EVAL_RESOURCE_KEYS, SCALES, TRAIN_RESOURCE_KEYS, Plan, PlanError, eval_args, layout
+from lsgm.plan import (
+    ALL_SCALES,
+    EVAL_RESOURCE_KEYS,
+    RELEASED,
+    SCALES,
+    TRAIN_RESOURCE_KEYS,
+    Plan,
+    PlanError,
+    eval_args,
+    layout,
+    make_plan,
+)
 
 from lsgm import snakemake_fix
 
@@ -33,7 +44,10 @@ def _plans(cfg):
     """config.yaml's shape (the schema, which fills in its defaults), then every scale resolved, so a bad config fails
     at once whatever scale runs."""
     validate(cfg, str(SCHEMA))
-    return {scale: Plan(cfg, scale) for scale in SCALES}
+    plans = {scale: Plan(cfg, scale) for scale in SCALES}
+    if RELEASED in cfg["scales"]:  # the released checkpoints: the paper plan's runs, imported (lsgm/plan/released.py)
+        plans[RELEASED] = make_plan(cfg, RELEASED, plans["paper"])
+    return plans
 
 
 def _schema_error(cfg):
@@ -56,6 +70,15 @@ except WorkflowError:
 except PlanError as err:
     raise WorkflowError(SOURCES.blame(str(err), _plans, (WorkflowError, PlanError))) from None
 SCALE = config["scale"]
+if SCALE not in PLANS:
+    raise WorkflowError(f"scale {SCALE}: config.yaml has no scales.{SCALE}")
+# The released scale reads files nothing here makes: each is checked before any job (missing, unreadable, truncated:
+# one line naming the file and where it goes); the first job then records every file's sha256 (rule release_manifest).
+if SCALE == RELEASED:
+    try:
+        PLANS[SCALE].check_release()
+    except PlanError as err:
+        raise WorkflowError(f"released checkpoints: {err}") from None
 # Seeds: one job per seed, or (scales.S.batch_seeds) one job for all seeds of a run -- its rules then declare one
 # output per seed (per_seed) and name their logs "-seeds" instead of "-s{seed}" (SEED_STEM, TRAIN_STEM).
 SEEDS = PLANS[SCALE].seeds
@@ -80,7 +103,7 @@ DATA_PLANS = {plan.sc["data_root"]: plan for plan in PLANS.values() if plan.sc.g
 
 
 wildcard_constraints:
-    scale="|".join(SCALES),
+    scale="|".join(ALL_SCALES),
     root="|".join(map(re.escape, DATA_PLANS)),
     dataset="[a-z0-9_]+",
     kind="vae|lsgm|sgm",
@@ -216,6 +239,29 @@ def classifier_for_stats(wc):
 def eval_flags(metric):
     """`lsgm evaluate <metric>` flags of the run, from config.yaml's eval settings."""
     return lambda wc: eval_args(the_run(wc).eval_settings[metric])
+
+
+# The released scale's import jobs (rules import_official, release_manifest): the plan's files and flags.
+TRAINING_SCALES = "|".join(SCALES)  # the train and run_config rules: never the released scale (it imports)
+
+
+def import_input(wc):
+    """The official checkpoint(s) of a released run's import job, and the manifest that checked them first."""
+    plan = PLANS[wc.scale]
+    job = plan.import_of(the_run(wc))
+    return {"manifest": plan.manifest_path, "checkpoint": job["checkpoint"], "data": data_for(wc),
+            **({"vae": job["vae"]} if "vae" in job else {})}
+
+
+def import_flags(wc):
+    return PLANS[wc.scale].import_args(the_run(wc))
+
+
+def write_release_manifest(scale: str, out: str, log: str) -> None:
+    """The release's manifest (sizes, sha256, CRCs checked; lsgm/plan/released.py), and a sha256sum-style log."""
+    record = PLANS[scale].write_manifest(out)
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    Path(log).write_text("".join(f"{f['sha256']}  {f['path']} ({f['bytes']} bytes)\n" for f in record["files"]))
 
 
 def write_run_config(cfg: dict, out: str, log: str) -> None:

@@ -15,6 +15,7 @@ rule run_config:
         layout.log("run_config", layout.STEM),
     wildcard_constraints:
         kind="vae|lsgm|sgm|classifier",
+        scale=TRAINING_SCALES,
     localrule: True
     run:
         write_run_config(params.config, output[0], log[0])
@@ -42,6 +43,7 @@ rule train:
         layout.benchmark("train_{kind}", TRAIN_STEM)
     wildcard_constraints:
         kind="vae|lsgm|sgm",
+        scale=TRAINING_SCALES,
     threads: train_threads
     # Long jobs first, short evaluations last: fewer idle cores at the end of a local run (train 2, FD/cost 1, rest 0).
     priority: 2
@@ -60,6 +62,8 @@ rule train_classifier:
         config=layout.part(layout.CONFIG, kind="classifier", run="fd", seed=0),
     output:
         model=layout.part(layout.MODEL, kind="classifier", run="fd", seed=0),
+    wildcard_constraints:
+        scale=TRAINING_SCALES,
     params:
         out=subpath(output.model, parent=True),
     log:
@@ -73,3 +77,41 @@ rule train_classifier:
         CONDA_ENV
     shell:
         "lsgm train-classifier --config {input.config} --out {params.out} > {log} 2>&1"
+
+
+# The released scale: its models are the NVlabs/LSGM released checkpoints, imported instead of trained.
+
+
+rule release_manifest:
+    """Every file of the release: size, sha256 and its zip CRCs checked (a corrupted download fails here, one line,
+    before any import or GPU job): results/released/release.json, the provenance of every released run."""
+    output:
+        layout.RELEASE_MANIFEST,
+    log:
+        layout.log("", "release_manifest"),
+    wildcard_constraints:
+        scale=RELEASED,
+    localrule: True
+    run:
+        write_release_manifest(wildcards.scale, output[0], log[0])
+
+
+rule import_official:
+    """One released checkpoint -> model.pt (`lsgm import-official`: data only, the score's EMA as evaluate_vada.py
+    takes it, cross-checked with its stage-1 NVAE, the source's sha256 in the model's meta); CPU only."""
+    input:
+        unpack(import_input),
+    output:
+        model=layout.MODEL,
+    params:
+        flags=import_flags,
+    log:
+        layout.log("import_{kind}", layout.STEM),
+    wildcard_constraints:
+        scale=RELEASED,
+        kind="vae|lsgm",
+    threads: lambda wc: PLANS[wc.scale].import_resources()["cpus_per_task"]
+    resources:
+        **per_key(lambda wc: PLANS[wc.scale].import_resources(), EVAL_RESOURCE_KEYS),
+    shell:
+        "lsgm import-official {input.checkpoint} {params.flags} --out {output.model} > {log} 2>&1"
