@@ -113,5 +113,7 @@ rule import_official:
     threads: lambda wc: PLANS[wc.scale].import_resources()["cpus_per_task"]
     resources:
         **per_key(lambda wc: PLANS[wc.scale].import_resources(), EVAL_RESOURCE_KEYS),
+    conda:
+        CONDA_ENV
     shell:
         "lsgm import-official {input.checkpoint} {params.flags} --out {output.model} > {log} 2>&1"
