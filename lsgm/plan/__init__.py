@@ -3,8 +3,9 @@
 ``layout`` (where every file of the DAG lives: the path patterns the rules and the plan share), ``common`` (names,
 errors, merging, evaluation flags), ``run`` (one trained model: paths, launch geometry,
 resources), ``resolve`` (:class:`~lsgm.plan.resolve.Resolution`: config.yaml -> every run of a scale), ``plan``
-(:class:`Plan`: the resolution, checked across runs, and the DAG's inputs and targets), ``cli`` (``lsgm plan``,
-GPU-hours). Everything is importable from ``lsgm.plan``.
+(:class:`Plan`: the resolution, checked across runs, and the DAG's inputs and targets), ``cluster`` (the GPU kinds, a
+Snakemake profile read as Snakemake reads it), ``cost`` (GPU-hours measured or estimated from counted FLOPs, GPU
+memory), ``cli`` (``lsgm plan``). Everything is importable from ``lsgm.plan``.
 """
 
 from __future__ import annotations
@@ -38,12 +39,18 @@ from lsgm.plan.run import (  # noqa: F401
 from lsgm.plan.plan import (  # noqa: F401
     Plan,
 )
+from lsgm.plan.cluster import (  # noqa: F401
+    GPUS,
+    Profile,
+    workflow_config,
+)
+from lsgm.plan.cost import (  # noqa: F401
+    Costs,
+    Estimate,
+    load_measured,
+)
 from lsgm.plan.cli import (  # noqa: F401
     gpu_hours,
-    load_measured,
-    plan_table,
-    eval_table,
-    warn_unset_account,
-    load_config,
+    Report,
     main,
 )

@@ -79,11 +79,14 @@ class Plan(Resolution):
     def eval_resources(self) -> dict:
         """Slurm resources of an evaluation job (also reference statistics and the FD classifier): the scale's
         ``resources.eval`` (``threads`` and ``mem_mb`` per GPU) times its GPUs; ``cpus_per_task`` is also the job's
-        threads."""
+        threads; a declared GPU type (``cluster.gpu_model``) as ``gpu_model``."""
         ev = self.sc["resources"]["eval"]
         gpus = ev.get("gpus", 0)
-        return {"gpu": gpus or None, "cpus_per_task": ev["threads"] * max(1, gpus), "mem_mb": ev["mem_mb"] * max(1, gpus),
-                "runtime": ev.get("runtime", 60)}
+        out = {"gpu": gpus or None, "cpus_per_task": ev["threads"] * max(1, gpus), "mem_mb": ev["mem_mb"] * max(1, gpus),
+               "runtime": ev.get("runtime", 60)}
+        if gpus and self.cluster["gpu_model"]:
+            out["gpu_model"] = self.cluster["gpu_model"]
+        return out
 
     def data_manifest(self, dataset: str) -> str | None:
         """A miniature's dataset (``lsgm make-data`` in ``data_root``; its manifest is written last), else None."""

@@ -36,6 +36,7 @@ from lsgm.plan.common import (
     DERIVED_OWN_KEYS, EVALUATIONS, PlanError, SCALES, STAGES, _with_samples, check_eval_settings, check_shrink,
     deep_merge,
 )
+from lsgm.plan.cluster import cluster_settings
 from lsgm.plan.run import Run
 
 
@@ -60,6 +61,7 @@ class Resolution:
             own = {**base, **{k: own[k] for k in DERIVED_OWN_KEYS if k in own},
                    "fd": {**base["fd"], **own.get("fd", {})}, "data_sizes": own.get("data_sizes", {})}
         self.sc = own
+        self.cluster = cluster_settings(config)  # the declared GPU and Slurm's name of its type (cluster.yaml)
         self.seeds: list[int] = list(self.sc["seeds"])
         # One job per run trains / evaluates all its seeds in one process (scales.S.batch_seeds); else one job per seed.
         self.batch_seeds: bool = bool(self.sc.get("batch_seeds", False))
@@ -251,7 +253,7 @@ class Resolution:
                   gpus_per_node=per_node, runtime=runtime, evals=tuple(evals),
                   eval_settings=self._eval_settings(kind, spec, official, where, own), official=official,
                   epochs=epochs, per_gpu=dict(self.sc["resources"]["train"]),
-                  gpu=self.sc.get("launch", {}).get("gpu", True))
+                  gpu=self.sc.get("launch", {}).get("gpu", True), gpu_model=self.cluster["gpu_model"])
         try:
             run.batch_split
         except ConfigError as err:
