@@ -200,3 +200,31 @@ def write_run_config(cfg: dict, out: str, log: str) -> None:
     save_run_config(run, out)
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     Path(log).write_text(f"wrote {out} ({run.kind} {run.name}, seed {run.seed})\n")
+
+
+def preflight_or_stop(workflow):
+    """The login-node preflight (lsgm/preflight.py) of a slurm run, in the Snakefile's onstart: after the DAG is built
+    and before the executor submits a job. One summary; a fault stops the run (WorkflowError, exit 1). Other executors,
+    dry runs and the jobs themselves (--no-hooks) never get here or return at once; --config preflight=false skips."""
+    import sys
+
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name != "slurm":
+        return
+    if not config.get("preflight", True):
+        print("preflight: skipped (preflight: false)", file=sys.stderr)
+        return
+    from lsgm import preflight
+    from lsgm.plan.cost import Costs, load_flops
+
+    jobs = [preflight.Job(job.rule.name, dict(job.resources.items()), dict(job.wildcards_dict))
+            for job in workflow.dag.needrun_jobs() if not job.is_local]
+    if not jobs:
+        return
+    plan = PLANS[SCALE]
+    result = preflight.run_checks(plan, jobs, config=config, configfiles=[str(f) for f in workflow.config_settings.configfiles],
+                                  no_account=bool(getattr(workflow.executor_settings, "no_account", False)),
+                                  python=sys.executable, memory=Costs(load_flops()).memory_gib)
+    print(result.summary(), file=sys.stderr)
+    if result.problems:
+        raise WorkflowError(f"preflight: {len(result.problems)} problem(s) above; nothing was submitted")
