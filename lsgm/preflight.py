@@ -335,3 +335,27 @@ def run_checks(plan, jobs: list[Job], *, config: dict, configfiles: list[str], n
 def _made_by_dag(plan) -> bool:
     """A miniature's random Inception weights are a DAG output (rule inception_random), not a user's file."""
     return plan.sc["fd"].get("inception_weights") == "random"
+
+
+def of_workflow(workflow, config: dict, plan) -> Result | None:
+    """The preflight of a Snakemake run (the Snakefile's ``onstart``), its summary printed; None where it does not
+    apply: another executor than slurm, ``preflight: false``, or nothing to submit."""
+    import sys
+
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name != "slurm":
+        return None
+    if not config.get("preflight", True):
+        print("preflight: skipped (preflight: false)", file=sys.stderr)
+        return None
+    jobs = [Job(job.rule.name, dict(job.resources.items()), dict(job.wildcards_dict))
+            for job in workflow.dag.needrun_jobs() if not job.is_local]
+    if not jobs:
+        return None
+    from lsgm.plan.cost import Costs, load_flops
+
+    result = run_checks(plan, jobs, config=config, configfiles=[str(f) for f in workflow.config_settings.configfiles],
+                        no_account=bool(getattr(workflow.executor_settings, "no_account", False)),
+                        python=sys.executable, memory=Costs(load_flops()).memory_gib)
+    print(result.summary(), file=sys.stderr)
+    return result

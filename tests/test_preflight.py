@@ -168,6 +168,20 @@ def test_the_cluster_settings_must_be_loaded():
     assert not result.problems
 
 
+def test_only_a_slurm_run_is_checked_and_preflight_false_skips(capsys):
+    """The gate in the Snakefile's onstart: local runs and `--config preflight=false` submit without the checks."""
+    from types import SimpleNamespace
+
+    def workflow(executor: str):
+        dag = SimpleNamespace(needrun_jobs=lambda: [])
+        return SimpleNamespace(executor_plugin=SimpleNamespace(name=executor), dag=dag)
+
+    assert preflight.of_workflow(workflow("local"), {"preflight": True}, None) is None
+    assert preflight.of_workflow(workflow("slurm"), {"preflight": False}, None) is None
+    assert capsys.readouterr().err == "preflight: skipped (preflight: false)\n"
+    assert preflight.of_workflow(workflow("slurm"), {"preflight": True}, None) is None  # nothing to submit
+
+
 # ------------------------------------------------------------------------------------------------ on a real cluster
 def cluster_missing() -> str | None:
     spec = importlib.util.spec_from_file_location("cluster_test", ROOT / "tests" / "test_slurm_cluster.py")

@@ -206,25 +206,8 @@ def preflight_or_stop(workflow):
     """The login-node preflight (lsgm/preflight.py) of a slurm run, in the Snakefile's onstart: after the DAG is built
     and before the executor submits a job. One summary; a fault stops the run (WorkflowError, exit 1). Other executors,
     dry runs and the jobs themselves (--no-hooks) never get here or return at once; --config preflight=false skips."""
-    import sys
-
-    plugin = workflow.executor_plugin
-    if plugin is None or plugin.name != "slurm":
-        return
-    if not config.get("preflight", True):
-        print("preflight: skipped (preflight: false)", file=sys.stderr)
-        return
     from lsgm import preflight
-    from lsgm.plan.cost import Costs, load_flops
 
-    jobs = [preflight.Job(job.rule.name, dict(job.resources.items()), dict(job.wildcards_dict))
-            for job in workflow.dag.needrun_jobs() if not job.is_local]
-    if not jobs:
-        return
-    plan = PLANS[SCALE]
-    result = preflight.run_checks(plan, jobs, config=config, configfiles=[str(f) for f in workflow.config_settings.configfiles],
-                                  no_account=bool(getattr(workflow.executor_settings, "no_account", False)),
-                                  python=sys.executable, memory=Costs(load_flops()).memory_gib)
-    print(result.summary(), file=sys.stderr)
-    if result.problems:
+    result = preflight.of_workflow(workflow, config, PLANS[SCALE])
+    if result is not None and result.problems:
         raise WorkflowError(f"preflight: {len(result.problems)} problem(s) above; nothing was submitted")
