@@ -140,3 +140,11 @@ def test_an_unknown_gpu_is_one_line_with_the_closest_name(capsys):
     assert plan_main(["--profile", "slurm", "--config", "cluster={gpu: A100-80G}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'A100-80G' is not a known GPU; did you mean 'A100-80GB'?" in err
+
+
+def test_the_inception_weights_path_is_settable_in_the_config():
+    """scales.paper.fd.inception_weights (the schema refused it): every FID job gets the file as its flag, and a file
+    that is not there yet does not stop the plan (the preflight checks it, in one line, before submitting)."""
+    jobs = dry_run_jobs("--profile", "slurm", "--config", "scales={paper: {fd: {inception_weights: /shared/w.pth}}}")
+    fid = [j for j in jobs.values() if j["rule"] in ("fid_stats", "eval_fid", "eval_cost")]
+    assert fid and all("--inception-weights /shared/w.pth" in j["shell"] for j in fid)

@@ -169,16 +169,25 @@ def data_for(wc):
     return [manifest] if manifest else []
 
 
-def inception_for(wc):
-    """The Inception-v3 weights file of a job whose features are Inception's, when the scale names one."""
+def _inception_weights(wc):
+    """(weights file, whether the DAG writes it) of a job whose features are Inception's, else (None, False)."""
     plan = PLANS[wc.scale]
     features = getattr(wc, "features", None) or plan.sc["fd"]["features"].get(wc.dataset)
-    weights = plan.inception_weights()
-    return [weights] if weights and features == "inception" else []
+    weights = plan.inception_weights() if features == "inception" else None
+    return weights, plan.sc["fd"].get("inception_weights") == "random"
+
+
+def inception_for(wc):
+    """The Inception-v3 weights as an input where the DAG writes them (a miniature's random ones). A user's file
+    (scales.S.fd.inception_weights) is a flag only: a missing or corrupt one is the preflight's single line, not
+    Snakemake's missing-input report (lsgm/preflight.py)."""
+    weights, made = _inception_weights(wc)
+    return [weights] if weights and made else []
 
 
 def inception_flag(wc, input):
-    return f" --inception-weights {input.inception}" if input.inception else ""
+    weights, _ = _inception_weights(wc)
+    return f" --inception-weights {weights}" if weights else ""
 
 
 def classifier_for_stats(wc):
