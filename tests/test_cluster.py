@@ -148,3 +148,38 @@ def test_the_inception_weights_path_is_settable_in_the_config():
     jobs = dry_run_jobs("--profile", "slurm", "--config", "scales={paper: {fd: {inception_weights: /shared/w.pth}}}")
     fid = [j for j in jobs.values() if j["rule"] in ("fid_stats", "eval_fid", "eval_cost")]
     assert fid and all("--inception-weights /shared/w.pth" in j["shell"] for j in fid)
+
+
+def test_a_measured_gpu_step_time_replaces_the_estimate(tmp_path, monkeypatch, capsys):
+    """benchmarks/results/paper_step_<gpu>.json (benchmarks/paper_step.py on a GPU): its recipes' training jobs show
+    measured GPU-hours, the others keep the estimate."""
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "paper_step_h100.json").write_text(json.dumps({"steps": {
+        "mnist/stage1": {"seconds_per_step": 0.1, "per_gpu_batch": 100}}}))
+    monkeypatch.chdir(tmp_path)
+    assert plan_main(["--profile", str(ROOT / "slurm"), "--workflow-config", str(ROOT / "config.yaml"), "--json"]) == 0
+    jobs = {j["target"]: j for j in json.loads(capsys.readouterr().out)["jobs"]}
+    mnist = jobs["results/paper/runs/mnist/vae/mnist-s0/model.pt"]
+    assert mnist["gpu_hours"] == pytest.approx(0.1 * mnist["steps"] * mnist["gpus"] / 3600)
+    assert mnist["gpu_hours_estimate"] == {}
+    other = jobs["results/paper/runs/omniglot/vae/omniglot-s0/model.pt"]
+    assert other["gpu_hours"] is None and set(other["gpu_hours_estimate"]) == {"A100-80GB", "H100-80GB"}
+
+
+def test_a_changed_network_makes_the_count_stale_and_cpu_scales_have_no_gpu_hours(capsys):
+    import yaml
+
+    from lsgm.plan import Costs, Plan, Report
+    from lsgm.plan.cost import load_flops
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["scales"]["paper"]["table6"]["config"]["score"]["nf"] = 128  # every Table 6 cell's network changes
+    plan = Plan(config, "paper")
+    stale = Costs(load_flops()).stale(plan.training_runs())
+    assert len(stale) == 17 and all("/lsgm/vpsde-" in s or "/lsgm/geometric-" in s for s in stale)
+    totals = Report(plan, None, None, "A100-80GB").totals()
+    assert any("17 runs' networks changed since benchmarks/results/paper_flops.json was counted" in t for t in totals)
+    assert any("training" in t and "(16 of 33 jobs)" in t for t in totals), totals
+    quick = Report(Plan(config, "quick"), None, None, None).totals()
+    assert quick == ["97 training jobs and 202 evaluation jobs at scale quick, CPU only (no GPU-hours)"]

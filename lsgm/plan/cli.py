@@ -137,10 +137,14 @@ class Report:
         evals = self.plan.eval_jobs()
         train = [self.train_hours(r) for r in self.runs]
         gpu_jobs = [r for r in self.runs if r.gpus and r.gpu]
-        lines = [f"{len(self.runs)} training jobs and {len(evals)} evaluation jobs at scale {self.plan.scale} "
-                 f"({len(self.runs) + len(evals)} GPU jobs); GPUs per job: training up to "
-                 f"{max((r.gpus for r in gpu_jobs), default=0)} ({max((r.nodes for r in gpu_jobs), default=1)} nodes), "
-                 f"evaluation {self.plan.eval_resources()['gpu'] or 0}"]
+        widest = max(gpu_jobs, key=lambda r: r.gpus, default=None)
+        lines = [f"{len(self.runs)} training jobs and {len(evals)} evaluation jobs at scale {self.plan.scale}; GPUs per "
+                 f"job: training up to {widest.gpus} ({widest.nodes} x {widest.gpus_per_node}), evaluation "
+                 f"{self.plan.eval_resources()['gpu'] or 0}" if widest else
+                 f"{len(self.runs)} training jobs and {len(evals)} evaluation jobs at scale {self.plan.scale}, CPU only "
+                 "(no GPU-hours)"]
+        if widest is None:
+            return lines
         measured = [h["measured"] for h in train if "measured" in h]
         if measured:
             lines.append(f"GPU-hours, training, measured ({self.measured_from}): {sum(measured):,.0f} for "

@@ -125,14 +125,15 @@ class Costs:
     def __init__(self, flops: dict | None):
         self.doc = flops or {}
         self.runs = self.doc.get("runs", {})
+        self.scale = self.doc.get("scale", "paper")  # the scale whose runs were counted
 
     def counted(self, run: Run) -> dict | None:
         """The run's count, if there is one for its current networks (else None: not counted, or stale)."""
-        entry = self.runs.get(run.stem)
+        entry = self.runs.get(run.stem) if run.scale == self.scale else None
         return entry if entry and entry.get("fingerprint") == flop_fingerprint(run.config) else None
 
     def stale(self, runs: list[Run]) -> list[str]:
-        return [r.stem for r in runs if r.stem in self.runs and self.counted(r) is None]
+        return [r.stem for r in runs if r.scale == self.scale and r.stem in self.runs and self.counted(r) is None]
 
     def train_flops(self, run: Run) -> float | None:
         """FLOPs of the whole training job: steps x (each process's micro-batches) x processes."""
@@ -164,7 +165,7 @@ class Costs:
         estimated (the variance job, or a run not counted)."""
         s, kind = job["settings"], job["kind"]
         inception = self.doc.get("inception_flops_per_image", 0.0)
-        if kind == "fid_stats":
+        if kind == "fid_stats" and self.scale == job.get("scale", self.scale):
             from lsgm.datasets_info import EXPECTED_COUNTS, FID_REFERENCE
 
             reference = FID_REFERENCE.get(job["run"])

@@ -171,7 +171,7 @@ class Plan(Resolution):
         cost (``n_samples``, tolerance, batch). GPU-hours: not estimated (no evaluation has been timed on a GPU)."""
         res = self.eval_resources()
         common = {"gpus": res["gpu"] or 0, "runtime_minutes": res["runtime"], "gpu_hours": None}
-        jobs = [{"target": self.stats_path(d), "kind": "fid_stats", "run": d, "settings": {}, **common}
+        jobs = [{"target": self.stats_path(d), "kind": "fid_stats", "run": d, "scale": self.scale, "settings": {}, **common}
                 for d in sorted({r.dataset for r in self.runs.values() if {"fid", "cost"} & set(r.evals)})]
         for run in self.training_runs():
             jobs += [{"target": run.metrics_path(m), "kind": m, "run": run.stem,
