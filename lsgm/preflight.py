@@ -138,6 +138,7 @@ def check_partitions(jobs: list[Job], gpu_model: str | None, result: Result, run
                                    f"): set slurm_partition in {PROFILE} (default-resources)")
             continue
         ok.add(partition)
+        before = len(result.problems)
         need = max(j.gpus_per_node for j in mine)
         have = max(_gres_gpus(r["gres"], gpu_model) for r in rows)
         if need and have < need:
@@ -152,7 +153,8 @@ def check_partitions(jobs: list[Job], gpu_model: str | None, result: Result, run
             result.problems.append(f"partition: {partition!r} allows {limit:g} min per job, the jobs ask for "
                                    f"{longest}: lower runtime in config.yaml (scales.S.defaults.KIND.runtime, "
                                    "resources.eval.runtime; training resumes from checkpoints on retry)")
-        result.notes.append(f"partition {partition} (GPUs per node: {have}, time limit: {rows[0]['time']})")
+        if len(result.problems) == before:
+            result.notes.append(f"partition {partition} (GPUs per node: {have}, time limit: {rows[0]['time']})")
     return ok
 
 

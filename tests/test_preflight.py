@@ -80,9 +80,9 @@ def test_a_partition_offers_the_gpus_the_jobs_ask_for(gres, model, ok):
     result = preflight.Result()
     preflight.check_partitions([GPU_JOB], model, result, Fake({"gpu": [(gres, "2-00:00:00")]}))
     if ok:
-        assert not result.problems, result.summary()
+        assert not result.problems and result.notes[0].startswith("partition gpu (GPUs per node: 8"), result.summary()
     else:
-        assert "the jobs ask for up to 8" in one_line(result, "partition")
+        assert "the jobs ask for up to 8" in one_line(result, "partition") and not result.notes
 
 
 def test_a_partition_time_limit_below_the_jobs_runtime_is_refused():
