@@ -15,7 +15,7 @@ from lsgm.plan import main as plan_main
 from lsgm.plan.cluster import Profile, parse_config_args, workflow_config
 
 ROOT = Path(__file__).resolve().parents[1]
-FOUR = ("--config", "max_gpus_per_node=4")
+FOUR = ("--config", "max_gpus_per_node=4", "scales={paper: {fd: {inception_weights: /shared/w.pth}}}")
 COMPARED = ("slurm_account", "slurm_partition", "nodes", "tasks_per_node", "tasks", "gpu", "gpu_model", "gres", "mpi",
             "cpus_per_task", "mem_mb", "runtime", "slurm_extra")
 
@@ -142,10 +142,10 @@ def test_an_unknown_gpu_is_one_line_with_the_closest_name(capsys):
     assert err.count("\n") == 1 and "'A100-80G' is not a known GPU; did you mean 'A100-80GB'?" in err
 
 
-def test_the_inception_weights_path_is_settable_in_the_config():
+def test_the_inception_weights_path_is_settable_in_the_config(four_per_node):
     """scales.paper.fd.inception_weights (the schema refused it): every FID job gets the file as its flag, and a file
     that is not there yet does not stop the plan (the preflight checks it, in one line, before submitting)."""
-    jobs = dry_run_jobs("--profile", "slurm", "--config", "scales={paper: {fd: {inception_weights: /shared/w.pth}}}")
+    jobs, _ = four_per_node
     fid = [j for j in jobs.values() if j["rule"] in ("fid_stats", "eval_fid", "eval_cost")]
     assert fid and all("--inception-weights /shared/w.pth" in j["shell"] for j in fid)
 
