@@ -118,8 +118,10 @@ class Profile:
         return self.path.parent
 
     def configfiles(self) -> list[str]:
+        """The profile's ``configfiles``: one path (Snakemake takes it from the profile's folder when it is there), or
+        a list (taken as written, relative to the working directory, as Snakemake does)."""
         files = self.data.get("configfiles", self.data.get("configfile")) or []
-        return [_profile_value(self.folder, f) for f in ([files] if isinstance(files, str) else files)]
+        return [_profile_value(self.folder, files)] if isinstance(files, str) else [str(f) for f in files]
 
     def config(self) -> dict:
         """The profile's own ``config:`` (``--config`` in the profile: replaced whole by a command-line --config)."""
