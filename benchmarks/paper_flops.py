@@ -203,17 +203,17 @@ def _images(info, batch: int) -> torch.Tensor:
 def count_step(cfg, kind: str, batch: int, steps: int) -> tuple[float, float]:
     """(FLOPs, saved-activation bytes) of one ``train_step`` of one process at ``batch`` images, mid-training."""
     task = _task(cfg, kind, MetaRun(steps))
-    saved: dict[int, int] = {}
+    saved: dict[int, torch.UntypedStorage] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        saved[storage._cdata] = storage.nbytes()
+        storage = t.untyped_storage()  # held until the count ends: a freed storage's address is never reused here
+        saved[storage._cdata] = storage
         return t
 
     with flop_counter() as counter, MetaScalars(), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         task.train_step([_images(task.info, batch)], steps // 2)
-    return float(counter.get_total_flops()), float(sum(saved.values()))
+    return float(counter.get_total_flops()), float(sum(s.nbytes() for s in saved.values()))
 
 
 def count(fn) -> float:
