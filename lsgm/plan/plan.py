@@ -168,7 +168,8 @@ class Plan(Resolution):
     def eval_jobs(self) -> list[dict]:
         """Every evaluation job of the scale as ``lsgm plan`` prints it: reference statistics, one per (run, metric),
         the sample grids and the estimator variance, each with its slurm resources and the settings that decide its
-        cost (``n_samples``, tolerance, batch). GPU-hours: not estimated (no evaluation has been timed on a GPU)."""
+        cost (``n_samples``, tolerance, batch). ``gpu_hours`` (measured) is None: no evaluation has been timed on a GPU;
+        ``lsgm plan`` adds estimates from counted FLOPs (:mod:`lsgm.plan.cost`)."""
         res = self.eval_resources()
         common = {"gpus": res["gpu"] or 0, "runtime_minutes": res["runtime"], "gpu_hours": None}
         jobs = [{"target": self.stats_path(d), "kind": "fid_stats", "run": d, "scale": self.scale, "settings": {}, **common}
