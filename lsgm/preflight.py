@@ -180,7 +180,7 @@ def check_gpu(plan_runs: Iterable, jobs: list[Job], declared: str | None, memory
                                "config.train: fp16 + GradScaler, as the official code)")
     over = sorted((gib, r.stem) for r in plan_runs if (gib := memory(r)) is not None and gib > gpu.memory_gib)
     if over:
-        result.warnings.append(f"gpu: {len(over)} jobs may not fit {gpu.name}'s {gpu.memory_gib:g} GiB (estimate "
+        result.warnings.append(f"gpu: {len(over)} job(s) may not fit {gpu.name}'s {gpu.memory_gib:g} GiB (estimate "
                                f"{over[-1][0]:,.0f} GiB for {over[-1][1]}; lsgm plan --profile slurm lists them)")
     result.notes.append(f"gpu {gpu.name} ({'bf16' if gpu.bf16 else 'no bf16'}, {gpu.memory_gib:g} GiB)")
 

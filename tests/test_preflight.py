@@ -100,7 +100,7 @@ def test_the_declared_gpu_supports_the_recipes_precision():
         assert expect in one_line(result, "gpu")
     result = preflight.Result()
     preflight.check_gpu(runs, [GPU_JOB], "A100-40GB", lambda r: 55.0, result)
-    assert not result.problems and "2 jobs may not fit A100-40GB's 40 GiB" in result.warnings[0]
+    assert not result.problems and "2 job(s) may not fit A100-40GB's 40 GiB" in result.warnings[0]
 
 
 def test_the_environment_probe_runs_the_jobs_python_on_a_compute_node():

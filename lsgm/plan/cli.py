@@ -171,7 +171,7 @@ class Report:
                     f"activations at the per-process batch): up to {known[worst]:,.1f} GiB ({worst})")
             if self.gpu:
                 over = sorted(k for k, v in known.items() if v > self.gpu.memory_gib)
-                line += (f"; {len(over)} jobs may not fit {self.gpu.name}'s {self.gpu.memory_gib:g} GiB: "
+                line += (f"; {len(over)} job(s) may not fit {self.gpu.name}'s {self.gpu.memory_gib:g} GiB: "
                          f"{', '.join(over)}" if over else f"; every job fits {self.gpu.name}'s {self.gpu.memory_gib:g} GiB")
             else:
                 line += "; declare cluster.gpu (workflow/profiles/slurm/cluster.yaml) to check the fit"
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default=None, help="a Snakemake profile (slurm): read as `snakemake --profile` does")
     p.add_argument("--scale", choices=SCALES, default=None,
                    help="default: the config's scale with --profile (the slurm profile: paper), else paper")
-    p.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE", help="as `snakemake --config`")
+    p.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="as `snakemake --config`; a path (no '='): the whole config.yaml, as --workflow-config")
     p.add_argument("--configfile", nargs="+", default=[], metavar="FILE",
                    help="as `snakemake --configfile`: replaces the profile's configfiles, merged over config.yaml")
     p.add_argument("--default-resources", nargs="+", default=None, metavar="NAME=VALUE",
@@ -231,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-gpus-per-node", type=int, default=None, help="= --config max_gpus_per_node=N")
     p.add_argument("--max-nodes", type=int, default=None, help="= --config max_nodes=N")
     args = p.parse_args(argv)
+    paths = [c for c in args.config if "=" not in c]  # the earlier form: --config config.yaml
+    if len(paths) > 1:
+        print(f"lsgm plan: error: --config {' '.join(paths)}: give one whole config.yaml (--workflow-config) and "
+              "overlays as --configfile", file=sys.stderr)
+        return 2
+    if paths:
+        args.workflow_config, args.config = paths[0], [c for c in args.config if "=" in c]
     for flag in ("max_gpus_per_node", "max_nodes"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             print(f"lsgm plan: error: --{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})",
@@ -244,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = [k for k in ("scales", "recipes") if k not in config]
         if missing:
             raise PlanError(f"{args.workflow_config}: not a whole config (no {', '.join(missing)}); pass a partial "
-                            "file as --configfile")
+                            f"file as --configfile {args.workflow_config} to overlay config.yaml")
         scale = args.scale or (config.get("scale", "paper") if profile else "paper")
         plan = Plan(config, scale)
         defaults = parse_config_args(args.default_resources) if args.default_resources else None
