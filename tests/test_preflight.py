@@ -244,7 +244,7 @@ def test_each_fault_is_refused_on_the_cluster_before_anything_is_submitted(workf
     for text in expected:
         assert sum(text in line for line in problems) == 1, (text, problems)
     assert "Traceback" not in out and "has been submitted" not in out, out[-3000:]
-    assert job_ids() == before  # nothing reached the queue
+    assert not job_ids() - before  # nothing reached the queue (finished jobs age out of squeue after MinJobAge)
 
 
 def test_a_clean_run_passes_the_preflight_and_then_submits(workflow):
