@@ -26,6 +26,12 @@ rule all:
     localrule: True
 
 
+# A slurm run checks what a compute node would otherwise find after the queue wait -- account, partition and GPUs, the
+# data, the Inception weights, the environment -- before anything is submitted (lsgm/preflight.py; docs/slurm.md).
+onstart:
+    preflight_or_stop(workflow)
+
+
 # The run ends with one line: how many metrics reproduce the reference, printed when this run wrote the report (the
 # Snakefile is evaluated again late in a run, so the run's start is read from the name of its log, not a variable).
 onsuccess:

@@ -178,11 +178,14 @@ def preemption(base: Path) -> dict:
     extra = ("--configfile", "preempt.yaml")  # merged over config.yaml (targets first: these options take lists)
     rc, seconds, _ = run_snakemake(works["local"], *PREEMPT_TARGETS.values(), "--cores", "2", *SCALE, *extra,
                                    log="snakemake.log", timeout=1800)
+    # through the profile, a command-line --configfile replaces the profile's configfiles: pass its cluster.yaml too
+    # (docs/slurm.md; the preflight refuses a slurm run without the cluster settings)
+    slurm_extra = ("--configfile", "slurm/cluster.yaml", "preempt.yaml")
     assert rc == 0, (works["local"] / "snakemake.log").read_text()[-3000:]
     record["uninterrupted_local_seconds"] = round(seconds, 1)
     start = time.time()
     proc = start_snakemake(works["slurm"], *PREEMPT_TARGETS.values(), "--profile", "slurm", *CLUSTER_ARGS, *SCALE,
-                           *extra, log="snakemake.log")
+                           *slurm_extra, log="snakemake.log")
     for how, target in PREEMPT_TARGETS.items():
         stem = target.removeprefix("results/mini/runs/").removesuffix("/model.pt")
         wait_for(lambda: checkpoint_of(works["slurm"], target), 900, f"the first checkpoint of {stem}")

@@ -17,12 +17,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-classifier": ("lsgm.train.classifier", "train the feature classifier used for offline FD"),
     "fid-stats": ("lsgm.eval.fid", "compute reference feature statistics for FID/FD"),
     "make-data": ("lsgm.data.miniature", "write a miniature dataset in the official formats (or random Inception)"),
+    "fetch-data": ("lsgm.data.fetch", "download and verify MNIST, CIFAR-10, OMNIGLOT (login node); check CelebA-HQ"),
+    "prepare-celeba": ("lsgm.data.celeba_prepare", "CelebA-HQ-256 from the official code's tfrecords into data/"),
     "evaluate": ("lsgm.eval.cli", "evaluate a trained run: nll | fid | cost | samples"),
     "report": ("lsgm.report.cli", "compile tables and figures: tables | figure4 | variance | reproduction"),
     "import-official": ("lsgm.official_import", "convert an NVlabs/LSGM train_vae/train_vada checkpoint to model.pt"),
     "make-release": ("lsgm.official_writer", "write a miniature NVlabs/LSGM release (official-format, random weights)"),
     "launch": ("lsgm.launch", "start an lsgm command on N nodes x P processes (srun + torchrun, or torchrun locally)"),
-    "plan": ("lsgm.plan", "every training job of a scale: GPUs, batches, steps (--json: resolved configs)"),
+    "plan": ("lsgm.plan", "every job of a scale as submitted, with GPU-hours and GPU memory (--profile slurm)"),
 }
 
 

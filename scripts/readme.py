@@ -1,9 +1,10 @@
-"""Keep every number the README quotes equal to the committed file it comes from.
+"""Keep every number the README and the pages of docs/ quote equal to the committed file it comes from.
 
     python scripts/readme.py --check     exit 1 and name each stale value (tests/test_readme.py runs this)
-    python scripts/readme.py --write     rewrite the README's generated values and blocks from the files
+    python scripts/readme.py --write     rewrite the generated values and blocks from the files
+    (both over README.md and docs/*.md; --readme FILE for one file)
 
-The README marks what it quotes; the marks are HTML comments, invisible on a rendered page:
+The README (and every docs/*.md) marks what it quotes; the marks are HTML comments, invisible on a rendered page:
 
 * a value: ``<!--v SPEC-->TEXT<!--/v-->`` where SPEC is one of
     ``j|FILE|KEY[|AGG][|FMT]``   a JSON file's value; KEY is dotted (``results.mnist.stage1.seconds_per_step``; ``*``
@@ -16,8 +17,8 @@ The README marks what it quotes; the marks are HTML comments, invisible on a ren
     ``p|NAME``                   a fact of the resolved plan (:data:`PLAN_FACTS`);
     ``l|FILE``                   the first line of a text file (``reference/quick/reproduction.md``: its summary);
     ``a|FILE|COLUMN|AGG[|FMT]``  an aggregate (max, min, len, ...) of a CSV column's absolute finite values;
-* a block: ``<!-- BEGIN NAME -->`` ... ``<!-- END NAME -->``, NAME one of :data:`BLOCKS` (e.g. ``plan-paper``, the
-  output of ``lsgm plan --scale paper``).
+* a block: ``<!-- BEGIN NAME -->`` ... ``<!-- END NAME -->``, NAME one of :data:`BLOCKS` (e.g. ``plan-slurm``, the
+  output of ``lsgm plan --profile slurm`` in docs/slurm.md).
 
 ``CLAIMS`` are the README's words about the numbers (``MNIST and OMNIGLOT stand-ins improve on their backbone``):
 each is a sentence the README may hold only while its test on the committed tables holds.
@@ -40,6 +41,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]  # every file whose marks are checked
 VALUE = re.compile(r"<!--v (?P<spec>[^>]*?)-->(?P<text>.*?)<!--/v-->", re.S)
 BLOCK = re.compile(r"(<!-- BEGIN (?P<name>[a-z0-9-]+) -->\n)(?P<text>.*?)(<!-- END (?P=name) -->)", re.S)
 
@@ -178,12 +180,22 @@ def value_of(spec: str) -> str:
 
 
 # ----------------------------------------------------------------------------- blocks
-def _plan_paper() -> str:
+PLAN_SLURM = ["plan", "--profile", "slurm", "--config", "cluster={gpu: A100-80GB}"]
+
+
+def _plan_slurm() -> str:
+    """``lsgm plan --profile slurm --config 'cluster={gpu: A100-80GB}'`` from the repository root (its stdout)."""
+    import os
+
     from lsgm.cli import main
 
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        main(["plan", "--scale", "paper"])
+    out, here = io.StringIO(), os.getcwd()
+    os.chdir(ROOT)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            main(PLAN_SLURM)
+    finally:
+        os.chdir(here)
     return out.getvalue()
 
 
@@ -207,7 +219,7 @@ def _job_seconds() -> str:
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
-    "plan-paper": lambda: "```\n" + _plan_paper() + "```\n",
+    "plan-slurm": lambda: "```\n$ lsgm " + " ".join(PLAN_SLURM[:-1]) + " 'cluster={gpu: A100-80GB}'\n" + _plan_slurm() + "```\n",
     "table2-quick": lambda: _table_excerpt("table2"),
     "table6-quick": lambda: _table_excerpt("table6"),
     "job-seconds-quick": _job_seconds,
@@ -276,16 +288,18 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--check", action="store_true")
     mode.add_argument("--write", action="store_true")
-    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--readme", type=Path, default=None, help="one file (default: README.md and docs/*.md)")
     args = parser.parse_args(argv)
-    text = args.readme.read_text(encoding="utf-8")
-    new, problems = render(text)
-    if args.write:
-        args.readme.write_text(new, encoding="utf-8")
-        problems = [p for p in problems if not p.startswith(("stale value", "stale block"))]
-    for problem in problems:
-        print(f"{args.readme.name}: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    failed = False
+    for page in [args.readme] if args.readme else PAGES:
+        new, problems = render(page.read_text(encoding="utf-8"))
+        if args.write:
+            page.write_text(new, encoding="utf-8")
+            problems = [p for p in problems if not p.startswith(("stale value", "stale block"))]
+        for problem in problems:
+            print(f"{page.relative_to(ROOT) if page.is_relative_to(ROOT) else page}: {problem}", file=sys.stderr)
+        failed |= bool(problems)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -72,7 +72,10 @@ def test_eval_resources_are_per_gpu_times_gpus():
     cfg = copy.deepcopy(CONFIG)
     cfg["scales"]["paper"]["resources"]["eval"].update(gpus=2)
     assert Plan(cfg, "paper").eval_resources() == {"gpu": 2, "cpus_per_task": 16, "mem_mb": 96000, "runtime": 1440}
-    assert set(Plan(CONFIG, "smoke").eval_resources()) == set(EVAL_RESOURCE_KEYS)
+    assert set(Plan(CONFIG, "smoke").eval_resources()) == set(EVAL_RESOURCE_KEYS) - {"gpu_model"}
+    cfg["cluster"] = {"gpu_model": "a100"}  # Slurm's GPU type: --gpus=a100:N; a CPU scale asks for none
+    assert Plan(cfg, "paper").eval_resources()["gpu_model"] == "a100"
+    assert "gpu_model" not in Plan(cfg, "smoke").eval_resources()
 
 
 def test_train_resources_one_node_several_nodes_and_cpu():
@@ -180,15 +183,15 @@ def test_lsgm_plan_lists_evaluations_warns_on_the_placeholder_account_and_refuse
     from lsgm.plan import main
 
     root = Path(__file__).resolve().parents[1]
-    assert main(["--scale", "paper", "--config", str(root / "config.yaml"),
+    assert main(["--scale", "paper", "--workflow-config", str(root / "config.yaml"),
                  "--profile", str(root / "workflow/profiles/slurm/config.yaml")]) == 0
     out, err = capsys.readouterr()
-    assert "144 evaluation jobs" in out and "| fid " in out and "n_samples 50000" in out
-    assert "41 training jobs at scale paper" in out
+    assert "| fid " in out and "n_samples 50000" in out
+    assert "33 training jobs and 97 evaluation jobs at scale paper" in out
     assert err.count("\n") == 1 and "slurm_account is still 'CHANGE_ME'" in err
     profile = tmp_path / "profile.yaml"
     profile.write_text("default-resources:\n  slurm_account: my_lab\n")
-    assert main(["--scale", "paper", "--config", str(root / "config.yaml"), "--profile", str(profile)]) == 0
+    assert main(["--scale", "paper", "--workflow-config", str(root / "config.yaml"), "--profile", str(profile)]) == 0
     assert capsys.readouterr().err == ""
     assert main(["--max-gpus-per-node", "0"]) == 2
     err = capsys.readouterr().err

@@ -18,9 +18,10 @@ def text() -> str:
     return (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def test_every_number_the_readme_quotes_equals_its_file(text):
-    _, problems = readme.render(text)
-    assert not problems, "README.md is stale; run `python scripts/readme.py --write`:\n" + "\n".join(problems)
+@pytest.mark.parametrize("page", [str(p.relative_to(ROOT)) for p in readme.PAGES])
+def test_every_number_the_readme_and_docs_quote_equals_its_file(page):
+    _, problems = readme.render((ROOT / page).read_text(encoding="utf-8"))
+    assert not problems, f"{page} is stale; run `python scripts/readme.py --write`:\n" + "\n".join(problems)
 
 
 def test_the_readme_quotes_its_measured_numbers_through_marks(text):
@@ -32,7 +33,20 @@ def test_the_readme_quotes_its_measured_numbers_through_marks(text):
             "benchmarks/results/train_throughput.json", "benchmarks/results/kill_resume.json",
             "reference/quick/figure4.csv"} <= files
     assert sum(spec.startswith("t|") for spec in specs) >= 20
-    assert {m["name"] for m in readme.BLOCK.finditer(text)} == set(readme.BLOCKS)
+    pages = [p.read_text(encoding="utf-8") for p in readme.PAGES]
+    assert {m["name"] for page in pages for m in readme.BLOCK.finditer(page)} == set(readme.BLOCKS)
+
+
+def test_the_slurm_page_quotes_the_plan_and_the_flop_count_through_marks():
+    """docs/slurm.md: the `lsgm plan --profile slurm` output is a generated block, the FLOP count's published check
+    is quoted from benchmarks/results/paper_flops.json; a stale one fails the check like the README's."""
+    page = (ROOT / "docs" / "slurm.md").read_text(encoding="utf-8")
+    assert readme.PAGES[0] == ROOT / "README.md" and ROOT / "docs" / "slurm.md" in readme.PAGES
+    assert "plan-slurm" in {m["name"] for m in readme.BLOCK.finditer(page)}
+    spec = "j|benchmarks/results/paper_flops.json|published_check.implied_utilisation|.0%"
+    mark = next(m for m in readme.VALUE.finditer(page) if m["spec"] == spec)
+    assert readme.render(page.replace(mark[0], f"<!--v {spec}-->99%<!--/v-->"))[1] == [
+        f"stale value '99%', the file says {mark['text']!r} ({spec})"]
 
 
 def test_one_stale_number_fails_the_check_and_is_named(text):

@@ -15,6 +15,7 @@ from lsgm.data.common import (
     check_count,
     corrupt,
     is_official,
+    md5sum,
     missing,
     missing_unofficial,
     one_line,
@@ -82,8 +83,12 @@ def _cifar10_from_archive(root: Path, download: bool, official: bool = True) -> 
         try:
             download_url(CIFAR10_URL, str(root), filename=CIFAR10_ARCHIVE, md5=CIFAR10_ARCHIVE_MD5)
         except (OSError, RuntimeError) as err:
+            why = one_line(err)
+            if archive.exists():  # downloaded, but not the official archive: say so, and do not keep it
+                why = f"the downloaded file has md5 {md5sum(archive)}, expected {CIFAR10_ARCHIVE_MD5}"
+                archive.unlink()
             raise missing("cifar10", root, {CIFAR10_ARCHIVE: f"md5 {CIFAR10_ARCHIVE_MD5}"}, CIFAR10_URL,
-                           f"by hand; download failed: {one_line(err)}") from err
+                           f"by hand; download failed: {why}") from err
     if not archive.exists():
         raise missing("cifar10", root, {CIFAR10_ARCHIVE: f"md5 {CIFAR10_ARCHIVE_MD5}"}, CIFAR10_URL)
     if official:

@@ -7,6 +7,10 @@ resources), ``resolve`` (:class:`~lsgm.plan.resolve.Resolution`: config.yaml -> 
 GPU-hours). Everything is importable from ``lsgm.plan``.
 ``released`` (:class:`ReleasedPlan`: the NVlabs/LSGM released checkpoints, imported and evaluated; :func:`make_plan`
 gives the plan of any scale).
+)
+(:class:`Plan`: the resolution, checked across runs, and the DAG's inputs and targets), ``cluster`` (the GPU kinds, a
+Snakemake profile read as Snakemake reads it), ``cost`` (GPU-hours measured or estimated from counted FLOPs, GPU
+memory), ``cli`` (``lsgm plan``). Everything is importable from ``lsgm.plan``.
 """
 
 from __future__ import annotations
@@ -48,13 +52,19 @@ from lsgm.plan.released import (  # noqa: F401
     ReleaseFile,
     make_plan,
 )
+from lsgm.plan.cluster import (  # noqa: F401
+    GPUS,
+    Profile,
+    workflow_config,
+)
+from lsgm.plan.cost import (  # noqa: F401
+    Costs,
+    Estimate,
+    load_measured,
+)
 from lsgm.plan.cli import (  # noqa: F401
     gpu_hours,
-    load_measured,
-    plan_table,
-    eval_table,
-    warn_unset_account,
-    load_config,
+    Report,
     main,
 )
 

@@ -44,8 +44,9 @@ EVAL_SIZE_KEYS = frozenset({"n_samples", "batch_size", "n_batches", "fd_samples"
 # the keys a derived scale sets itself; every other key of its preset is its base's
 DERIVED_OWN_KEYS = ("data_root", "resources", "launch")
 # The slurm executor-plugin resources a job declares (workflow/rules/common.smk asks the plan for each one).
-TRAIN_RESOURCE_KEYS = ("gpu", "nodes", "tasks_per_node", "tasks", "gres", "mpi", "cpus_per_task", "mem_mb", "runtime")
-EVAL_RESOURCE_KEYS = ("gpu", "cpus_per_task", "mem_mb", "runtime")
+TRAIN_RESOURCE_KEYS = ("gpu", "gpu_model", "nodes", "tasks_per_node", "tasks", "gres", "mpi", "cpus_per_task", "mem_mb",
+                       "runtime")
+EVAL_RESOURCE_KEYS = ("gpu", "gpu_model", "cpus_per_task", "mem_mb", "runtime")
 
 
 class PlanError(ValueError):

@@ -122,11 +122,14 @@ class Plan(Resolution):
     def eval_resources(self) -> dict:
         """Slurm resources of an evaluation job (also reference statistics and the FD classifier): the scale's
         ``resources.eval`` (``threads`` and ``mem_mb`` per GPU) times its GPUs; ``cpus_per_task`` is also the job's
-        threads."""
+        threads; a declared GPU type (``cluster.gpu_model``) as ``gpu_model``."""
         ev = self.sc["resources"]["eval"]
         gpus = ev.get("gpus", 0)
-        return {"gpu": gpus or None, "cpus_per_task": ev["threads"] * max(1, gpus), "mem_mb": ev["mem_mb"] * max(1, gpus),
-                "runtime": ev.get("runtime", 60)}
+        out = {"gpu": gpus or None, "cpus_per_task": ev["threads"] * max(1, gpus), "mem_mb": ev["mem_mb"] * max(1, gpus),
+               "runtime": ev.get("runtime", 60)}
+        if gpus and self.cluster["gpu_model"]:
+            out["gpu_model"] = self.cluster["gpu_model"]
+        return out
 
     def data_manifest(self, dataset: str) -> str | None:
         """A miniature's dataset (``lsgm make-data`` in ``data_root``; its manifest is written last), else None."""
@@ -215,10 +218,11 @@ class Plan(Resolution):
     def eval_jobs(self) -> list[dict]:
         """Every evaluation job of the scale as ``lsgm plan`` prints it: reference statistics, one per (run, metric),
         the sample grids and the estimator variance, each with its slurm resources and the settings that decide its
-        cost (``n_samples``, tolerance, batch). GPU-hours: not estimated (no evaluation has been timed on a GPU)."""
+        cost (``n_samples``, tolerance, batch). ``gpu_hours`` (measured) is None: no evaluation has been timed on a GPU;
+        ``lsgm plan`` adds estimates from counted FLOPs (:mod:`lsgm.plan.cost`)."""
         res = self.eval_resources()
         common = {"gpus": res["gpu"] or 0, "runtime_minutes": res["runtime"], "gpu_hours": None}
-        jobs = [{"target": self.stats_path(d), "kind": "fid_stats", "run": d, "settings": {}, **common}
+        jobs = [{"target": self.stats_path(d), "kind": "fid_stats", "run": d, "scale": self.scale, "settings": {}, **common}
                 for d in sorted({r.dataset for r in self.runs.values() if {"fid", "cost"} & set(r.evals)})]
         for run in self.training_runs():
             jobs += [{"target": run.metrics_path(m), "kind": m, "run": run.stem,

@@ -36,6 +36,7 @@ from lsgm.plan.common import (
 from lsgm.plan import scaling
 from lsgm.plan.control_runs import ControlRuns
 from lsgm.plan.layers import Layers
+from lsgm.plan.cluster import cluster_settings
 from lsgm.plan.run import Run
 
 
@@ -66,6 +67,7 @@ class Resolution(ControlRuns):
             own = {**base, **{k: own[k] for k in DERIVED_OWN_KEYS if k in own},
                    "fd": {**base["fd"], **own.get("fd", {})}, "data_sizes": own.get("data_sizes", {})}
         self.sc = own
+        self.cluster = cluster_settings(config)  # the declared GPU and Slurm's name of its type (cluster.yaml)
         self.seeds: list[int] = list(self.sc["seeds"])
         # One job per run trains / evaluates all its seeds in one process (scales.S.batch_seeds); else one job per seed.
         self.batch_seeds: bool = bool(self.sc.get("batch_seeds", False))
@@ -297,7 +299,8 @@ class Resolution(ControlRuns):
         run = Run(scale=self.scale, kind=kind, dataset=dataset, name=name, seed=seed, config=resolved, nodes=nodes,
                   gpus_per_node=per_node, runtime=runtime, evals=tuple(evals), eval_settings=eval_block(eval_layers, kind),
                   official=official, epochs=epochs, per_gpu=dict(self.sc["resources"]["train"]),
-                  gpu=self.sc.get("launch", {}).get("gpu", True), layers={"config": layers, "eval": eval_layers})
+                  gpu=self.sc.get("launch", {}).get("gpu", True), layers={"config": layers, "eval": eval_layers},
+                  gpu_model=self.cluster["gpu_model"])
         try:
             run.batch_split
         except ConfigError as err:

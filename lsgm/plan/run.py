@@ -33,6 +33,7 @@ class Run:
     layers: dict = field(default_factory=dict, repr=False)  # "config" / "eval": lsgm.plan.layers.Layers (--why)
     per_gpu: dict = field(default_factory=dict)  # scales.S.resources.train: threads and mem_mb per GPU
     gpu: bool = True  # one GPU per process; False: CPU processes (the miniature, gloo), no GPU resources
+    gpu_model: str | None = None  # Slurm's GPU type (cluster.gpu_model): --gpus=MODEL:N, --gres=gpu:MODEL:N
 
     @property
     def gpus(self) -> int:
@@ -95,7 +96,8 @@ class Run:
         """Slurm executor-plugin resources of the training job from the scale's per-GPU ``threads`` / ``mem_mb``.
         One node: ``gpu`` (-> --gpus=N), the node's CPUs and memory. Several nodes: ``nodes``, one task per GPU
         (``tasks_per_node``, ``cpus_per_task`` per GPU), ``gres=gpu:N`` per node and ``mpi`` so the job runs the
-        launcher's own srun (one torchrun per node); ``mem_mb`` is per node."""
+        launcher's own srun (one torchrun per node); ``mem_mb`` is per node. A declared GPU type (``cluster.gpu_model``)
+        goes into both: ``gpu_model`` (-> --gpus=MODEL:N) and ``gres=gpu:MODEL:N``."""
         per_gpu, g = self.per_gpu, max(1, self.gpus_per_node)
         res = {"mem_mb": per_gpu["mem_mb"] * g, "runtime": self.runtime}
         if self.nodes > 1:
@@ -104,11 +106,14 @@ class Run:
                                 "supported layout; raise max_gpus_per_node or lower max_nodes")
             res.update(nodes=self.nodes, cpus_per_task=per_gpu["threads"], mpi="srun")
             if self.gpu:  # tasks_per_node (> 1): the plugin would turn `tasks` into --ntasks-per-gpu for a GPU job
-                res.update(tasks_per_node=self.gpus_per_node, gres=f"gpu:{self.gpus_per_node}")
+                model = f"{self.gpu_model}:" if self.gpu_model else ""
+                res.update(tasks_per_node=self.gpus_per_node, gres=f"gpu:{model}{self.gpus_per_node}")
             else:  # the plugin refuses tasks_per_node = 1 for an srun (mpi) job; tasks = one per process
                 res["tasks"] = self.nodes * self.gpus_per_node
         else:
             res.update(cpus_per_task=per_gpu["threads"] * g, gpu=(self.gpus or None) if self.gpu else None)
+            if res["gpu"] and self.gpu_model:
+                res["gpu_model"] = self.gpu_model
         return res
 
     def threads(self) -> int:

@@ -217,16 +217,25 @@ def data_for(wc):
     return [manifest] if manifest else []
 
 
-def inception_for(wc):
-    """The Inception-v3 weights file of a job whose features are Inception's, when the scale names one."""
+def _inception_weights(wc):
+    """(weights file, whether the DAG writes it) of a job whose features are Inception's, else (None, False)."""
     plan = PLANS[wc.scale]
     features = getattr(wc, "features", None) or plan.sc["fd"]["features"].get(wc.dataset)
-    weights = plan.inception_weights()
-    return [weights] if weights and features == "inception" else []
+    weights = plan.inception_weights() if features == "inception" else None
+    return weights, plan.sc["fd"].get("inception_weights") == "random"
+
+
+def inception_for(wc):
+    """The Inception-v3 weights as an input where the DAG writes them (a miniature's random ones). A user's file
+    (scales.S.fd.inception_weights) is a flag only: a missing or corrupt one is the preflight's single line, not
+    Snakemake's missing-input report (lsgm/preflight.py)."""
+    weights, made = _inception_weights(wc)
+    return [weights] if weights and made else []
 
 
 def inception_flag(wc, input):
-    return f" --inception-weights {input.inception}" if input.inception else ""
+    weights, _ = _inception_weights(wc)
+    return f" --inception-weights {weights}" if weights else ""
 
 
 def classifier_for_stats(wc):
@@ -271,3 +280,14 @@ def write_run_config(cfg: dict, out: str, log: str) -> None:
     save_run_config(run, out)
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     Path(log).write_text(f"wrote {out} ({run.kind} {run.name}, seed {run.seed})\n")
+
+
+def preflight_or_stop(workflow):
+    """The login-node preflight (lsgm/preflight.py) of a slurm run, in the Snakefile's onstart: after the DAG is built
+    and before the executor submits a job. One summary; a fault stops the run (WorkflowError, exit 1). Other executors,
+    dry runs and the jobs themselves (--no-hooks) never get here or return at once; --config preflight=false skips."""
+    from lsgm import preflight
+
+    result = preflight.of_workflow(workflow, config, PLANS[SCALE])
+    if result is not None and result.problems:
+        raise WorkflowError(f"preflight: {len(result.problems)} problem(s) above; nothing was submitted")
