@@ -57,7 +57,7 @@ def test_the_profile_plus_config_plans_the_paper_scale_at_four_gpus_per_node(fou
     scale. The profile's settings now come from its configfile (cluster.yaml), which `--config` merges over."""
     jobs, _ = four_per_node
     train = {p: j for p, j in jobs.items() if j["rule"] == "train"}
-    assert len(train) == 33 and all(p.startswith("results/paper/runs/") for p in train), sorted(train)[:3]
+    assert len(train) == 41 and all(p.startswith("results/paper/runs/") for p in train), sorted(train)[:3]
     assert not any("scale=quick" in j["wildcards"] for j in jobs.values())
     gres = {j["resources"].get("gres") for j in train.values()} - {None}
     assert gres == {"gpu:4"}, gres  # every multi-node job: 2 nodes x 4 GPUs, never gpu:8
@@ -87,7 +87,7 @@ def test_lsgm_plan_shows_what_snakemake_submits(four_per_node):
             assert f"lsgm launch --nodes {job['nodes']} --nproc-per-node {per_node} --gpu --" in dry["shell"], job
             assert job["per_gpu_batch"] * job["grad_accum"] * job["gpus"] == job["global_batch"], job
         compared += 1
-    assert compared == len(plan["jobs"]) + len(plan["eval_jobs"]) == 33 + 97
+    assert compared == len(plan["jobs"]) + len(plan["eval_jobs"]) == 41 + 144  # the controls at init included
     accum = {j["target"]: j["grad_accum"] for j in plan["jobs"]}
     assert accum["results/paper/runs/cifar10/lsgm/fid-s0/model.pt"] == 2  # 16 official GPUs on 2 x 4
 
@@ -96,10 +96,10 @@ def test_lsgm_plan_prints_totals_labelled_as_estimates(capsys):
     assert plan_main(["--profile", "slurm", "--config", "cluster={gpu: A100-40GB}", "max_gpus_per_node=4"]) == 0
     out = capsys.readouterr().out
     totals = out.split("\n\n")[-1]
-    assert "33 training jobs and 97 evaluation jobs at scale paper" in totals
+    assert "41 training jobs and 144 evaluation jobs at scale paper" in totals
     assert ("estimate (FLOPs x assumed utilisation): FLOPs / (A100-40GB bf16 peak 312 TFLOP/s x 10%-30% utilisation)"
             in totals), totals
-    assert re.search(r"training [\d,]+-[\d,]+ \(33 of 33 jobs\)", totals), totals
+    assert re.search(r"training [\d,]+-[\d,]+ \(41 of 41 jobs\)", totals), totals
     assert "peak GPU memory per job, estimate" in totals and "may not fit A100-40GB's 40 GiB" in totals, totals
     assert "GPU: A100-40GB (cluster.gpu)" in out.splitlines()[0]
 
@@ -180,6 +180,6 @@ def test_a_changed_network_makes_the_count_stale_and_cpu_scales_have_no_gpu_hour
     assert len(stale) == 17 and all("/lsgm/vpsde-" in s or "/lsgm/geometric-" in s for s in stale)
     totals = Report(plan, None, None, "A100-80GB").totals()
     assert any("17 runs' networks changed since benchmarks/results/paper_flops.json was counted" in t for t in totals)
-    assert any("training" in t and "(16 of 33 jobs)" in t for t in totals), totals
+    assert any("training" in t and "(22 of 41 jobs)" in t for t in totals), totals  # 17 cells, 2 SDEs' inits
     quick = Report(Plan(config, "quick"), None, None, None).totals()
-    assert quick == ["97 training jobs and 202 evaluation jobs at scale quick, CPU only (no GPU-hours)"]
+    assert quick == ["121 training jobs and 319 evaluation jobs at scale quick, CPU only (no GPU-hours)"]

@@ -187,7 +187,7 @@ def test_lsgm_plan_lists_evaluations_warns_on_the_placeholder_account_and_refuse
                  "--profile", str(root / "workflow/profiles/slurm/config.yaml")]) == 0
     out, err = capsys.readouterr()
     assert "| fid " in out and "n_samples 50000" in out
-    assert "33 training jobs and 97 evaluation jobs at scale paper" in out
+    assert "41 training jobs and 144 evaluation jobs at scale paper" in out
     assert err.count("\n") == 1 and "slurm_account is still 'CHANGE_ME'" in err
     profile = tmp_path / "profile.yaml"
     profile.write_text("default-resources:\n  slurm_account: my_lab\n")

@@ -55,6 +55,6 @@ class ControlRuns:
                   evals=tuple(m for m in lsgm.evals if m not in CONTROL_EVALS),
                   eval_settings=copy.deepcopy(lsgm.eval_settings),
                   official=lsgm.official, per_gpu=lsgm.per_gpu, gpu=lsgm.gpu, backbone=lsgm.backbone,
-                  init_of=lsgm.name, layers=layers)
+                  init_of=lsgm.name, copies=lsgm.name, layers=layers)
         self.runs[("lsgm", lsgm.dataset, name, lsgm.seed)] = run
         return run

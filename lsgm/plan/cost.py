@@ -129,7 +129,8 @@ class Costs:
 
     def counted(self, run: Run) -> dict | None:
         """The run's count, if there is one for its current networks (else None: not counted, or stale)."""
-        entry = self.runs.get(run.stem) if run.scale == self.scale else None
+        stem = run.stem.replace(f"/{run.name}-s", f"/{run.copies}-s") if run.copies else run.stem  # an LSGM at init
+        entry = self.runs.get(stem) if run.scale == self.scale else None
         return entry if entry and entry.get("fingerprint") == flop_fingerprint(run.config) else None
 
     def stale(self, runs: list[Run]) -> list[str]:
@@ -140,6 +141,8 @@ class Costs:
         entry = self.counted(run)
         if entry is None:
             return None
+        if run.config["train"]["steps"] == 0:  # an LSGM at initialisation trains nothing
+            return 0.0
         per_process, accum = run.batch_split
         step = entry["train_step_flops"]
         processes = max(1, run.gpus)
@@ -179,6 +182,8 @@ class Costs:
         per = entry["eval_flops_per_image"]
         if kind == "fid":
             return s.get("n_samples", 0) * (self._sample_flops(run, per, s) + inception)
+        if kind == "fid_normal":  # the sample-quality control: z0 ~ N(0, tau^2 I) decoded, no ODE
+            return s.get("n_samples", 0) * (per.get("decoder", 0.0) + inception)
         if kind == "samples":
             return s.get("n", 64) * self._sample_flops(run, per, s)
         if kind == "cost":  # per ODE tolerance and PC step count: timed batches, and the FD of fd_samples samples

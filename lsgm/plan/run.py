@@ -30,6 +30,7 @@ class Run:
     epochs: int | None = None
     backbone: "Run | None" = None
     init_of: str | None = None  # the control "LSGM at initialisation": the LSGM recipe (or Table 6 SDE) it starts
+    copies: str | None = None  # ... and the name of the LSGM run whose config (but its steps) it has
     layers: dict = field(default_factory=dict, repr=False)  # "config" / "eval": lsgm.plan.layers.Layers (--why)
     per_gpu: dict = field(default_factory=dict)  # scales.S.resources.train: threads and mem_mb per GPU
     gpu: bool = True  # one GPU per process; False: CPU processes (the miniature, gloo), no GPU resources
