@@ -1,5 +1,5 @@
 """The bootstrap behind a cost row's ``fd_stderr``, side by side in one run: torch-fidelity's Fréchet distance
-(``sqrtm`` of the D x D product) per resample, as until c1edef7, against :class:`lsgm.eval.fid.ReferenceFD` (no
+(``sqrtm`` of the D x D product) per resample, as until c1edef7, against :class:`lsgm.eval.frechet.ReferenceFD` (no
 ``sqrtm``), on Inception-sized features (D = 2048) against fixed reference statistics. Writes
 ``benchmarks/results/fd_bootstrap.json``: seconds per standard error and the two standard errors' relative
 difference, for each sample count.
@@ -19,7 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from lsgm.eval.fid import FD_BOOTSTRAP_DRAWS, fd_standard_error, feature_statistics, frechet_distance  # noqa: E402
+from lsgm.eval.frechet import FD_BOOTSTRAP_DRAWS, fd_standard_error, feature_statistics, frechet_distance  # noqa: E402
 from lsgm.io import atomic_write_json, provenance  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                      "speedup": round(old_s / new_s, 1), "stderr_sqrtm": old, "stderr_reference_fd": new,
                      "relative_difference": abs(new - old) / abs(old)})
         print(rows[-1], flush=True)
-    record = {"what": "bootstrap FD standard error, torch-fidelity sqrtm per draw vs lsgm.eval.fid.ReferenceFD",
+    record = {"what": "bootstrap FD standard error, torch-fidelity sqrtm per draw vs lsgm.eval.frechet.ReferenceFD",
               "dim": args.dim, "draws": FD_BOOTSTRAP_DRAWS, "reference_features": args.reference, "rows": rows,
               "threads": torch.get_num_threads(),
               "provenance": provenance("cpu", wall_seconds=time.perf_counter() - started)}

@@ -140,8 +140,8 @@ def _n(module) -> int:
 def _task(cfg, kind: str, run: MetaRun):
     """The trainer of ``cfg`` with its networks on the meta device (no data, no checkpoint: what ``train_step`` uses)."""
     from lsgm.data import dataset_info
-    from lsgm.objectives import kl_balance_alphas
-    from lsgm.sde import make_sde
+    from lsgm.diffusion.objectives import kl_balance_alphas
+    from lsgm.diffusion.sde import make_sde
     from lsgm.train.ema import EMA
     from lsgm.train.optim import make_optimizer, trainable
 
@@ -160,7 +160,7 @@ def _task(cfg, kind: str, run: MetaRun):
             from lsgm.methods import q_trains_score
             from lsgm.nets.nvae import NVAE
             from lsgm.score import build_score
-            from lsgm.time_sampling import make_q_sampler, make_time_sampler
+            from lsgm.diffusion.time_sampling import make_q_sampler, make_time_sampler
             from lsgm.train.lsgm import LSGMTask
 
             task, obj = object.__new__(LSGMTask), cfg.objective
@@ -180,7 +180,7 @@ def _task(cfg, kind: str, run: MetaRun):
             task.modules = {"vae": task.vae, "score": task.score}
         else:
             from lsgm.score import build_score
-            from lsgm.time_sampling import make_time_sampler
+            from lsgm.diffusion.time_sampling import make_time_sampler
             from lsgm.train.sgm import SGMTask
 
             task = object.__new__(SGMTask)
@@ -232,8 +232,8 @@ def linear(fn, batch: int) -> dict:
 def count_eval(cfg, kind: str) -> dict:
     """FLOPs per image of one network evaluation: sampling NFE, likelihood NFE (score + Hutchinson divergence), decoder,
     encoder (a VAE: its whole forward pass, the NLL's unit)."""
-    from lsgm.likelihood import AugmentedFlow
-    from lsgm.sampling import ProbabilityFlow
+    from lsgm.diffusion.likelihood import AugmentedFlow
+    from lsgm.diffusion.sampling import ProbabilityFlow
 
     task = _task(cfg, kind, MetaRun(1))
     for module in task.modules.values():  # evaluation: no parameter gradients (the likelihood's are w.r.t. z only)

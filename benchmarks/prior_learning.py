@@ -34,7 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -104,8 +103,8 @@ def dsm_cross_entropy(score, sde, t_eps: float, z: torch.Tensor, t_draws: int, s
                       batch: int = 2000) -> torch.Tensor:
     """Theorem 1's bound of -log p(z) [N] (nats) under ``score``: r_ll importance-sampled t, ``t_draws`` draws, the
     truncation term; the same (t, noise) draws for every model (a generator seeded by ``seed`` per chunk)."""
-    from lsgm.objectives import prior_cross_entropy, truncation_term
-    from lsgm.time_sampling import make_time_sampler
+    from lsgm.diffusion.objectives import prior_cross_entropy, truncation_term
+    from lsgm.diffusion.time_sampling import make_time_sampler
 
     sampler = make_time_sampler("ll", "is", sde, t_eps)
     out = []
@@ -130,7 +129,7 @@ def headroom(train: Latents, test: Latents, to_bpd, components: int, seed: int) 
     from sklearn.mixture import GaussianMixture
     from scipy.stats import multivariate_normal
 
-    from lsgm.objectives import normal_cross_entropy
+    from lsgm.gaussian import normal_cross_entropy
 
     xtr = train.z.flatten(1).double().numpy()
     xte = test.z.flatten(1).double().numpy()
@@ -202,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from lsgm.data import get_dataset
     from lsgm.eval.common import load_run
-    from lsgm.objectives import normal_cross_entropy
-    from lsgm.sde import make_sde
+    from lsgm.gaussian import normal_cross_entropy
+    from lsgm.diffusion.sde import make_sde
     from lsgm.train.distributed import unwrap
 
     started, load_before = time.time(), os.getloadavg()

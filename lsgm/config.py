@@ -144,7 +144,7 @@ class SDEConfig:
     sigma2_max: float = rng(0.999, **UNIT_OPEN)
     sigma2_0_geometric: float = rng(3e-5, 0.0, 1.0, hi_open=True)
     sigma_min: float = rng(0.01, **POSITIVE)  # VESDE (the pixel-space original SGM): sigma_t = sigma_min (max/min)^t
-    sigma_max: float = rng(348.0, **POSITIVE)  # score_sde CelebA-HQ-256; see lsgm.sde.max_pairwise_distance
+    sigma_max: float = rng(348.0, **POSITIVE)  # score_sde CelebA-HQ-256; see lsgm.diffusion.sde.max_pairwise_distance
     t_eps: float = rng(1e-2, 0.0, 1.0, hi_open=True)  # training cut-off: t ~ [t_eps, 1]
 
     def _check(self) -> None:

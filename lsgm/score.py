@@ -17,7 +17,7 @@ from torch import nn
 
 from lsgm.config import RunConfig
 from lsgm.nets.ncsnpp import NCSNpp
-from lsgm.sde import SDE
+from lsgm.diffusion.sde import SDE
 
 
 class MixedScore(nn.Module):

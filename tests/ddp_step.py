@@ -18,9 +18,9 @@ import torch
 def score_step(out: str, cap: int) -> None:
     from lsgm.config import RunConfig, from_dict
     from lsgm.nets.ncsnpp import NCSNpp
-    from lsgm.objectives import diffusion_terms
-    from lsgm.sde import make_sde
-    from lsgm.time_sampling import make_time_sampler
+    from lsgm.diffusion.objectives import diffusion_terms
+    from lsgm.diffusion.sde import make_sde
+    from lsgm.diffusion.time_sampling import make_time_sampler
     from lsgm.train.distributed import unwrap
     from lsgm.train.optim import trainable
     from lsgm.train.run import Run

@@ -4,7 +4,6 @@ replaced by N(0, tau^2 I)) and the learned differences with their standard error
 
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 from pathlib import Path

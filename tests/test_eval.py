@@ -21,13 +21,15 @@ from lsgm.data import dataset_info
 from lsgm.eval import cli as eval_cli
 from lsgm.eval import features as features_mod
 from lsgm.eval import fid as fid_mod
+from lsgm.eval import frechet as frechet_mod
+from lsgm.eval import reference as reference_mod
 from lsgm.eval.generate import Sampling, sample_batch
 from lsgm.eval.common import EvalError, LoadedRun, load_run, per_sample_normal, sample_generators
 from lsgm.eval.nll import PriorSettings, batch_terms, iw_nll
 from lsgm.nets.classifier import FeatureClassifier
 from lsgm.nets.nvae import NVAE
 from lsgm.score import build_score
-from lsgm.sde import make_sde
+from lsgm.diffusion.sde import make_sde
 from lsgm.utils import atomic_torch_save
 
 TINY_VAE = ["vae.num_channels=8", "vae.num_latent_per_group=2", "vae.use_se=false", "vae.num_mix=2"]
@@ -89,10 +91,10 @@ def test_iw_k1_equals_nelbo_through_the_evaluation(tmp_path, prior):
 # ------------------------------------------------------------------------------------------------ FD
 def test_frechet_distance_zero_for_identical_sets_and_grows_with_shift():
     feats = torch.from_numpy(np.random.default_rng(0).normal(size=(600, 16)))
-    ref = fid_mod.feature_statistics(feats)
-    assert abs(fid_mod.frechet_distance(fid_mod.feature_statistics(feats.clone()), ref)) < 1e-6
-    small = fid_mod.frechet_distance(fid_mod.feature_statistics(feats + 0.25), ref)
-    large = fid_mod.frechet_distance(fid_mod.feature_statistics(feats + 1.0), ref)
+    ref = frechet_mod.feature_statistics(feats)
+    assert abs(frechet_mod.frechet_distance(frechet_mod.feature_statistics(feats.clone()), ref)) < 1e-6
+    small = frechet_mod.frechet_distance(frechet_mod.feature_statistics(feats + 0.25), ref)
+    large = frechet_mod.frechet_distance(frechet_mod.feature_statistics(feats + 1.0), ref)
     assert 0 < small < large
     assert small == pytest.approx(16 * 0.25**2, rel=1e-6)  # a pure mean shift: ||delta||^2
 
@@ -113,7 +115,7 @@ def test_reference_fd_is_the_closed_form_for_commuting_covariances():
         b = rng.uniform(0.1, 3.0, size=dim)
         mu2 = rng.normal(size=dim)
         exact = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-        fd = fid_mod.ReferenceFD({"mu": mu2, "sigma": np.diag(b)})(torch.from_numpy(x + mu1))
+        fd = frechet_mod.ReferenceFD({"mu": mu2, "sigma": np.diag(b)})(torch.from_numpy(x + mu1))
         assert fd == pytest.approx(exact, rel=1e-10), (n, dim)
 
 
@@ -122,10 +124,10 @@ def test_reference_fd_equals_torch_fidelitys_frechet_distance():
     rng = np.random.default_rng(1)
     for n, dim in ((300, 16), (10, 64)):
         mix = rng.normal(size=(dim, dim))
-        ref = fid_mod.feature_statistics(torch.from_numpy(rng.normal(size=(500, dim)) @ mix))
+        ref = frechet_mod.feature_statistics(torch.from_numpy(rng.normal(size=(500, dim)) @ mix))
         feats = torch.from_numpy(rng.normal(size=(n, dim)) @ mix.T + 0.3)
-        expected = fid_mod.frechet_distance(fid_mod.feature_statistics(feats), ref)
-        assert fid_mod.ReferenceFD(ref)(feats) == pytest.approx(expected, rel=1e-7), (n, dim)
+        expected = frechet_mod.frechet_distance(frechet_mod.feature_statistics(feats), ref)
+        assert frechet_mod.ReferenceFD(ref)(feats) == pytest.approx(expected, rel=1e-7), (n, dim)
 
 
 def test_fd_standard_error_is_the_spread_of_the_fd_over_sample_sets():
@@ -135,10 +137,10 @@ def test_fd_standard_error_is_the_spread_of_the_fd_over_sample_sets():
     ref = {"mu": np.zeros(dim), "sigma": np.eye(dim)}
     gen = torch.Generator().manual_seed(1)
     sets = [torch.randn(n, dim, generator=gen, dtype=torch.float64) + 0.3 for _ in range(200)]
-    spread = np.std([fid_mod.frechet_distance(fid_mod.feature_statistics(x), ref) for x in sets], ddof=1)
-    estimates = [fid_mod.fd_standard_error(x, ref) for x in sets[:20]]
+    spread = np.std([frechet_mod.frechet_distance(frechet_mod.feature_statistics(x), ref) for x in sets], ddof=1)
+    estimates = [frechet_mod.fd_standard_error(x, ref) for x in sets[:20]]
     assert np.mean(estimates) == pytest.approx(spread, rel=0.35)
-    assert fid_mod.fd_standard_error(sets[0], ref, seed=3) == fid_mod.fd_standard_error(sets[0], ref, seed=3)
+    assert frechet_mod.fd_standard_error(sets[0], ref, seed=3) == frechet_mod.fd_standard_error(sets[0], ref, seed=3)
 
 
 # ------------------------------------------------------------------------------------------------ seeding
@@ -222,11 +224,11 @@ def test_missing_inception_weights_offline_is_a_clear_error(tmp_path, monkeypatc
     with pytest.raises(EvalError, match=features_mod.INCEPTION_FILE):
         features_mod.make_extractor("inception")
     out = tmp_path / "stats.pt"
-    assert fid_mod.main(["--dataset", "digits", "--features", "inception", "--out", str(out)]) == 2
+    assert reference_mod.main(["--dataset", "digits", "--features", "inception", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and features_mod.INCEPTION_FILE in err and "--inception-weights" in err
     assert not out.exists()
-    assert fid_mod.main(["--dataset", "digits", "--features", "inception", "--inception-weights",
+    assert reference_mod.main(["--dataset", "digits", "--features", "inception", "--inception-weights",
                          str(tmp_path / "nope.pth"), "--out", str(out)]) == 2
     assert not out.exists()
 
@@ -234,10 +236,10 @@ def test_missing_inception_weights_offline_is_a_clear_error(tmp_path, monkeypatc
 def test_stats_from_another_extractor_are_rejected(tmp_path, capsys):
     clf_a, clf_b = _classifier_file(tmp_path / "a.pt", 0), _classifier_file(tmp_path / "b.pt", 1)
     stats = tmp_path / "stats.pt"
-    assert fid_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier", str(clf_a),
+    assert reference_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier", str(clf_a),
                          "--max-samples", "64", "--out", str(stats)]) == 0
-    meta = fid_mod.load_stats(stats)
-    assert meta["n"] == 64 and meta["split"] == "train" and meta["version"] == fid_mod.STATS_VERSION
+    meta = reference_mod.load_stats(stats)
+    assert meta["n"] == 64 and meta["split"] == "train" and meta["version"] == reference_mod.STATS_VERSION
     model, out = _lsgm_run(tmp_path), tmp_path / "fid.json"
     code = eval_cli.main(["fid", "--model", str(model), "--stats", str(stats), "--classifier", str(clf_b),
                           "--out", str(out), "--n-samples", "4"])
@@ -256,7 +258,7 @@ def test_diverged_run_gives_nan_metrics_and_exit_0(tmp_path):
     model = _save_model(tmp_path / "div" / "model.pt", cfg, {}, status="diverged")
     (model.parent / "run.json").write_text(json.dumps({"status": "diverged", "reason": "non-finite loss at step 3"}))
     stats = tmp_path / "stats.pt"
-    fid_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier",
+    reference_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier",
                   str(_classifier_file(tmp_path / "c.pt")), "--max-samples", "32", "--out", str(stats)])
     for what, extra in (("nll", []), ("fid", ["--stats", str(stats)]), ("cost", ["--stats", str(stats)])):
         out = tmp_path / f"{what}.json"
@@ -309,7 +311,7 @@ def test_end_to_end_smoke_evaluation(tmp_path):
     accuracy = json.loads((models["clf"].parent / "run.json").read_text())["validation"]["test_accuracy"]
     assert 0.0 <= accuracy <= 1.0
     stats = tmp_path / "digits-classifier.pt"
-    assert fid_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier", str(models["clf"]),
+    assert reference_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier", str(models["clf"]),
                          "--out", str(stats)]) == 0
     calls = {
         "nll": ["nll", "--iw-samples", "2", "--inner", "2", "--tolerance", "1e-3", "--batch-size", "16",
@@ -357,7 +359,7 @@ def test_a_model_file_with_a_code_payload_is_refused_and_nothing_runs(tmp_path, 
     """Checkpoints are data, not code: every user-given torch file loads with weights_only=True."""
     from lsgm.eval.common import EvalError, read_model_file
     from lsgm.eval.features import load_classifier
-    from lsgm.eval.fid import load_stats
+    from lsgm.eval.reference import load_stats
 
     marker = tmp_path / "pwned"
     bad = tmp_path / "model.pt"
@@ -394,15 +396,16 @@ def test_cost_warms_up_once_per_evaluation_and_times_the_same_samples(tmp_path, 
 # ------------------------------------------------------------------------------- nelbo_bound, closed form
 def test_nelbo_bound_is_an_upper_bound_of_the_exact_log_likelihood():
     """A Gaussian LSGM with every density known: prior p(z_eps) = N(0, I) (exact score eps = sigma_t z_t of the
-    VPSDE), generative step z_0 | z_eps = N(z_eps / m, sigma^2 / m^2 I) (:func:`lsgm.objectives.truncation_term`),
+    VPSDE), generative step z_0 | z_eps = N(z_eps / m, sigma^2 / m^2 I) (:func:`lsgm.diffusion.objectives.truncation_term`),
     decoder N(z_0, tau^2 I), so p(x) = N(0, (S + tau^2) I) with S = (1 + sigma^2) / m^2, and the exact posterior as
     encoder. At t_eps = 0.26 (m^2 = 0.497): E[nelbo_bound] - (-log p(x)) = D/2 (2 sigma^2 - log(1 + sigma^2)) >= 0
     (the KL of the forward kernel to the true posterior of z_eps); without the truncation term (the old
     ``nelbo_bound``) the difference is -D (artanh sigma^2 - sigma^2) < 0: below the exact -log p(x), so no bound."""
     from types import SimpleNamespace
 
-    from lsgm.objectives import gaussian_log_prob, truncation_term
-    from lsgm.sde import VPSDE
+    from lsgm.diffusion.objectives import truncation_term
+    from lsgm.gaussian import gaussian_log_prob
+    from lsgm.diffusion.sde import VPSDE
 
     sde, t_eps, tau, dims, n = VPSDE(0.1, 20.0, 0.0), 0.26, 0.5, 8, 4000
     tt = torch.tensor(t_eps, dtype=torch.float64)
@@ -440,8 +443,8 @@ def append_sigma(sde, t, z_t):
 
 
 def test_truncation_term_vanishes_where_the_mean_coefficient_is_one():
-    from lsgm.objectives import truncation_term
-    from lsgm.sde import VESDE, GeometricVPSDE, VPSDE
+    from lsgm.diffusion.objectives import truncation_term
+    from lsgm.diffusion.sde import VESDE, GeometricVPSDE, VPSDE
 
     assert truncation_term(VESDE(0.01, 50.0), 1e-5, 100) == 0.0
     assert truncation_term(GeometricVPSDE(3e-5, 0.999, 3e-5), 0.0, 100) == pytest.approx(0.0, abs=1e-12)
@@ -462,7 +465,7 @@ def _unwritable_case(tmp_path: Path, monkeypatch, command: str) -> tuple[list[st
     """(argv of ``lsgm <command>`` whose output lies under a regular file, that output); the command's work is
     replaced by :func:`_work`."""
     from lsgm.data import miniature
-    from lsgm import official_import
+    from lsgm.official import importer as official_import
     from lsgm.report import cli as report_cli
     from lsgm.train import cli as train_cli
 
@@ -471,7 +474,7 @@ def _unwritable_case(tmp_path: Path, monkeypatch, command: str) -> tuple[list[st
     out = blocker / "sub" / "out"
     model = str(_lsgm_run(tmp_path))
     monkeypatch.setattr(eval_cli, "run_evaluation", _work)
-    monkeypatch.setattr(fid_mod, "make_extractor", _work)
+    monkeypatch.setattr(reference_mod, "make_extractor", _work)
     monkeypatch.setattr(train_cli, "Run", _work)
     monkeypatch.setattr(report_cli, "load_metrics", _work)
     monkeypatch.setattr(report_cli, "run_variance", _work)
@@ -558,7 +561,7 @@ def test_a_truncated_model_file_is_called_corrupt(tmp_path, capsys):
 def stats_file(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("stats")
     stats = tmp / "stats.pt"
-    assert fid_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier",
+    assert reference_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier",
                          str(_classifier_file(tmp / "c.pt")), "--max-samples", "32", "--out", str(stats)]) == 0
     return stats
 

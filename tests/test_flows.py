@@ -13,7 +13,7 @@ from lsgm.config import VAEConfig
 from lsgm.data import DATASETS
 from lsgm.nets.flows import ARShiftCell, PairedARFlow, apply_flows
 from lsgm.nets.nvae import NVAE
-from lsgm.objectives import gaussian_log_prob
+from lsgm.gaussian import gaussian_log_prob
 
 SHAPE = (3, 4, 5)  # (L, H, W): non-square, a few channels
 

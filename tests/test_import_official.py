@@ -1,6 +1,6 @@
 """``lsgm import-official``: NVlabs/LSGM checkpoints -> this harness's model.pt.
 
-The official state dicts are built HERE, independently of lsgm.official_import: ``OfficialLayout`` walks the
+The official state dicts are built HERE, independently of lsgm.official.importer: ``OfficialLayout`` walks the
 official constructors (nvae.NVAE: stem, pre_process, enc_tower with its combiners and down cells,
 progressive_input_cells, enc_sampler, nf_cells, eps_conv, dec_tower, post_process, image_conditional;
 score_sde.ncsnpp.NCSNpp: mixing_logit and the flat all_modules list) in their registration order, naming every
@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lsgm import official_import as oi
+from lsgm.official import importer as oi
 from lsgm import recipes
 from lsgm.eval.common import load_run
 
@@ -443,7 +443,7 @@ def test_attention_mapping_reproduces_the_official_nin_attention(stage2):
     run_cfg = model["config"]
     from lsgm.config import RunConfig, from_dict
     from lsgm.score import build_score
-    from lsgm.sde import make_sde
+    from lsgm.diffusion.sde import make_sde
 
     cfg = from_dict(RunConfig, run_cfg)
     score = build_score(cfg, (8, 16, 16), make_sde(cfg.sde))

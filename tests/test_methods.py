@@ -12,8 +12,8 @@ from lsgm.methods import (
     sde_objective_error, undefined_reason,
 )
 from lsgm.report.runs import load_published, published_rows
-from lsgm.sde import make_sde
-from lsgm.time_sampling import make_time_sampler
+from lsgm.diffusion.sde import make_sde
+from lsgm.diffusion.time_sampling import make_time_sampler
 
 
 def test_cell_parses_once_into_a_record():

@@ -319,7 +319,7 @@ def test_inception_stub_is_deterministic_and_kept_out_of_the_hub_cache(inception
 
 
 def test_fid_stats_on_a_miniature_with_split_sizes(minis, inception, tmp_path, capsys):
-    from lsgm.eval import fid
+    from lsgm.eval import reference as fid
 
     out = tmp_path / "stats.pt"
     argv = ["--dataset", "cifar10", "--features", "inception", "--inception-weights", str(inception), "--root",
@@ -336,7 +336,7 @@ def test_fid_stats_on_a_miniature_with_split_sizes(minis, inception, tmp_path, c
 def test_celeba_reference_is_train_plus_validation_at_8_bits(minis, inception, tmp_path):
     """The official precompute_fid_statistics.py reads CelebA-HQ-256's training AND validation images through its
     generic transform (8 bits); the training loader reduces them to 5 bits (32 levels)."""
-    from lsgm.eval import fid
+    from lsgm.eval import reference as fid
 
     n_train, n_test = SIZES["celeba256"]
     images = fid.reference_dataset("celeba256", "test", str(minis), n_test, bits=8)

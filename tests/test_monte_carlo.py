@@ -14,13 +14,13 @@ import torch
 from lsgm.config import RunConfig, apply_overrides, to_dict
 from lsgm.data import dataset_info
 from lsgm.eval import cli as eval_cli
-from lsgm.eval import fid as fid_mod
+from lsgm.eval import reference as reference_mod
 from lsgm.eval.common import evaluation_seed, load_run
 from lsgm.eval.nll import PriorSettings, prior_term
 from lsgm.nets.classifier import FeatureClassifier
 from lsgm.nets.nvae import NVAE
 from lsgm.score import build_score
-from lsgm.sde import make_sde
+from lsgm.diffusion.sde import make_sde
 from lsgm.utils import atomic_torch_save
 
 TINY = ["vae.num_channels=8", "vae.num_latent_per_group=2", "vae.use_se=false", "vae.num_mix=2", "score.nf=8",
@@ -81,7 +81,7 @@ def test_two_training_seeds_draw_different_samples(tmp_path):
     net = FeatureClassifier(1, 10)
     atomic_torch_save({"config": to_dict(RunConfig(kind="classifier")), "status": "completed", "step": 1,
                        "state": {"classifier": net.state_dict()}, "ema": None, "arch": net.hparams}, tmp_path / "c.pt")
-    assert fid_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier", str(tmp_path / "c.pt"),
+    assert reference_mod.main(["--dataset", "digits", "--features", "classifier", "--classifier", str(tmp_path / "c.pt"),
                          "--max-samples", "32", "--out", str(stats)]) == 0
     records = []
     for i, model in enumerate(_seed_copies(tmp_path)):

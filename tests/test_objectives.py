@@ -8,19 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from lsgm.objectives import (
+from lsgm.diffusion.objectives import (
     NELBOTerms,
     cross_entropy_const,
     diffusion_terms,
-    gaussian_log_prob,
     nelbo_terms,
-    normal_cross_entropy,
     prior_cross_entropy,
     sgm_loss,
 )
+from lsgm.gaussian import gaussian_log_prob, normal_cross_entropy
 from lsgm.score import MixedScore
-from lsgm.sde import VESDE, VPSDE, GeometricVPSDE
-from lsgm.time_sampling import make_time_sampler
+from lsgm.diffusion.sde import VESDE, VPSDE, GeometricVPSDE
+from lsgm.diffusion.time_sampling import make_time_sampler
 
 VP = VPSDE(0.1, 20.0, 0.0)
 GEO = GeometricVPSDE(3e-5, 0.999, 3e-5)
@@ -93,7 +92,7 @@ def test_sgm_loss_is_unbiased_for_its_weighting(w):
     uniform and importance-sampled losses estimate the same int c_w w h dt (c_w the official prefactor)."""
     from scipy import integrate
 
-    from lsgm.time_sampling import P_OBJECTIVE_SCALE, weighting_fn
+    from lsgm.diffusion.time_sampling import P_OBJECTIVE_SCALE, weighting_fn
 
     def h(t):
         t = torch.tensor(t, dtype=torch.float64)

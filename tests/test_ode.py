@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from lsgm.likelihood import bpd_to_nats, nats_to_bpd, ode_log_likelihood
-from lsgm.sampling import ode_sample, pc_sample
-from lsgm.sde import VESDE, VPSDE, GeometricVPSDE
+from lsgm.diffusion.likelihood import bpd_to_nats, nats_to_bpd, ode_log_likelihood
+from lsgm.diffusion.sampling import ode_sample, pc_sample
+from lsgm.diffusion.sde import VESDE, VPSDE, GeometricVPSDE
 
 S2 = 0.25
 SDES = {"vp": (VPSDE(0.1, 20.0, 0.0), 1e-3), "geo": (GeometricVPSDE(3e-5, 0.999, 3e-5), 1e-5),
@@ -104,7 +104,7 @@ def test_pc_sampler_reaches_the_data_variance(name, n_corrector, tol):
 def test_reverse_diffusion_coefficients_are_the_forward_transitions(name):
     """a_i, b_i^2 reproduce the marginals: sigma_i^2 = a_i^2 sigma_{i+1}^2 + b_i^2 and m_i = a_i m_{i+1}; VESDE:
     a = 1 and b_i^2 = sigma_i^2 - sigma_{i+1}^2 (score_sde's discretize), then sigma^2(t_eps) at the last step."""
-    from lsgm.sampling import reverse_diffusion_coefficients
+    from lsgm.diffusion.sampling import reverse_diffusion_coefficients
 
     sde, t_eps = SDES[name]
     times = torch.linspace(1.0, t_eps, 50, dtype=torch.float64)

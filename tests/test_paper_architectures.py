@@ -19,7 +19,7 @@ from lsgm.data import DATASETS
 from lsgm.nets.nvae import NVAE
 from lsgm.plan import Plan
 from lsgm.score import build_score
-from lsgm.sde import make_sde
+from lsgm.diffusion.sde import make_sde
 
 ROOT = Path(__file__).resolve().parents[1]
 

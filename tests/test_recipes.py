@@ -335,7 +335,7 @@ def test_pixel_sgm_follows_score_sdes_celebahq_256_config(paper):
     cost = run.eval_settings["cost"]
     assert cost["pc_steps"] == [mo["num_scales"]] and cost["snr"] == sa["snr"] and cost["t_eps"] == k["sampling_t_eps"]
     assert (sa["predictor"], sa["corrector"], sa["n_steps_each"], sa["noise_removal"]) == \
-        ("reverse_diffusion", "langevin", 1, True)  # what lsgm.sampling.pc_sample implements (one corrector step)
+        ("reverse_diffusion", "langevin", 1, True)  # what lsgm.diffusion.sampling.pc_sample implements (one corrector step)
     named = [d for d in cfg["deviations"] if d.startswith("recipe:")]
     assert any("model.progressive output_skip" in d for d in named) and any("progressive_input input_skip" in d for d in named)
     assert not any("ASSUMED pixel" in d for d in named)

@@ -1,5 +1,5 @@
 """The released scale: the NVlabs/LSGM released checkpoints imported and evaluated (lsgm/plan/released.py), tested on
-miniature official-format checkpoints (lsgm/official_writer.py: the inverse of the key map) -- never NVIDIA's files.
+miniature official-format checkpoints (lsgm/official/writer.py: the inverse of the key map) -- never NVIDIA's files.
 
 Writing and importing are inverse; the preflight refuses a missing, unreadable or truncated file in one line before
 any job (and the manifest a corrupted one); ``lsgm plan --scale released`` lists the files and jobs; and the real
@@ -20,11 +20,11 @@ import pytest
 import torch
 import yaml
 
-from lsgm import official_import as oi
-from lsgm import official_writer as ow
-from lsgm.official_keymap import convert_state, ncsnpp_keymap, nvae_keymap
+from lsgm.official import importer as oi
+from lsgm.official import writer as ow
+from lsgm.official.keymap import convert_state, ncsnpp_keymap, nvae_keymap
 from lsgm.plan import PlanError, ReleasedPlan, make_plan
-from lsgm.plan.cli import load_config
+from lsgm.plan.cluster import workflow_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # the miniature: small data, random Inception weights, few samples (the official settings otherwise)
@@ -39,7 +39,7 @@ OVERLAY = {"scales": {"released": {
 
 
 def _plan(root=None) -> ReleasedPlan:
-    config = load_config(str(ROOT / "config.yaml"))
+    config, _ = workflow_config(ROOT / "config.yaml", None)
     config["released_root"] = None if root is None else str(root)
     return make_plan(config, "released")
 

@@ -26,7 +26,7 @@ from lsgm.eval.generate import make_sampling, sample_batch
 from lsgm.eval.samples import PADDING, grid_size, sidecar_path
 from lsgm.plan import Plan, eval_args, resolved_settings
 from lsgm.score import build_score
-from lsgm.sde import make_sde
+from lsgm.diffusion.sde import make_sde
 from lsgm.utils import atomic_torch_save
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from torch import nn
 
 from lsgm.config import SDEConfig
 from lsgm.score import MixedScore
-from lsgm.sde import make_sde
+from lsgm.diffusion.sde import make_sde
 
 
 class Recorder(nn.Module):
@@ -60,8 +60,7 @@ def test_mixed_score_and_loss_stay_fp32_under_bf16_autocast():
     (bf16 rounding of the mixture was ~3 decimal digits)."""
     from lsgm.config import ScoreNetConfig
     from lsgm.nets.ncsnpp import NCSNpp
-    from lsgm.objectives import denoising_l2
-    from lsgm.sde import VPSDE
+    from lsgm.diffusion.objectives import denoising_l2
 
     torch.manual_seed(0)
     sde = make_sde(SDEConfig())
@@ -80,7 +79,7 @@ def test_mixed_score_and_loss_stay_fp32_under_bf16_autocast():
 
 def test_noise_conditioned_feeds_log_sigma_and_pixel_spaces_round_trip():
     from lsgm.score import NoiseConditioned, condition, to_model_space, to_unit
-    from lsgm.sde import VESDE
+    from lsgm.diffusion.sde import VESDE
 
     seen = {}
 
@@ -113,7 +112,7 @@ import math  # noqa: E402
 
 import pytest  # noqa: E402
 
-from lsgm.sampling import ode_sample  # noqa: E402
+from lsgm.diffusion.sampling import ode_sample  # noqa: E402
 from lsgm.score import initial_latent_scale  # noqa: E402
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lsgm.config import SDEConfig
-from lsgm.sde import VESDE, VPSDE, GeometricVPSDE, make_sde, max_pairwise_distance
+from lsgm.diffusion.sde import VESDE, VPSDE, GeometricVPSDE, make_sde, max_pairwise_distance
 
 VP_TYPE = {
     "vp": VPSDE(0.1, 20.0, 0.0),

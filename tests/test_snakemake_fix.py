@@ -4,7 +4,6 @@ scheduler is still woken after the timespan."""
 from __future__ import annotations
 
 import threading
-import time
 
 import snakemake
 

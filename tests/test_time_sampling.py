@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from lsgm.sde import VESDE, VPSDE, GeometricVPSDE
-from lsgm.time_sampling import (
+from lsgm.diffusion.sde import VESDE, VPSDE, GeometricVPSDE
+from lsgm.diffusion.time_sampling import (
     P_OBJECTIVE_SCALE,
     UnweightedVPSampler,
     make_q_sampler,

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from lsgm.config import KLConfig, OptimConfig
-from lsgm.objectives import balanced_kl, kl_balance_alphas
+from lsgm.diffusion.objectives import balanced_kl, kl_balance_alphas
 from lsgm.train.ema import EMA
 from lsgm.train.loader import InfiniteLoader
 from lsgm.train.loop import EXIT_PREEMPTED

@@ -18,8 +18,8 @@ from scipy import integrate
 
 from lsgm.eval import variance as V
 from lsgm.methods import TABLE6_COLUMNS, TABLE6_SDES, Cell
-from lsgm.objectives import denoising_l2
-from lsgm.sde import VPSDE, GeometricVPSDE
+from lsgm.diffusion.objectives import denoising_l2
+from lsgm.diffusion.sde import VPSDE, GeometricVPSDE
 
 D = 128
 ENTROPY = D / 2 * (1 + math.log(2 * math.pi))  # of N(0, I) in D dims: the cross entropy q = p

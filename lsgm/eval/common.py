@@ -129,7 +129,7 @@ def load_run(path: str | Path, use_ema: bool = True, device: torch.device | str 
 def _build_modules(run: LoadedRun, blob: dict, use_ema: bool, device: torch.device) -> None:
     from lsgm.nets.nvae import NVAE
     from lsgm.score import build_score
-    from lsgm.sde import make_sde
+    from lsgm.diffusion.sde import make_sde
 
     cfg, states, path = run.cfg, blob["state"], run.path
     if cfg.kind in ("vae", "lsgm"):

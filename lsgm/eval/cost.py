@@ -19,16 +19,9 @@ import torch
 
 from lsgm.eval.common import SEED_RULE, EvalError, LoadedRun, evaluation_seed, load_run, metrics_record, resolve_device, set_bn_mode
 from lsgm.eval.features import Extractor
-from lsgm.eval.fid import (
-    check_stats,
-    extractor_for_stats,
-    FD_BOOTSTRAP_DRAWS,
-    fd_standard_error,
-    feature_statistics,
-    frechet_distance,
-    load_stats,
-    sample_features,
-)
+from lsgm.eval.fid import sample_features
+from lsgm.eval.frechet import FD_BOOTSTRAP_DRAWS, fd_standard_error, feature_statistics, frechet_distance
+from lsgm.eval.reference import check_stats, extractor_for_stats, load_stats
 from lsgm.eval.generate import Sampling, sample_batch
 
 ROW_KEYS = ("sampler", "tolerance", "n_steps", "nfe_mean", "nfe_std", "nfe_stderr", "seconds_per_batch",

@@ -115,7 +115,7 @@ def sample_batch(run: LoadedRun, start: int, count: int, *, seed: int, sampling:
                  device: torch.device | str) -> SampleBatch:
     """Samples ``start .. start + count - 1`` of an evaluation seeded ``seed`` (images in [0, 1]), drawn as
     ``sampling`` says (the VAE: its decoder only)."""
-    from lsgm.sampling import SampleResult, ode_sample, pc_sample
+    from lsgm.diffusion.sampling import SampleResult, ode_sample, pc_sample
     from lsgm.score import to_unit
 
     s, device = sampling, torch.device(device)

@@ -38,9 +38,10 @@ from lsgm.eval.settings import SETTINGS
 from lsgm.eval.common import (
     SEED_RULE, EvalError, LoadedRun, evaluation_seed, load_run, metrics_record, resolve_device, sample_seed,
 )
-from lsgm.likelihood import iw_nll, nats_to_bpd, ode_log_likelihood
-from lsgm.objectives import nelbo_terms, normal_cross_entropy, prior_cross_entropy, truncation_term
-from lsgm.time_sampling import make_time_sampler
+from lsgm.diffusion.likelihood import iw_nll, nats_to_bpd, ode_log_likelihood
+from lsgm.diffusion.objectives import nelbo_terms, prior_cross_entropy, truncation_term
+from lsgm.gaussian import normal_cross_entropy
+from lsgm.diffusion.time_sampling import make_time_sampler
 
 
 ODE_T_EPS = SETTINGS["fid"]["t_eps"].default  # the official --ode_eps 1e-5, shared with the samplers

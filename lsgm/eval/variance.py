@@ -3,7 +3,7 @@
 The paper motivates the geometric VPSDE and importance sampling of t by the variance of the training objective's
 one-sample estimates. For one cell (SDE, weighting, t-sampling, q objective) the two estimators are those of
 :class:`lsgm.train.lsgm.LSGMTask` (one draw of (t, noise) per latent z0, built from
-:func:`lsgm.objectives.diffusion_terms` and the samplers of :mod:`lsgm.time_sampling`):
+:func:`lsgm.diffusion.objectives.diffusion_terms` and the samplers of :mod:`lsgm.diffusion.time_sampling`):
 
 * ``score_loss``    weight_p(t) ||eps - eps_theta(z_t, t)||^2, t ~ the cell's p-sampler (objective (9));
 * ``cross_entropy`` weight_q(t) ||eps - eps_theta(z_t, t)||^2 + C(z0), t from the p-samples (q ``rew``) or the
@@ -19,7 +19,7 @@ columns are the brief's "independent draws for a given z0", and a two-way random
     t_variance      = Var_t E_{z0,eps}[X | t]       (the part t-sampling alone adds: what the SDE and IS control)
 
 **Closed form** (:func:`closed_form_rows`): q = p = N(0, I) with the exact score and no network. With this code's
-conventions (:mod:`lsgm.sde`) a VP-type SDE has sigma^2(0) = sigma2_0 (a variance already present at t = 0),
+conventions (:mod:`lsgm.diffusion.sde`) a VP-type SDE has sigma^2(0) = sigma2_0 (a variance already present at t = 0),
 m_t^2 = (1 - sigma_t^2) / (1 - sigma2_0) and d sigma_t^2/dt = g^2 (1 - sigma_t^2). Take z0 ~ N(0, (1 - sigma2_0) I),
 i.e. z at t = 0 (z0 plus the sigma2_0 noise) is N(0, I); then z_t = m_t z0 + sigma_t eps has variance
 m_t^2 (1 - sigma2_0) + sigma_t^2 = 1: q(z_t) = N(0, I) = p(z_t) at every t, the exact eps-prediction is
@@ -39,7 +39,7 @@ unbiased estimate of the t-integral whose variance is Var_r[X(t)]:
   w_ll with uniform t has X(t) = (1 - t_eps) D/2 log r for every t: ZERO variance;
 * VPSDE: d log sigma_t^2 / dt = beta(t) (1 - sigma_t^2) / sigma_t^2 ~ 1/t near 0: w_ll with uniform t has a large
   variance;
-* importance sampling r(t) proportional to w(t) (1 - sigma_t^2) (:mod:`lsgm.time_sampling`) makes the matching
+* importance sampling r(t) proportional to w(t) (1 - sigma_t^2) (:mod:`lsgm.diffusion.time_sampling`) makes the matching
   weight_p(t) h(t) constant: zero variance for every SDE (and weight_q h for q ``ll_is``).
 
 Each closed-form row gives a Monte Carlo value (``n_t_draws`` draws of t through the cell's samplers), the exact value
@@ -60,9 +60,9 @@ import torch
 
 from lsgm.eval.common import EvalError, LoadedRun, load_run, sample_seed
 from lsgm.methods import TABLE6_COLUMNS, TABLE6_SDES, Cell
-from lsgm.objectives import EpsFn, cross_entropy_const, diffusion_terms
-from lsgm.sde import SDE, make_sde
-from lsgm.time_sampling import (
+from lsgm.diffusion.objectives import EpsFn, cross_entropy_const, diffusion_terms
+from lsgm.diffusion.sde import SDE, make_sde
+from lsgm.diffusion.time_sampling import (
     TimeSample,
     TimeSampler,
     make_q_sampler,

@@ -32,7 +32,7 @@ from lsgm.nets.layers import (
     norm_scale_penalty,
     spectral_penalty,
 )
-from lsgm.objectives import gaussian_log_prob, normal_cross_entropy
+from lsgm.gaussian import gaussian_log_prob, normal_cross_entropy
 
 
 @dataclass

@@ -1,16 +1,14 @@
 """The plan: ``config.yaml`` resolved into every job of one scale (pure Python, no Snakemake, no torch).
 
 ``layout`` (where every file of the DAG lives: the path patterns the rules and the plan share), ``common`` (names,
-errors, merging, evaluation flags), ``run`` (one trained model: paths, launch geometry,
-resources), ``resolve`` (:class:`~lsgm.plan.resolve.Resolution`: config.yaml -> every run of a scale), ``plan``
-(:class:`Plan`: the resolution, checked across runs, and the DAG's inputs and targets), ``cli`` (``lsgm plan``,
-GPU-hours). Everything is importable from ``lsgm.plan``.
-``released`` (:class:`ReleasedPlan`: the NVlabs/LSGM released checkpoints, imported and evaluated; :func:`make_plan`
-gives the plan of any scale).
-)
-(:class:`Plan`: the resolution, checked across runs, and the DAG's inputs and targets), ``cluster`` (the GPU kinds, a
-Snakemake profile read as Snakemake reads it), ``cost`` (GPU-hours measured or estimated from counted FLOPs, GPU
-memory), ``cli`` (``lsgm plan``). Everything is importable from ``lsgm.plan``.
+errors, merging, evaluation flags), ``run`` (one trained model: paths, launch geometry, resources), ``scaling``
+(the official schedule fractions kept at every scale), ``layers`` (which config layer set each key of a run),
+``control_runs`` (the at-initialisation controls), ``resolve`` (:class:`~lsgm.plan.resolve.Resolution`:
+config.yaml -> every run of a scale), ``plan`` (:class:`Plan`: the resolution, checked across runs, and the DAG's
+inputs and targets), ``released`` (:class:`ReleasedPlan`: the NVlabs/LSGM released checkpoints, imported and
+evaluated; :func:`make_plan` gives the plan of any scale), ``cluster`` (the GPU kinds, a Snakemake profile read as
+Snakemake reads it), ``cost`` (GPU-hours measured or estimated from counted FLOPs, GPU memory), ``cli``
+(``lsgm plan``). Everything is importable from ``lsgm.plan``.
 """
 
 from __future__ import annotations

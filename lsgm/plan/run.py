@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lsgm.config import split_batch
-from lsgm.eval import settings as eval_settings
 from lsgm.plan import layout
 from lsgm.plan.common import PlanError, short_hash
 

@@ -32,15 +32,14 @@ import argparse
 import contextlib
 
 import torch
-from torch import nn
 
 from lsgm.config import ConfigError
 from lsgm.data import dataset_info, get_dataset
-from lsgm.likelihood import nats_to_bpd
+from lsgm.diffusion.likelihood import nats_to_bpd
 from lsgm.methods import q_trains_score
-from lsgm.objectives import diffusion_terms, nelbo_terms
-from lsgm.sde import make_sde
-from lsgm.time_sampling import TimeSample, make_q_sampler, make_time_sampler
+from lsgm.diffusion.objectives import diffusion_terms, nelbo_terms
+from lsgm.diffusion.sde import make_sde
+from lsgm.diffusion.time_sampling import TimeSample, make_q_sampler, make_time_sampler
 from lsgm.train.cli import cli_main
 from lsgm.train.distributed import unwrap
 from lsgm.train.loop import mean_stats

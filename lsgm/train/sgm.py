@@ -16,10 +16,10 @@ import torch
 
 from lsgm.config import ConfigError
 from lsgm.data import dataset_info, get_dataset
-from lsgm.objectives import diffusion_terms
+from lsgm.diffusion.objectives import diffusion_terms
 from lsgm.score import to_model_space
-from lsgm.sde import make_sde
-from lsgm.time_sampling import make_time_sampler
+from lsgm.diffusion.sde import make_sde
+from lsgm.diffusion.time_sampling import make_time_sampler
 from lsgm.train.cli import cli_main
 from lsgm.train.distributed import unwrap
 from lsgm.train.loop import mean_stats

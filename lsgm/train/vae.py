@@ -3,7 +3,7 @@
 loss = mean_B[ recon + kl_coeff * sum_g c_g KL_g ] + sr_lambda_vae * vae.regularization()
 
 with the KL warm-up ``kl_coeff(step)`` and KL balancing c_g (only while kl_coeff < 1) of
-:mod:`lsgm.objectives`, Adamax with coupled L2 weight decay (``train.vae_optim``), no EMA. At the end
+:mod:`lsgm.diffusion.objectives`, Adamax with coupled L2 weight decay (``train.vae_optim``), no EMA. At the end
 the NELBO (kl_coeff = 1) on ``train.val_batches`` test batches is written to run.json; the IW-NLL is the
 evaluation module's job. With ``train.select_every_steps`` (the official recipes: 40 evaluations), the weights
 with the best ``select_iw_samples``-sample validation bound are kept (official ``train_vae.py``: it saves
@@ -19,8 +19,9 @@ import torch
 
 from lsgm.config import ConfigError
 from lsgm.data import dataset_info, get_dataset
-from lsgm.likelihood import iw_nll, nats_to_bpd
-from lsgm.objectives import balanced_kl, kl_balance_alphas, nelbo_terms, normal_cross_entropy
+from lsgm.diffusion.likelihood import iw_nll, nats_to_bpd
+from lsgm.diffusion.objectives import balanced_kl, kl_balance_alphas, nelbo_terms
+from lsgm.gaussian import normal_cross_entropy
 from lsgm.train.cli import cli_main
 from lsgm.train.distributed import unwrap
 from lsgm.train.loop import mean_stats

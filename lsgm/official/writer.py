@@ -1,5 +1,5 @@
 """Official-format NVlabs/LSGM checkpoints, written from this project's modules: the inverse of
-:mod:`lsgm.official_keymap` (every rule's ``inverse``), with the official ``args`` namespace and file names.
+:mod:`lsgm.official.keymap` (every rule's ``inverse``), with the official ``args`` namespace and file names.
 
 ``lsgm make-release --root DIR`` writes a miniature release: every file the released scale expects
 (:class:`lsgm.plan.ReleasedPlan`, ``scales.released.release``), each an official checkpoint of its recipe's README
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lsgm.official_keymap import KeyMap, ncsnpp_keymap, nvae_keymap
+from lsgm.official.keymap import KeyMap, ncsnpp_keymap, nvae_keymap
 
 # what the official scripts add to args at run time (paths, distributed set-up)
 RUNTIME_ARGS = {"data": "/data", "root": "/checkpoints", "save": "/checkpoints/expr", "distributed": True,
@@ -76,7 +76,7 @@ def official_args(recipe: str, stage: str, vae_args: dict | None = None) -> dict
     """The ``args`` of the recipe's README command (parser defaults filled in), at miniature sizes, with what the
     scripts add at run time; stage 2 also carries its stage-1 architecture fields (as ``train_vada.py`` copies them)."""
     from lsgm import recipes
-    from lsgm.official_import import ARCH_FIELDS
+    from lsgm.official.importer import ARCH_FIELDS
 
     run = recipes.official_run(recipe, stage)
     args = {**run.args, **RUNTIME_ARGS, **MINIATURE[stage]}
@@ -90,9 +90,9 @@ def build_modules(stage: str, args: dict, seed: int):
     from lsgm.config import RunConfig, from_dict
     from lsgm.data import dataset_info
     from lsgm.nets.nvae import NVAE
-    from lsgm.official_import import translate_args
+    from lsgm.official.importer import translate_args
     from lsgm.score import build_score
-    from lsgm.sde import make_sde
+    from lsgm.diffusion.sde import make_sde
 
     cfg_dict, _, _ = translate_args(stage, args, "miniature")
     cfg = from_dict(RunConfig, {**cfg_dict, "name": "miniature"})

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from lsgm.methods import Q_OBJECTIVES, SAMPLINGS, WEIGHTINGS, undefined_reason
-from lsgm.sde import SDE, VPSDE
+from lsgm.diffusion.sde import SDE, VPSDE
 
 
 @dataclass(frozen=True)

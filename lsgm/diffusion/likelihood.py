@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torchdiffeq import odeint
 
-from lsgm.objectives import EpsFn
-from lsgm.sampling import solver_options
-from lsgm.sde import SDE
+from lsgm.diffusion.objectives import EpsFn
+from lsgm.diffusion.sampling import solver_options
+from lsgm.diffusion.sde import SDE
 from lsgm.utils import sum_except_batch, synchronize
 
 

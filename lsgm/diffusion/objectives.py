@@ -25,13 +25,12 @@ from typing import Any, Callable
 
 import torch
 
-from lsgm.sde import SDE
-from lsgm.time_sampling import TimeSample, TimeSampler
+from lsgm.diffusion.sde import SDE
+from lsgm.diffusion.time_sampling import TimeSample, TimeSampler
+from lsgm.gaussian import LOG_2PI
 from lsgm.utils import sum_except_batch
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z_t [B, ...], t [B]) -> eps [B, ...]
-
-LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -83,16 +82,6 @@ class DiffusionTerms:
     l2: torch.Tensor  # ||eps - eps_theta(z_t, t)||^2
     cross_entropy: torch.Tensor  # Theorem 1 estimate with the likelihood weights (encoder objective (8))
     sgm_loss: torch.Tensor  # weight_p ||eps - eps_theta||^2 (score prior objective (9))
-
-
-def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, exp(log_sigma)^2) summed per sample: [B, ...] -> [B]."""
-    return sum_except_batch(-0.5 * ((z - mu) * torch.exp(-log_sigma)).pow(2) - log_sigma - 0.5 * LOG_2PI)
-
-
-def normal_cross_entropy(z: torch.Tensor) -> torch.Tensor:
-    """-log N(z; 0, I) per sample: [B, ...] -> [B] (the Normal prior of stage 1 and of lower scales)."""
-    return sum_except_batch(0.5 * z.pow(2) + 0.5 * LOG_2PI)
 
 
 def cross_entropy_const(z0: torch.Tensor, sde: SDE, t_eps: float) -> torch.Tensor:

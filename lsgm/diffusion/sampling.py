@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torchdiffeq import odeint
 
-from lsgm.objectives import EpsFn
-from lsgm.sde import SDE
+from lsgm.diffusion.objectives import EpsFn
+from lsgm.diffusion.sde import SDE
 from lsgm.utils import append_dims, synchronize
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")

@@ -12,7 +12,7 @@ models can be evaluated here (``lsgm evaluate nll|fid|cost --model model.pt``).
   ``train_vada.py`` copies the NVAE architecture fields from the VAE checkpoint's args into its own
   (``utils.override_architecture_fields``), so a stage-2 checkpoint describes its VAE by itself; ``--vae-checkpoint``
   is only needed for a checkpoint whose args lack some of them (and is cross-checked when given).
-* **Weights** (:mod:`lsgm.official_keymap`). An explicit key-by-key map (official key(s) -> our key, with a transform where the layouts differ),
+* **Weights** (:mod:`lsgm.official.keymap`). An explicit key-by-key map (official key(s) -> our key, with a transform where the layouts differ),
   built by walking this project's modules in the order the official constructors register theirs. Official keys
   left over, official keys missing, our keys left unfilled or a shape that differs are one-line errors. Our
   spectral-regularisation power-iteration state (``sn_u``/``sn_v``/``sr_calls``/``sr_counter.calls``) has no official
@@ -36,7 +36,7 @@ import torch
 
 from lsgm.io import file_sha256
 from lsgm.model_file import model_record, write_model
-from lsgm.official_keymap import (
+from lsgm.official.keymap import (
     OfficialImportError,
     _first,
     convert_state,
@@ -196,7 +196,7 @@ def import_checkpoint(path: str | Path, vae_checkpoint: str | Path | None = None
     from lsgm.data import dataset_info
     from lsgm.score import build_score
     from lsgm.nets.nvae import NVAE
-    from lsgm.sde import make_sde
+    from lsgm.diffusion.sde import make_sde
     from lsgm.io import provenance
 
     path = Path(path)

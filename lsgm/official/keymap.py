@@ -1,7 +1,7 @@
 """The key-by-key map from an official NVlabs/LSGM state dict to this project's modules (:class:`KeyMap`), built by
 walking our NVAE and NCSN++ in the order the official constructors register theirs, and its application
 (:func:`convert_state`: every official key used once, every key of ours filled, shapes equal; the score EMA from the
-official optimizer, :func:`ema_from_optimizer`). ``lsgm import-official`` (:mod:`lsgm.official_import`) uses it.
+official optimizer, :func:`ema_from_optimizer`). ``lsgm import-official`` (:mod:`lsgm.official.importer`) uses it.
 """
 
 from __future__ import annotations
