@@ -15,6 +15,7 @@ from lsgm.config import RunConfig, apply_overrides, to_dict
 from lsgm.data import dataset_info
 from lsgm.eval import cli as eval_cli
 from lsgm.eval import reference as reference_mod
+from lsgm.controls import draws_name
 from lsgm.eval.common import evaluation_seed, load_run
 from lsgm.eval.nll import PriorSettings, prior_term
 from lsgm.nets.classifier import FeatureClassifier
@@ -51,9 +52,21 @@ def test_the_evaluation_seed_differs_by_run_and_evaluation_and_is_stable():
     others = {evaluation_seed(0, "quick/digits/lsgm/balanced-s1", "nll"),
               evaluation_seed(0, "quick/digits/lsgm/balanced-s0", "fid"),
               evaluation_seed(1, "quick/digits/lsgm/balanced-s0", "nll"),
-              evaluation_seed(0, "quick/digits/lsgm/balanced_init-s0", "nll")}
-    assert a not in others and len(others) == 4
+              evaluation_seed(0, "quick/digits/vae/balanced-s0", "nll"),
+              evaluation_seed(0, "quick/digits/lsgm/geometric-init-s0", "nll"),
+              evaluation_seed(0, "quick/digits/lsgm/fid-s0", "nll")}
+    assert a not in others and len(others) == 6
     assert 0 <= a < 2**63
+
+
+def test_a_control_at_initialisation_draws_what_its_lsgm_draws():
+    """Common random numbers: learned = LSGM - at initialisation is a paired difference of one training seed."""
+    for evaluation in ("nll", "fid", "cost"):
+        assert (evaluation_seed(0, "quick/digits/lsgm/balanced_init-s2", evaluation)
+                == evaluation_seed(0, "quick/digits/lsgm/balanced-s2", evaluation))
+    assert draws_name("paper/cifar10/lsgm/nll_init-s0") == "paper/cifar10/lsgm/nll-s0"
+    assert draws_name("quick/digits/lsgm/geometric-init-s0") == "quick/digits/lsgm/geometric-init-s0"
+    assert draws_name("quick/digits/vae/balanced-s0") == "quick/digits/vae/balanced-s0"
 
 
 def test_two_training_seeds_are_never_evaluated_with_the_same_draws(tmp_path):

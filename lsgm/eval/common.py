@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lsgm.config import ConfigError, RunConfig, from_dict
+from lsgm.controls import draws_name
 from lsgm.data import DatasetInfo, dataset_info
 from lsgm.io import atomic_write_json, provenance, recorded_reason
 from lsgm.utils import UserFileError, load_torch_file
@@ -155,16 +156,19 @@ def _build_modules(run: LoadedRun, blob: dict, use_ema: bool, device: torch.devi
 
 
 SEED_RULE = ("eval_seed = SeedSequence([seed, sha256(run name), sha256(evaluation)]): every run (its name holds its "
-             "training seed) and every evaluation of it draws its own noise")
+             "training seed) and every evaluation of it draws its own noise; an LSGM's control at initialisation "
+             "(NAME_init) draws its LSGM's (common random numbers for the paired difference learned)")
 
 
 def evaluation_seed(seed: int, run_name: str, evaluation: str) -> int:
     """The seed of one evaluation of one run: the configured ``seed`` mixed with the run's name (``quick/digits/lsgm/
     balanced-s1``: it holds the training seed) and the evaluation (``nll``, ``fid``, ...). No two training seeds, runs or
     evaluations share Monte Carlo draws, so the spread over seeds includes the evaluation's own error; the same run and
-    evaluation always draw the same (a rerun is bit-identical). A 63-bit integer, recorded as ``settings.eval_seed``."""
+    evaluation always draw the same (a rerun is bit-identical). An LSGM's control at initialisation draws what its LSGM
+    draws (:func:`lsgm.controls.draws_name`), so that ``learned`` = LSGM - at initialisation is a paired difference.
+    A 63-bit integer, recorded as ``settings.eval_seed``."""
     words = [int(seed)] + [int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-                           for text in (run_name, evaluation)]
+                           for text in (draws_name(run_name), evaluation)]
     state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
 
