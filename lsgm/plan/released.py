@@ -83,6 +83,7 @@ class ReleasedPlan(Plan):
                    "data_sizes": own.get("data_sizes", {}), "eval": own.get("eval") or {}, "defaults": {}, "runs": {},
                    "select": {"tables": list(own["tables"]), "figures": list(own["figures"])}}
         self.seeds, self.batch_seeds, self.same_as, self.cells = [0], False, {}, ()
+        self.cluster = paper.cluster  # the declared GPU (cluster.yaml): its evaluation jobs ask for it too
         self.root: str | None = config.get("released_root")
         self.runs: dict[tuple, Run] = {}
         self.files: dict[tuple, list[ReleaseFile]] = {}  # run key -> [its checkpoint, (stage 2) its stage-1 file]

@@ -40,13 +40,15 @@ SOURCES = ConfigSources.of_workflow(
 SOURCES.retype(config)  # nested --config values: YAML scalars, not Snakemake's strings
 
 
-def _plans(cfg):
+def _plans(cfg, only=None):
     """config.yaml's shape (the schema, which fills in its defaults), then every scale resolved, so a bad config fails
-    at once whatever scale runs."""
+    at once whatever scale runs. ``only``: the scales one job of a cluster needs (the submitting process has checked
+    them all; each sbatch job runs its own Snakemake, which need not resolve the others again)."""
     validate(cfg, str(SCHEMA))
-    plans = {scale: Plan(cfg, scale) for scale in SCALES}
-    if RELEASED in cfg["scales"]:  # the released checkpoints: the paper plan's runs, imported (lsgm/plan/released.py)
-        plans[RELEASED] = make_plan(cfg, RELEASED, plans["paper"])
+    wanted = [s for s in SCALES if only is None or s in only or (s == "paper" and RELEASED in only)]
+    plans = {scale: Plan(cfg, scale) for scale in wanted}
+    if RELEASED in cfg["scales"] and "paper" in plans and (only is None or RELEASED in only):
+        plans[RELEASED] = make_plan(cfg, RELEASED, plans["paper"])  # the paper plan's runs, imported (released.py)
     return plans
 
 
@@ -61,7 +63,7 @@ def _schema_error(cfg):
 
 # One line leading with where the value was set and the offending key, not a page of schema.
 try:
-    PLANS = _plans(config)
+    PLANS = _plans(config, only={config["scale"]} if workflow.remote_exec else None)
 except WorkflowError:
     error = _schema_error(config)
     if error is None:
@@ -234,6 +236,10 @@ def inception_for(wc):
 
 
 def inception_flag(wc, input):
+    """--inception-weights for a command that reads them (fid_stats; an evaluation whose registry inputs say so)."""
+    metric = getattr(wc, "metric", None)
+    if metric is not None and "inception_weights" not in EVALUATIONS[metric].inputs:
+        return ""
     weights, _ = _inception_weights(wc)
     return f" --inception-weights {weights}" if weights else ""
 

@@ -95,8 +95,18 @@ rule reproduction:
     input:
         unpack(reproduction_inputs),
     output:
-        md=layout.part(layout.REPRODUCTION, ext="md"),
-        csv=layout.part(layout.REPRODUCTION, ext="csv"),
+        md=report(
+            layout.part(layout.REPRODUCTION, ext="md"),
+            caption="../report/reproduction.rst",
+            category="Reproduction",
+            labels={"report": "reproduction", "format": "markdown"},
+        ),
+        csv=report(
+            layout.part(layout.REPRODUCTION, ext="csv"),
+            caption="../report/reproduction.rst",
+            category="Reproduction",
+            labels={"report": "reproduction", "format": "csv"},
+        ),
     params:
         flags=reproduction_args,
     log:
