@@ -11,9 +11,9 @@ The README (and every docs/*.md) marks what it quotes; the marks are HTML commen
                                  matches every key or list item), AGG one of min, max, sum, len (over the ``*``
                                  matches), FMT a Python format spec (``.1f``, ``,.0f``; default: the value as is);
     ``c|FILE|COL=VAL&...|COLUMN[|FMT]``  the one CSV row whose columns equal the values (numbers compared as numbers);
-    ``t|TABLE|ROW|COLUMN[|SCALE]``  a table's cell as the tables print it, ``mean ± std`` (2 decimals) from
-                                 ``reference/SCALE/tables/TABLE.csv`` (default scale quick); ROW is the Method, or for
-                                 Table 6 ``SDE/Metric``;
+    ``t|TABLE|ROW|COLUMN[|SCALE]``  a table's cell exactly as ``reference/SCALE/tables/TABLE.md`` prints it
+                                 (``mean ± se``, a learned difference with its ``*``; default scale quick); ROW is the
+                                 Method, or for Table 6 ``SDE/Metric``;
     ``p|NAME``                   a fact of the resolved plan (:data:`PLAN_FACTS`);
     ``l|FILE``                   the first line of a text file (``reference/quick/reproduction.md``: its summary);
     ``a|FILE|COLUMN|AGG[|FMT]``  an aggregate (max, min, len, ...) of a CSV column's absolute finite values;
@@ -41,7 +41,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]  # every file whose marks are checked
+PAGES = [README, ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # every page whose marks are checked
 VALUE = re.compile(r"<!--v (?P<spec>[^>]*?)-->(?P<text>.*?)<!--/v-->", re.S)
 BLOCK = re.compile(r"(<!-- BEGIN (?P<name>[a-z0-9-]+) -->\n)(?P<text>.*?)(<!-- END (?P=name) -->)", re.S)
 
@@ -110,22 +110,27 @@ def _csv(path: str, filters: str, column: str, fmt: str = "") -> str:
         return value
 
 
+def md_rows(table: str, scale: str = "quick") -> list[dict[str, str]]:
+    """The rows of ours in ``reference/SCALE/tables/TABLE.md`` as the table prints them (column -> cell text)."""
+    md = (ROOT / "reference" / scale / "tables" / f"{table}.md").read_text(encoding="utf-8")
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    header = cells[0]
+    return [dict(zip(header, row)) for row in cells[2:] if row[0].startswith("Ours")]
+
+
 def _table(table: str, row: str, column: str, scale: str = "quick") -> str:
-    df = pd.read_csv(ROOT / "reference" / scale / "tables" / f"{table}.csv", dtype=str, keep_default_na=False)
-    df = df[df["Section"].str.startswith("Ours")]
-    if "Metric" in df:
+    rows = md_rows(table, scale)
+    if "Metric" in (rows[0] if rows else {}):
         sde, metric = row.rsplit("/", 1)
-        rows = df[(df["SDE"] == sde) & (df["Metric"] == metric)]
+        found = [r for r in rows if r["SDE"] == sde and r["Metric"] == metric]
     else:
-        rows = df[df["Method"] == row]
-    if len(rows) != 1:
-        raise StaleError(f"{table}: {len(rows)} rows named {row!r}")
-    mean, std = rows.iloc[0][column], rows.iloc[0].get(f"{column} std", "")
-    try:
-        text = f"{float(mean):.2f}"
-    except ValueError:
-        return mean
-    return f"{text} ± {float(std):.2f}" if std not in ("", "—") else text
+        found = [r for r in rows if r["Method"] == row]
+    if len(found) != 1:
+        raise StaleError(f"{table}: {len(found)} rows named {row!r}")
+    if column not in found[0]:
+        raise StaleError(f"{table}: no column {column!r}")
+    return found[0][column]
 
 
 def _plan(scale: str):
@@ -138,7 +143,9 @@ def _plan(scale: str):
 
 def _fd_n(scale: str, table6: bool) -> str:
     plan = _plan(scale)
-    cells = {r.name for r in plan.table6_runs()}
+    from lsgm.controls import table6_init_name
+
+    cells = {r.name for r in plan.table6_runs()} | {table6_init_name(sde) for sde in ("vpsde", "geometric")}
     ns = {r.eval_settings["fid"]["n_samples"] for r in plan.trained_models() if "fid" in r.evals
           and ((r.name in cells or r.name == plan.config["table6"]["backbone"]) == table6)}
     if len(ns) != 1:
@@ -205,6 +212,18 @@ def _table_excerpt(table: str) -> str:
     return "\n".join(rows[:2] + [r for r in rows[2:] if "| Ours (measured)" in r]) + "\n"
 
 
+FRONT_COLUMNS = ["Method", "n", "NELBO (bpd)", "NLL (bpd)", "fd_digits (ours)"]
+
+
+def _front_table() -> str:
+    """Table 2's rows of the balanced recipe, its controls and backbone at the quick scale, in a few columns."""
+    rows = [r for r in md_rows("table2") if "balanced" in r["Method"]]
+    lines = ["| " + " | ".join(FRONT_COLUMNS) + " |", "|" + "|".join(":--" if c == "Method" else "--:"
+                                                                  for c in FRONT_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(r[c] for c in FRONT_COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def _job_seconds() -> str:
     """Job-seconds by rule of the reference run (Snakemake's benchmark files)."""
     total: dict[str, list[float]] = {}
@@ -220,6 +239,7 @@ def _job_seconds() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "plan-slurm": lambda: "```\n$ lsgm " + " ".join(PLAN_SLURM[:-1]) + " 'cluster={gpu: A100-80GB}'\n" + _plan_slurm() + "```\n",
+    "table2-front": _front_table,
     "table2-quick": lambda: _table_excerpt("table2"),
     "table6-quick": lambda: _table_excerpt("table6"),
     "job-seconds-quick": _job_seconds,
@@ -231,21 +251,31 @@ def _cell(table: str, row: str, column: str) -> float:
     return float(_table(table, row, column).split(" ± ")[0])
 
 
+def _learned_cells(prefix: str, column_start: str) -> list[str]:
+    """The cells of every ``prefix`` row of ours in Tables 2-5 (``learned:`` = LSGM - at initialisation, ``learned
+    prior:`` = LSGM - its N(0, tau^2 I) control) under the columns starting with ``column_start``."""
+    cells = [cell for table in ("table2", "table3", "table4", "table5") for row in md_rows(table)
+             if row["Method"].startswith(prefix) for col, cell in row.items()
+             if col.startswith(column_start) and cell not in ("—", "")]
+    if not cells:
+        raise StaleError(f"no {prefix!r} cells under {column_start!r} in Tables 2-5")
+    return cells
+
+
+def _significant_decrease(cell: str) -> bool:
+    return cell.endswith("*") and float(cell.split(" ± ")[0]) < 0
+
+
 CLAIMS: dict[str, Callable[[], bool]] = {
-    "Sample quality improves with the score prior; the bound does not.": lambda: (
-        _cell("table2", "LSGM, recipe balanced", "fd_digits (ours)")
-        < _cell("table2", "VAE backbone (recipe balanced)", "fd_digits (ours)")
-        and _cell("table2", "LSGM, recipe balanced", "NELBO (bpd)")
-        >= _cell("table2", "VAE backbone (recipe balanced)", "NELBO (bpd)")),
-    "MNIST / OMNIGLOT stand-ins: the LSGM's NELBO is above its backbone's": lambda: all(
-        _cell(t, f"LSGM, recipe {r}", "NELBO (nats)") > _cell(t, f"VAE backbone (recipe {r})", "NELBO (nats)")
-        for t, r in (("table5", "mnist"), ("table4", "omniglot"))),
-    "the MNIST and OMNIGLOT stand-in LSGMs improve on their backbone's NELBO": lambda: (
-        _cell("table5", "LSGM, recipe mnist", "NELBO (nats)") < _cell("table5", "VAE backbone (recipe mnist)",
-                                                                      "NELBO (nats)")),
-    "the CIFAR-10-stand-in LSGMs do not beat their backbone's NELBO": lambda: (
-        _cell("table2", "LSGM, recipe balanced", "NELBO (bpd)") >= _cell("table2", "VAE backbone (recipe balanced)",
-                                                                         "NELBO (bpd)")),
+    # every LSGM's likelihood improved in stage 2 beyond its standard error (the controls at initialisation)
+    "Every LSGM's NELBO and NLL fall below its control at initialisation by more than two standard errors": lambda: all(
+        _significant_decrease(c) for col in ("NELBO", "NLL") for c in _learned_cells("learned: ", col)),
+    # no sample-quality difference from either control is beyond two standard errors
+    "No LSGM's sample quality differs from either control by more than two standard errors": lambda: not any(
+        c.endswith("*") for prefix in ("learned: ", "learned prior: ") for c in _learned_cells(prefix, "fd_")),
+    "no Table 6 cell's learned difference exceeds two standard errors": lambda: not any(
+        cell.endswith("*") for row in md_rows("table6") if row["Metric"].startswith("learned")
+        for col, cell in row.items() if col not in ("Section", "SDE", "Metric", "n")),
 }
 
 
