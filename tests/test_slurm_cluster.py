@@ -1,7 +1,8 @@
-"""The paper scale in miniature through a REAL Slurm cluster (benchmarks/slurm_cluster.py): every job via sbatch, a
-2-node training job through srun + torchrun, metrics equal to a local run of the same scale, a requeued and a
-cancelled trainer resumed to bit-identical weights. CI starts the cluster (scripts/local-slurm.sh up in .ci/run);
-without one the test is skipped and says why."""
+"""The paper scale in miniature through a REAL Slurm cluster (benchmarks/slurm_cluster.py): a slice of its DAG that
+runs every kind of job once, each via sbatch, 2-node trainings through srun + torchrun, metrics that reproduce the
+committed reference run of the miniature (reference/mini), a requeued and a cancelled trainer resumed to
+bit-identical weights. CI starts the cluster (scripts/local-slurm.sh up in .ci/run); without one the test is skipped
+and says why."""
 
 from __future__ import annotations
 
@@ -43,22 +44,27 @@ def record(tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_job_is_submitted_and_a_two_node_job_runs_on_both_nodes(record):
-    # every job of the DAG is an sbatch job (33 trainings, 94 evaluations and grids, 2 reference statistics, 5 data
-    # and weights files, the variance) but the localrules: 33 run configs, 5 tables, Figure 4, the reproduction
-    # report and `all`, counted by rule so that a new rule says which one it is
-    assert record["jobs_submitted_with_sbatch"] == 135, record
-    local = {"all": 1, "figure4": 1, "reproduction": 1, "run_config": 33, "tables": 5}
+    # every job of the slice (benchmarks/slurm_cluster.py: TARGETS) is an sbatch job (7 trainings, 14 evaluations,
+    # a sample grid, the reference statistics, 2 data sets and the Inception stand-in) but the localrules: 7 run
+    # configs, 2 tables and Figure 4, counted by rule so that a new rule says which one it is
+    assert record["jobs_submitted_with_sbatch"] == 26, record
+    local = {"figure4": 1, "run_config": 7, "tables": 2}
     assert record["local_rule_jobs_by_rule"] == local, record
-    two_node = record["multi_node_jobs"]
-    assert len(two_node) == 6, two_node  # CIFAR-10 stage 2 (3), CelebA both stages, the control
-    assert all(sorted(j["hosts"]) == ["n1", "n2"] and j["world_size"] == 2 for j in two_node), two_node
+    two_node = {j["run"]: j for j in record["multi_node_jobs"]}
+    assert {"celeba256/vae/celeba-s0", "celeba256/lsgm/celeba-s0"} <= set(two_node), two_node  # both stages
+    assert all(sorted(j["hosts"]) == ["n1", "n2"] and j["world_size"] == 2 for j in two_node.values()), two_node
 
 
 @pytest.mark.slow
-def test_metrics_through_slurm_equal_a_local_run(record):
-    cmp = record["metrics_vs_local"]
-    assert cmp["files"] >= 60 and cmp["statuses"] == ["ok"], cmp
-    assert cmp["bit_equal"] == cmp["numeric_fields"], cmp  # same process layout: the same numbers, bit for bit
+def test_metrics_through_slurm_reproduce_the_committed_miniature(record):
+    """Every metrics file of the slice against the same file of reference/mini (a local run of the same code): every
+    field reproduces (|Δ| <= 1e-3 x |reference|: on one machine the runs are bit-equal, Slurm's and a local one alike,
+    benchmarks/results/slurm_cluster.json), or, on another machine's floating point, moves by at most 4 combined
+    standard errors (an adaptive solver's step count can), never a field without a standard error."""
+    cmp = record["metrics_vs_reference"]
+    assert cmp["files"] == cmp["files_in_reference"] == 14 and cmp["only_in_one"] == 0, cmp
+    assert cmp["fields"] >= 100, cmp
+    assert cmp["moved_without_se"] == 0 and (cmp["largest_z"] is None or cmp["largest_z"] <= 4), cmp
 
 
 @pytest.mark.slow
