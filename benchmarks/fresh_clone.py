@@ -48,7 +48,17 @@ def _test_facts(output: str) -> dict:
     tail = [line for line in output.splitlines() if re.search(r"\d+ (passed|failed|error)", line)]
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", tail[-1])} \
         if tail else {}
-    return {"summary": tail[-1].strip("= ") if tail else None, **counts}
+    # pytest's --durations lines (PYTEST_ADDOPTS=--durations=N), slowest first: where the suite's time goes
+    slowest = [line.strip() for line in output.splitlines() if re.match(r"\s*\d+\.\d+s (call|setup|teardown) ", line)]
+    return {"summary": tail[-1].strip("= ") if tail else None, **counts, "slowest": slowest[:25]}
+
+
+def _slurm_cluster() -> str | None:
+    """The local Slurm cluster's nodes (tests/test_slurm_cluster.py runs only with one), or None."""
+    if shutil.which("sinfo") is None:
+        return None
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, check=False)
+    return out.stdout.strip().replace("\n", ", ") if out.returncode == 0 and out.stdout.strip() else None
 
 
 def main() -> int:
@@ -82,7 +92,8 @@ def main() -> int:
               "setup": "git clone -q . DIR; cd DIR (packages already installed; the clone's code on PYTHONPATH)",
               "exit_code": proc.returncode, "seconds": round(seconds, 1), "minutes": round(seconds / 60, 1),
               "cloned_commit": cloned_commit, "nproc": os.cpu_count(), "load_before": load_before,
-              "load_after": _load(), **facts, "output_tail": output.splitlines()[-5:],
+              "load_after": _load(), **facts,
+              **({"slurm_cluster": _slurm_cluster()} if args.what == "tests" else {}), "output_tail": output.splitlines()[-5:],
               "provenance": provenance("cpu", wall_seconds=seconds, source_commit=commit)}
     atomic_write_json(out, record)
     print(f"{args.what}: exit {proc.returncode}, {seconds / 60:.1f} min -> {out}")
