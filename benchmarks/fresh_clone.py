@@ -3,6 +3,8 @@
 ``python benchmarks/fresh_clone.py dag``    clones this repository (its HEAD) into a temporary folder and runs the
                                           README's main command there: ``snakemake --cores all`` (the quick scale,
                                           every job, ending with ``results/quick/reproduction.md``);
+``python benchmarks/fresh_clone.py demo``   the same for ``snakemake --cores all --config scale=demo`` (one recipe and
+                                          its controls at 10,000 stage-2 steps: ``--keep reference/demo``);
 ``python benchmarks/fresh_clone.py tests``  the same clone, then the README's test command ``python -m pytest -q``.
 
 The clone's own code runs (``PYTHONPATH`` = the clone: what ``pip install -e .`` in it would give, without changing
@@ -29,16 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from lsgm.io import atomic_write_json, git_commit, provenance  # noqa: E402
 
-COMMANDS = {"dag": ["snakemake", "--cores", "all"], "tests": [sys.executable, "-m", "pytest", "-q"]}
+COMMANDS = {"dag": ["snakemake", "--cores", "all"], "demo": ["snakemake", "--cores", "all", "--config", "scale=demo"],
+            "tests": [sys.executable, "-m", "pytest", "-q"]}
+SCALES = {"dag": "quick", "demo": "demo"}  # the scale each DAG command runs
 
 
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _dag_facts(output: str, clone: Path) -> dict:
+def _dag_facts(output: str, clone: Path, scale: str) -> dict:
     done = re.findall(r"(\d+) of (\d+) steps \(100%\) done", output)
-    summary = clone / "results" / "quick" / "reproduction.md"
+    summary = clone / "results" / scale / "reproduction.md"
     printed = [line for line in output.splitlines() if line.startswith("reproduction (")]
     return {"jobs": int(done[-1][1]) if done else None, "printed": printed[-1] if printed else None,
             "reproduction": summary.read_text(encoding="utf-8").splitlines()[0] if summary.is_file() else None}
@@ -65,7 +69,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=sorted(COMMANDS))
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/fresh_clone_<what>.json")
-    parser.add_argument("--keep", type=Path, default=None, help="dag: copy the clone's results/quick here")
+    parser.add_argument("--keep", type=Path, default=None, help="dag, demo: copy the clone's results/<scale> here")
     args = parser.parse_args()
     out = args.out or ROOT / "benchmarks" / "results" / f"fresh_clone_{args.what}.json"
     commit = git_commit()
@@ -79,11 +83,12 @@ def main() -> int:
         seconds = time.perf_counter() - started
         output = proc.stdout + proc.stderr
         (Path(tmp) / "output.log").write_text(output, encoding="utf-8")
-        facts = _dag_facts(output, clone) if args.what == "dag" else _test_facts(output)
-        if args.keep is not None and args.what == "dag":
+        scale = SCALES.get(args.what)
+        facts = _dag_facts(output, clone, scale) if scale else _test_facts(output)
+        if args.keep is not None and scale:
             if args.keep.exists():
                 shutil.rmtree(args.keep)
-            shutil.copytree(clone / "results" / "quick", args.keep,
+            shutil.copytree(clone / "results" / scale, args.keep,
                             ignore=shutil.ignore_patterns("runs", "configs", "fid_stats"))
         cloned_commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True,
                                        check=True).stdout.strip()
