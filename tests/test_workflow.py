@@ -46,8 +46,10 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 def trained(text: str) -> Counter:
-    """Training jobs of a dry run by kind (vae, lsgm, sgm): the one `train` rule's output path names it."""
-    outputs = re.findall(r"^rule train:\n    input: .*\n    output: results/\w+/runs/\w+/(\w+)/", text, flags=re.M)
+    """Training jobs of a dry run by kind (vae, lsgm, sgm): the `train` rule's output path names it (or its one-seed
+    variant's, for the runs with fewer seeds than the scale where seeds are batched)."""
+    outputs = re.findall(r"^rule train(?:_one_seed)?:\n    input: .*\n    output: results/\w+/runs/\w+/(\w+)/", text,
+                         flags=re.M)
     return Counter(outputs)
 
 
@@ -62,13 +64,21 @@ def dry_run(*args: str) -> tuple[dict[str, int], str]:
 def test_offline_scales_plan_the_whole_dag(scale):
     counts, text = dry_run("--config", f"scale={scale}")
     sc = yaml.safe_load((ROOT / "config.yaml").read_text())["scales"][scale]
-    jobs_per_run = 1 if sc.get("batch_seeds") else len(sc["seeds"])  # batched: one job trains every seed of a run
+    seeds, grid_seeds = sc["seeds"], sc.get("table6_seeds", sc["seeds"])
+    jobs_per_run = 1 if sc.get("batch_seeds") else len(seeds)  # batched: one job trains every seed of a run
+    # the Table 6 grid (cells, each SDE's control, its backbone) on scales.S.table6_seeds: with fewer seeds than the
+    # scale, one job per seed (rule train_one_seed where seeds are batched)
+    one_seed = sc.get("batch_seeds") and len(grid_seeds) < len(seeds)
+    grid_jobs = len(grid_seeds) if one_seed or not sc.get("batch_seeds") else 1
+    grid = {"lsgm": TABLE6_CELLS + 2, "vae": 1}
     kinds = trained(text)
     # one pixel SGM: the CelebA-HQ recipe is same_as the CIFAR-10 one on the shared stand-in
-    assert kinds == {"lsgm": (MAIN_LSGMS + TABLE6_CELLS + INIT_CONTROLS) * jobs_per_run, "vae": BACKBONES[scale] * jobs_per_run,
-                     "sgm": 1 * jobs_per_run}
-    assert counts["train"] == sum(kinds.values())
-    assert counts["run_config"] == sum(kinds.values()) * len(sc["seeds"]) // jobs_per_run + 1  # + the FD classifier's
+    assert kinds == {"lsgm": (MAIN_LSGMS + INIT_CONTROLS - 2) * jobs_per_run + grid["lsgm"] * grid_jobs,
+                     "vae": (BACKBONES[scale] - 1) * jobs_per_run + grid["vae"] * grid_jobs, "sgm": 1 * jobs_per_run}
+    assert counts["train"] + counts.get("train_one_seed", 0) == sum(kinds.values())
+    assert counts.get("train_one_seed", 0) == (sum(grid.values()) * grid_jobs if one_seed else 0)
+    main = sum(kinds.values()) - sum(grid.values()) * grid_jobs
+    assert counts["run_config"] == main * len(seeds) // jobs_per_run + sum(grid.values()) * len(grid_seeds) + 1  # + FD's
     assert counts["train_classifier"] == 1 and counts["fid_stats"] == 1
     assert counts["tables"] == 5 and counts["figure4"] == 1
     assert {"evaluate", "evaluate_first_seed", "run_config"} <= set(counts)
@@ -139,10 +149,12 @@ def test_slurm_profile_resolves_and_requests_gpus():
 def test_one_table6_cell_plans_only_its_chain():
     target = "results/quick/metrics/digits/lsgm/vpsde-w_un-is-q_rew-s0/nll.json"
     counts, text = dry_run(target)
-    assert counts == {"run_config": 6, "train": 2, "evaluate": 1, "total": 9}  # 3 seeds, batched in one job each
-    assert "results/quick/runs/digits/lsgm/vpsde-w_un-is-q_rew-s2/model.pt" in text
+    # the grid trains on scales.quick.table6_seeds ([0]): one job per seed, though the scale batches its seeds
+    assert counts == {"run_config": 2, "train_one_seed": 2, "evaluate_one_seed": 1, "total": 5}
     assert trained(text) == {"vae": 1, "lsgm": 1}
-    assert "results/quick/runs/digits/vae/table6-s0/model.pt" in text
+    assert "results/quick/runs/digits/vae/table6-s0/model.pt" in text and "-s1/" not in text and "-s2/" not in text
+    proc = snakemake("-n", target.replace("-s0/", "-s1/"), check=False)
+    assert proc.returncode != 0 and "has no seed 1; its seeds: 0 (scales.quick.table6_seeds)" in proc.stdout + proc.stderr
 
 
 def test_one_table_plans_only_its_runs():

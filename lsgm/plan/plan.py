@@ -101,8 +101,9 @@ class Plan(Resolution):
         names = sorted({r.name for r in self.runs.values() if r.kind == kind and r.dataset == dataset})
         seeds = sorted({r.seed for r in self.runs.values() if r.kind == kind and r.dataset == dataset and r.name == name})
         if names and name in names:
+            key = "table6_seeds" if seeds and len(seeds) < len(self.seeds) else "seeds"  # the grid's seeds: a subset
             return (f"{kind} run '{name}' on {dataset} at scale {self.scale} has no seed {seed}; its seeds: "
-                    f"{', '.join(map(str, seeds))} (scales.{self.scale}.seeds)")
+                    f"{', '.join(map(str, seeds))} (scales.{self.scale}.{key})")
         datasets = sorted({r.dataset for r in self.runs.values() if r.kind == kind})
         if not names:
             return (f"no {kind} run on dataset '{dataset}' at scale {self.scale}"
@@ -201,6 +202,20 @@ class Plan(Resolution):
             while run.backbone is not None:
                 run = out.setdefault(id(run.backbone), run.backbone)
         return sorted(out.values(), key=lambda r: (r.kind, r.dataset, r.name, r.seed))
+
+    def one_seed_runs(self) -> dict[str, list[str]]:
+        """{kind: run names} of the runs that have fewer seeds than the scale (the Table 6 grid under
+        ``scales.S.table6_seeds``): where the scale batches its seeds into one job per run, these run one job per seed
+        (a batched job lists every seed of the scale)."""
+        seeds: dict[tuple[str, str], set[int]] = {}
+        for run in self.runs.values():
+            if run.kind != "classifier":
+                seeds.setdefault((run.kind, run.name), set()).add(run.seed)
+        out: dict[str, list[str]] = {}
+        for (kind, name), have in sorted(seeds.items()):
+            if have != set(self.seeds):
+                out.setdefault(kind, []).append(name)
+        return out
 
     def samples_targets(self) -> list[str]:
         """One grid of samples per trained model, of its first seed (``seeds[0]``) only."""

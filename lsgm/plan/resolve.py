@@ -71,6 +71,12 @@ class Resolution(ControlRuns):
         self.seeds: list[int] = list(self.sc["seeds"])
         # One job per run trains / evaluates all its seeds in one process (scales.S.batch_seeds); else one job per seed.
         self.batch_seeds: bool = bool(self.sc.get("batch_seeds", False))
+        # The training seeds of the Table 6 grid (its cells, each SDE's control, the grid's own backbone): a subset of
+        # the scale's seeds (scales.S.table6_seeds; default all of them).
+        self.table6_seeds: list[int] = list(self.sc.get("table6_seeds", self.seeds))
+        if set(self.table6_seeds) - set(self.seeds):
+            raise PlanError(f"scales.{scale}.table6_seeds: {sorted(set(self.table6_seeds) - set(self.seeds))} are not "
+                            f"seeds of the scale (scales.{scale}.seeds: {', '.join(map(str, self.seeds))})")
         self.runs: dict[tuple, Run] = {}
         # scales.S.runs.KIND.NAME.same_as: OTHER -- recipe NAME is not trained at this scale; tables and figures that
         # list it take recipe OTHER's rows (the label names OTHER), which also runs NAME's evaluations. {(kind, name): other}
@@ -354,9 +360,12 @@ class Resolution(ControlRuns):
                                     "can share another recipe's model")
         for name in recipes_cfg["sgm"]:
             self._read_same_as("sgm", name)
+        lsgm_backbones = {spec.get("backbone") for spec in self.sc["runs"].get("lsgm", {}).values()}
+        lsgm_backbones |= {rec["backbone"] for rec in recipes_cfg["lsgm"].values()}
         for seed in self.sc["seeds"]:
+            grid = seed in self.table6_seeds  # the Table 6 grid trains on this seed
             backbones = {name: self._recipe_run("vae", name, rec, seed) for name, rec in recipes_cfg["vae"].items()
-                         if "stage2" not in rec}
+                         if "stage2" not in rec and (grid or name != t6["backbone"] or name in lsgm_backbones)}
             lsgms = {}
             for name, rec in recipes_cfg["lsgm"].items():
                 lsgms[name] = run = self._recipe_run("lsgm", name, rec, seed)
@@ -368,7 +377,7 @@ class Resolution(ControlRuns):
                 if "stage2" in rec:
                     self._control_run(name, rec, lsgms, seed)
             first_cells = {}
-            for cell in self.cells:
+            for cell in self.cells if grid else ():
                 run = self._cell_run(cell, seed)
                 self._attach(run, backbones, t6["backbone"], "table6.backbone")
                 first_cells.setdefault(cell.sde, run)

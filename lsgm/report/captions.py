@@ -20,7 +20,7 @@ from lsgm.report.runs import (
     recipe_of,
     scale_of,
 )
-from lsgm.report.table6 import BACKBONE_COLUMN, INIT_COLUMN, learned_cells
+from lsgm.report.table6 import BACKBONE_COLUMN, CHANCE_BEYOND_2SE, INIT_COLUMN, chance_of_at_least, learned_cells
 
 
 UNITS = {"bpd": "bits/dim", "nats": "nats"}
@@ -209,10 +209,16 @@ def table6_lines(entries: list[dict], meta: dict, relative: float) -> list[str]:
     if learned:
         counts = "; ".join(f"{metric}: {k} of {n} cells" for metric, (k, n) in learned.items())
         init += (f" Cells whose learned difference exceeds 2 se ({SIGNIFICANT}): {counts}.")
-        if not any(k for k, _ in learned.values()):
-            init += (" No cell has learned anything its standard error can tell from the initialisation: at this "
-                     "budget the cells measure the pipeline, not the ablation, and their differences are the "
-                     "initialisation's and the evaluations' noise.")
+        chance = {metric: chance_of_at_least(k, n) for metric, (k, n) in learned.items()}
+        init += (f" A cell that learned nothing exceeds 2 se with probability {CHANCE_BEYOND_2SE:.1%}, so with many "
+                 "cells a few * are expected from the evaluations' noise alone; the chance of at least as many * as "
+                 "here if no cell had learned (binomial; the cells of an SDE share its at-initialisation value, so their * "
+                 "are not independent and this is a guide): "
+                 + "; ".join(f"{metric}: {p:.2f}" for metric, p in chance.items()) + ".")
+        if all(p > 0.05 for p in chance.values()):
+            init += (" No metric has more * than that noise gives (every chance above 0.05): at this budget the cells "
+                     "measure the pipeline, not the ablation, and their differences are the initialisation's and the "
+                     "evaluations' noise; a * here is not a learned difference.")
     return [columns, marks, reference, init, vs]
 
 

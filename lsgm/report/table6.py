@@ -213,6 +213,15 @@ def learned_cells(entries: list[dict]) -> dict[str, tuple[int, int]]:
     return {m: (a, b) for m, (a, b) in out.items()}
 
 
+# P(|Z| > 2) for a standard Normal: how often a cell that learned nothing still gets a learned difference beyond 2 se
+CHANCE_BEYOND_2SE = math.erfc(2 / math.sqrt(2))
+
+
+def chance_of_at_least(k: int, n: int, p: float = CHANCE_BEYOND_2SE) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): the chance that k or more of n cells that learned nothing are marked."""
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
 def build_table6(entries: list[dict], published: dict) -> pd.DataFrame:
     """Table 6 (no caption): rows = SDE x metric (ours over seeds, the backbone reference, then the paper),
     columns = the 10 cells and the backbone's ``no score prior``."""

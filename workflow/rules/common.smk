@@ -87,6 +87,18 @@ SEEDS = PLANS[SCALE].seeds
 BATCH_SEEDS = PLANS[SCALE].batch_seeds
 SEED_STEM = layout.seed_stem(BATCH_SEEDS)
 TRAIN_STEM = layout.seed_stem(BATCH_SEEDS, with_kind=False)
+# Runs with fewer seeds than the scale (the Table 6 grid under scales.S.table6_seeds) take one job per seed even where
+# seeds are batched: the batched rules (train, evaluate) leave them to their one-seed variants (train_one_seed,
+# evaluate_one_seed). A {run} wildcard is followed by "-s{seed}" in every path of those rules.
+RUN_NAME = "[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*"
+ONE_SEED = PLANS[SCALE].one_seed_runs() if BATCH_SEEDS else {}
+ONE_SEED_RUN = "|".join(sorted({re.escape(name) for names in ONE_SEED.values() for name in names}))
+BATCHED_RUN = f"(?!(?:{ONE_SEED_RUN})-s[0-9])(?:{RUN_NAME})" if ONE_SEED_RUN else RUN_NAME
+_both = {n for k, names in ONE_SEED.items() for n in names for r in PLANS[SCALE].runs.values()
+         if r.name == n and r.kind != k and r.kind != "classifier"}
+if _both:
+    raise WorkflowError(f"scale {SCALE}: runs {sorted(_both)} have one seed per job in one kind and batched seeds in "
+                        "another; give them distinct names")
 
 
 def per_seed(pattern):
@@ -109,7 +121,7 @@ wildcard_constraints:
     root="|".join(map(re.escape, DATA_PLANS)),
     dataset="[a-z0-9_]+",
     kind="vae|lsgm|sgm",
-    run="[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*",
+    run=RUN_NAME,
     seed=r"\d+",
     table=r"table\d+",
     features="inception|classifier",

@@ -90,6 +90,7 @@ rule evaluate:
         layout.benchmark("eval_{metric}", SEED_STEM)
     wildcard_constraints:
         metric=PER_SEED_EVALS,
+        run=BATCHED_RUN,
     threads: eval_threads
     priority: 1  # see rule train
     resources:
@@ -99,6 +100,24 @@ rule evaluate:
     shell:
         "lsgm evaluate {params.command} --model {input.model} --out {output}{params.stats} {params.flags}"
         "{params.inception} > {log} 2>&1"
+
+
+if ONE_SEED_RUN:
+
+    use rule evaluate as evaluate_one_seed with:
+        input:
+            model=[layout.MODEL],
+            stats=stats_if_read,
+            inception=inception_if_read,
+        output:
+            [layout.METRICS],
+        log:
+            layout.log("eval_{metric}", layout.STEM),
+        benchmark:
+            layout.benchmark("eval_{metric}", layout.STEM)
+        wildcard_constraints:
+            metric=PER_SEED_EVALS,
+            run=ONE_SEED_RUN,
 
 
 rule evaluate_first_seed:

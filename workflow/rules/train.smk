@@ -44,6 +44,7 @@ rule train:
     wildcard_constraints:
         kind="vae|lsgm|sgm",
         scale=TRAINING_SCALES,
+        run=BATCHED_RUN,
     threads: train_threads
     # Long jobs first, short evaluations last: fewer idle cores at the end of a local run (train 2, FD/cost 1, rest 0).
     priority: 2
@@ -54,6 +55,25 @@ rule train:
     shell:
         "{params.lsgm} train-{wildcards.kind} --config {input.config}{params.vae} --out {params.out}"
         " --ckpt-dir {params.ckpt} > {log} 2>&1"
+
+
+if ONE_SEED_RUN:
+
+    use rule train as train_one_seed with:
+        input:
+            config=[layout.CONFIG],
+            vae=backbone_model,
+            data=data_for,
+        output:
+            model=[layout.MODEL],
+        log:
+            layout.log("train_{kind}", layout.seed_stem(False, with_kind=False)),
+        benchmark:
+            layout.benchmark("train_{kind}", layout.seed_stem(False, with_kind=False))
+        wildcard_constraints:
+            kind="vae|lsgm|sgm",
+            scale=TRAINING_SCALES,
+            run=ONE_SEED_RUN,
 
 
 rule train_classifier:
