@@ -116,10 +116,17 @@ def printed(df: pd.DataFrame, key: str = "Method") -> pd.DataFrame:
 # ----------------------------------------------------------------------------- rows over seeds
 def test_a_row_is_a_recipe_over_its_seeds(tables):
     df = tables["table2"]
-    assert list(ours(df)["Method"]) == ["LSGM, recipe balanced", "LSGM, recipe fid", "LSGM, recipe nll",
-                                        "VAE backbone (recipe balanced)",
-                                        "VAE backbone + stage-2 steps (Normal prior, recipe balanced_stage2)",
+    pipeline = "VAE backbone + stage-2 steps (Normal prior, recipe balanced_stage2)"
+    versus = f"score prior vs more training: LSGM − {pipeline}"
+    assert list(ours(df)["Method"]) == ["LSGM, recipe balanced", versus, "LSGM, recipe fid", "LSGM, recipe nll",
+                                        "VAE backbone (recipe balanced)", pipeline,
                                         "Pixel SGM (VESDE), recipe cifar10"]
+    # under an LSGM whose recipe has a stage-2 control: LSGM - that control, paired per seed
+    rows = ours(df).set_index("Method")
+    diff = rows.loc[versus, "NLL (bpd)"]
+    lsgm, control = rows.loc["LSGM, recipe balanced", "NLL (bpd)"], rows.loc[pipeline, "NLL (bpd)"]
+    assert diff.difference and diff.n == lsgm.n == 1 < control.n  # the seeds both have (the LSGM's: seed 0)
+    assert diff.values[0] == pytest.approx(lsgm.values[0] - control.values[0])
     cell = ours(df).set_index("Method").loc["LSGM, recipe fid", "NLL (bpd)"]
     assert isinstance(cell, Agg) and cell.n == 3 and cell.mean == pytest.approx(2.1)
     assert cell.std == pytest.approx(statistics.stdev([2.0, 2.1, 2.2]))  # sample std, ddof=1

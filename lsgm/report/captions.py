@@ -159,7 +159,9 @@ def metric_lines(table: str, meta: dict, entries: list[dict], published: dict) -
     if any(e["run"]["model"] == "vae" and recipe_of(e["run"]).endswith(STAGE2_SUFFIX) for e in entries):
         lines.append("VAE backbone + stage-2 steps (Normal prior): the backbone trained on for the LSGM's stage-2 "
                      "steps with its Normal prior and the stage-2 optimizer -- it separates \"a better prior\" "
-                     "from \"more training\".")
+                     "from \"more training\"; 'score prior vs more training' = LSGM − that control, paired per seed "
+                     "and test example as 'learned' (a stage-2 control continues the backbone of the LSGM whose recipe "
+                     "its name carries).")
     if table != "table6":
         lines += compare_lines(table, meta, published, not_comparable(entries, meta))
     return lines

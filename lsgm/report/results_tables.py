@@ -139,10 +139,12 @@ def latent_scale(group: Group) -> str:
 
 
 def control_rows(table: str, group: Group, init: Group | None, meta: dict, columns: list[str],
-                 fd_headers: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict]]:
+                 fd_headers: dict[str, str], pipeline: Group | None = None) -> tuple[list[dict[str, Any]], list[dict]]:
     """The controls of one LSGM row (lsgm/controls.py): ``learned`` = LSGM - at initialisation (every metric), the
-    sample-quality control (its prior replaced by N(0, tau^2 I)) and ``learned prior`` = LSGM - that control (FD);
-    each a difference per seed with its standard error."""
+    sample-quality control (its prior replaced by N(0, tau^2 I)) and ``learned prior`` = LSGM - that control (FD),
+    and, where the table has it, ``score prior vs more training`` = LSGM - its backbone trained on for the same stage-2
+    steps with its Normal prior (``pipeline``: the same pipeline without the method); each a difference per seed with
+    its standard error."""
     nelbo_h, nll_h = bound_headers(meta)["nelbo"], bound_headers(meta)["nll"]
     names = sorted({n for e in group.entries for n in fd_names(e["fid"])})
     base = {"Section": OURS_SECTION, "n": len(group.entries), "source": "ours", "bound": False}
@@ -164,6 +166,13 @@ def control_rows(table: str, group: Group, init: Group | None, meta: dict, colum
         learned.update({fd_headers.get(n, n): paired_difference(group, group, "fid", n, kind_b="fid_normal")
                         for n in names})
         rows += [row, learned]
+    if pipeline is not None:
+        row = {**dict.fromkeys(columns), **base,
+               "Method": f"score prior vs more training: LSGM − {pipeline.label}",
+               nelbo_h: paired_difference(group, pipeline, "nll", nelbo_key),
+               nll_h: paired_difference(group, pipeline, "nll", "nll")}
+        row.update({fd_headers.get(n, n): paired_difference(group, pipeline, "fid", n) for n in names})
+        rows.append(row)
     return rows, seeds
 
 
@@ -172,6 +181,8 @@ def ordered_rows(table: str, groups: list[Group], meta: dict, columns: list[str]
     """Our rows: each LSGM with, under it, its control at initialisation, ``learned``, its sample-quality control and
     ``learned prior``; then the other rows in their order."""
     inits = {init_of(g.recipe): g for g in groups if g.model == "lsgm" and init_of(g.recipe)}
+    pipelines = {g.recipe[:-len(STAGE2_SUFFIX)]: g for g in groups
+                 if g.model == "vae" and g.recipe.endswith(STAGE2_SUFFIX)}
     out, placed = [], set()
     for group in groups:
         if group.model == "lsgm" and not init_of(group.recipe):
@@ -180,7 +191,7 @@ def ordered_rows(table: str, groups: list[Group], meta: dict, columns: list[str]
             if init is not None:
                 out.append(measured_row(table, init, meta, columns, fd_headers, published))
                 placed.add(id(init))
-            more, seeds = control_rows(table, group, init, meta, columns, fd_headers)
+            more, seeds = control_rows(table, group, init, meta, columns, fd_headers, pipelines.get(group.recipe))
             out += [(row, seeds if i == 0 else []) for i, row in enumerate(more)]
     out += [measured_row(table, g, meta, columns, fd_headers, published) for g in groups
             if id(g) not in placed and not (g.model == "lsgm" and not init_of(g.recipe))]
