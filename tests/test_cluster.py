@@ -182,5 +182,5 @@ def test_a_changed_network_makes_the_count_stale_and_cpu_scales_have_no_gpu_hour
     assert any("17 runs' networks changed since benchmarks/results/paper_flops.json was counted" in t for t in totals)
     assert any("training" in t and "(22 of 41 jobs)" in t for t in totals), totals  # 17 cells, 2 SDEs' inits
     quick = Report(Plan(config, "quick"), None, None, None).totals()
-    # runs x seeds; the Table 6 grid (17 cells, 2 SDE controls, its backbone) on one seed (scales.quick.table6_seeds)
+    # runs x seeds; the Table 6 grid (17 cells, 2 SDE controls, its backbone) on one seed (scales.quick.table6_n_seeds)
     assert quick == ["81 training jobs and 205 evaluation jobs at scale quick, CPU only (no GPU-hours)"]

@@ -64,9 +64,10 @@ def dry_run(*args: str) -> tuple[dict[str, int], str]:
 def test_offline_scales_plan_the_whole_dag(scale):
     counts, text = dry_run("--config", f"scale={scale}")
     sc = yaml.safe_load((ROOT / "config.yaml").read_text())["scales"][scale]
-    seeds, grid_seeds = sc["seeds"], sc.get("table6_seeds", sc["seeds"])
+    seeds = sc["seeds"]
+    grid_seeds = seeds[:sc.get("table6_n_seeds") or len(seeds)]
     jobs_per_run = 1 if sc.get("batch_seeds") else len(seeds)  # batched: one job trains every seed of a run
-    # the Table 6 grid (cells, each SDE's control, its backbone) on scales.S.table6_seeds: with fewer seeds than the
+    # the Table 6 grid (cells, each SDE's control, its backbone) on scales.S.table6_n_seeds: with fewer seeds than the
     # scale, one job per seed (rule train_one_seed where seeds are batched)
     one_seed = sc.get("batch_seeds") and len(grid_seeds) < len(seeds)
     grid_jobs = len(grid_seeds) if one_seed or not sc.get("batch_seeds") else 1
@@ -149,12 +150,12 @@ def test_slurm_profile_resolves_and_requests_gpus():
 def test_one_table6_cell_plans_only_its_chain():
     target = "results/quick/metrics/digits/lsgm/vpsde-w_un-is-q_rew-s0/nll.json"
     counts, text = dry_run(target)
-    # the grid trains on scales.quick.table6_seeds ([0]): one job per seed, though the scale batches its seeds
+    # the grid trains on the first scales.quick.table6_n_seeds (1) seeds: one job per seed, though the scale batches its seeds
     assert counts == {"run_config": 2, "train_one_seed": 2, "evaluate_one_seed": 1, "total": 5}
     assert trained(text) == {"vae": 1, "lsgm": 1}
     assert "results/quick/runs/digits/vae/table6-s0/model.pt" in text and "-s1/" not in text and "-s2/" not in text
     proc = snakemake("-n", target.replace("-s0/", "-s1/"), check=False)
-    assert proc.returncode != 0 and "has no seed 1; its seeds: 0 (scales.quick.table6_seeds)" in proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "has no seed 1; its seeds: 0 (scales.quick.table6_n_seeds)" in proc.stdout + proc.stderr
 
 
 def test_one_table_plans_only_its_runs():

@@ -101,7 +101,7 @@ class Plan(Resolution):
         names = sorted({r.name for r in self.runs.values() if r.kind == kind and r.dataset == dataset})
         seeds = sorted({r.seed for r in self.runs.values() if r.kind == kind and r.dataset == dataset and r.name == name})
         if names and name in names:
-            key = "table6_seeds" if seeds and len(seeds) < len(self.seeds) else "seeds"  # the grid's seeds: a subset
+            key = "table6_n_seeds" if seeds and len(seeds) < len(self.seeds) else "seeds"  # the grid's seeds: a subset
             return (f"{kind} run '{name}' on {dataset} at scale {self.scale} has no seed {seed}; its seeds: "
                     f"{', '.join(map(str, seeds))} (scales.{self.scale}.{key})")
         datasets = sorted({r.dataset for r in self.runs.values() if r.kind == kind})
@@ -205,7 +205,7 @@ class Plan(Resolution):
 
     def one_seed_runs(self) -> dict[str, list[str]]:
         """{kind: run names} of the runs that have fewer seeds than the scale (the Table 6 grid under
-        ``scales.S.table6_seeds``): where the scale batches its seeds into one job per run, these run one job per seed
+        ``scales.S.table6_n_seeds``): where the scale batches its seeds into one job per run, these run one job per seed
         (a batched job lists every seed of the scale)."""
         seeds: dict[tuple[str, str], set[int]] = {}
         for run in self.runs.values():

@@ -87,7 +87,7 @@ SEEDS = PLANS[SCALE].seeds
 BATCH_SEEDS = PLANS[SCALE].batch_seeds
 SEED_STEM = layout.seed_stem(BATCH_SEEDS)
 TRAIN_STEM = layout.seed_stem(BATCH_SEEDS, with_kind=False)
-# Runs with fewer seeds than the scale (the Table 6 grid under scales.S.table6_seeds) take one job per seed even where
+# Runs with fewer seeds than the scale (the Table 6 grid under scales.S.table6_n_seeds) take one job per seed even where
 # seeds are batched: the batched rules (train, evaluate) leave them to their one-seed variants (train_one_seed,
 # evaluate_one_seed). A {run} wildcard is followed by "-s{seed}" in every path of those rules.
 RUN_NAME = "[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*"
