@@ -214,8 +214,8 @@ def table6_lines(entries: list[dict], meta: dict, relative: float) -> list[str]:
         chance = {metric: chance_of_at_least(k, n) for metric, (k, n) in learned.items()}
         init += (f" A cell that learned nothing exceeds 2 se with probability {CHANCE_BEYOND_2SE:.1%}, so with many "
                  "cells a few * are expected from the evaluations' noise alone; the chance of at least as many * as "
-                 "here if no cell had learned (binomial; the cells of an SDE share its at-initialisation value, so their * "
-                 "are not independent and this is a guide): "
+                 "here if no cell had learned (binomial; the cells of an SDE share its at-initialisation value, so "
+                 "their * are not independent and this is a guide): "
                  + "; ".join(f"{metric}: {p:.2f}" for metric, p in chance.items()) + ".")
         if all(p > 0.05 for p in chance.values()):
             init += (" No metric has more * than that noise gives (every chance above 0.05): at this budget the cells "
