@@ -57,6 +57,21 @@ class MixedScore(nn.Module):
         """The backbone's SR penalty (the mixing logit has none, as in the official code)."""
         return self.backbone.regularization(conv=conv)
 
+    def normal_weight(self) -> torch.Tensor:
+        """(1 - alpha) per channel [1, C, 1, ...] (0 without mixing): the Normal part of eps_theta is this times
+        ``sde.mixing_component(z_t, t)``, a linear function of z_t."""
+        return 1.0 - self.alpha if self.mixed else torch.zeros_like(self.mixing_logit)
+
+    def parts(self, z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two terms of :meth:`forward`: ((1 - alpha) * mixing_component, alpha * eps'), in fp32; their sum is
+        eps_theta (the Normal part is zero without mixing). The evaluation's control variate
+        (:func:`lsgm.diffusion.objectives.prior_cross_entropy_cv`) needs them apart."""
+        mask = self._channel_mask(z_t.ndim)
+        eps_net = self.backbone(z_t * mask, t).float()
+        if not self.mixed:
+            return torch.zeros_like(eps_net), eps_net
+        return (1.0 - self.alpha) * self.sde.mixing_component(z_t.float(), t.float()), self.alpha * eps_net
+
     def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """z_t: [B, C, ...], t: [B] -> eps_theta: [B, C, ...]."""
         mask = self._channel_mask(z_t.ndim)

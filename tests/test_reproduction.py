@@ -153,17 +153,18 @@ def test_the_reference_tables_are_what_this_code_builds_from_the_reference_metri
 
 
 def test_the_reference_runs_dsm_term_meets_its_monte_carlo_target():
-    """config.yaml's target for the quick scale: the DSM term of every main-table NELBO (512 time draws per test digit
-    on the whole test split) has a Monte Carlo standard error <= 0.006 bits/dim per run, so the learned differences
-    the tables state are not the evaluation's noise; Table 6 (64 draws, plumbing at this budget) is exempt."""
+    """config.yaml's target for the quick scale: the DSM term of every NELBO (main tables: 32 time draws per test digit
+    on the whole test split; Table 6: 16; both with the control variate) has a Monte Carlo standard error <= 0.002
+    bits/dim per run, so the learned differences the tables state are not the evaluation's noise."""
     root = Path(__file__).resolve().parents[1]
     checked = {}
     for path in sorted((root / "reference" / "quick" / "metrics").rglob("nll.json")):
         doc = json.loads(path.read_text())
         se, settings = doc["metrics"].get("nelbo_bound_mc_stderr"), doc["settings"]
-        if se is None or settings["t_draws"] != 512:
+        if se is None:
             continue
+        assert settings["dsm_estimator"].startswith("control variate"), path
         unit = doc["metrics"]["unit"]
         checked[path.parent.name] = se if unit == "bpd" else se / (settings["eval_dims"] * math.log(2))
-    assert len(checked) >= 30, sorted(checked)  # every LSGM and control at initialisation of Tables 2-5, 3 seeds
-    assert max(checked.values()) <= 0.006, max(checked.items(), key=lambda kv: kv[1])
+    assert len(checked) >= 50, sorted(checked)  # every LSGM and control at initialisation, 3 seeds; Table 6's cells
+    assert max(checked.values()) <= 0.002, max(checked.items(), key=lambda kv: kv[1])
