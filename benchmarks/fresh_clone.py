@@ -85,7 +85,14 @@ def main() -> int:
         (Path(tmp) / "output.log").write_text(output, encoding="utf-8")
         scale = SCALES.get(args.what)
         facts = _dag_facts(output, clone, scale) if scale else _test_facts(output)
-        if args.keep is not None and scale:
+        kept_logs = None
+        if proc.returncode != 0:  # the clone goes with its temporary folder: keep what says why it failed
+            kept_logs = Path(tempfile.mkdtemp(prefix=f"lsgm-fresh-{args.what}-failed-"))
+            (kept_logs / "output.log").write_text(output, encoding="utf-8")
+            if (clone / "logs").is_dir():
+                shutil.copytree(clone / "logs", kept_logs / "logs")
+            print(f"{args.what}: exit {proc.returncode}; its output and job logs are in {kept_logs}", file=sys.stderr)
+        if args.keep is not None and scale and proc.returncode == 0:  # never a half-made reference
             if args.keep.exists():
                 shutil.rmtree(args.keep)
             shutil.copytree(clone / "results" / scale, args.keep,

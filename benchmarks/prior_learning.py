@@ -10,8 +10,8 @@ scaling rules of ``lsgm.plan.scaling`` (as the DAG's quick runs get them), or th
 
 Held-out cross entropy (bits/dim of the images, the tables' unit): each of the backbone's test digits is encoded with
 ``--posterior-samples`` encoder draws; -log p(z0) of a draw is Theorem 1's denoising bound (r_ll importance-sampled
-t in [training t_eps, 1], ``--t-draws`` draws, plus the truncation term), the same estimator as the DAG's
-``nelbo_bound``. Every model is evaluated on the same latents with the same (t, noise) draws, so differences between
+t in [training t_eps, 1], ``--t-draws`` draws, plus the truncation term), the plain average of the draws: the DAG's
+``nelbo_bound`` estimates the same quantity with a control variate (benchmarks/dsm_estimator.py compares the two). Every model is evaluated on the same latents with the same (t, noise) draws, so differences between
 models are paired per test digit; their standard errors are over the test digits (data and Monte Carlo error
 together). Beside it:
 

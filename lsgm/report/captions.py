@@ -77,6 +77,19 @@ def seeds_line(entries: list[dict]) -> str:
             "tableN.seeds.csv).")
 
 
+def _estimator_clause(docs: list[dict]) -> str:
+    """How the rows' DSM term was estimated (``settings.dsm_estimator``): the control variate, or not recorded (the
+    plain average of older files), or mixed."""
+    kinds = {"control variate" if str(d["settings"].get("dsm_estimator") or "").startswith("control variate")
+             else "plain" for d in docs}
+    if kinds == {"control variate"}:
+        return ("; the mixed score's Normal part a control variate, its share of the integral computed exactly, the "
+                "draws estimating the rest")
+    if kinds == {"control variate", "plain"}:
+        return "; rows differ in the estimator (control variate or plain average: settings.dsm_estimator)"
+    return ""
+
+
 def nelbo_line(unit: str, nll_docs: list[dict]) -> str:
     """What the NELBO column is, and which LSGM rows fall back to ``nelbo`` (no ``nelbo_bound`` in their files)."""
     lsgm = [d for d in nll_docs if d["run"]["model"] != "vae" and d.get("status") != "diverged"]
@@ -86,7 +99,8 @@ def nelbo_line(unit: str, nll_docs: list[dict]) -> str:
     if bound:
         parts.append("LSGM rows: the prior cross entropy is the denoising score matching bound of Theorem 1 "
                      "(likelihood weighting, importance-sampled t in [t_eps, 1], "
-                     f"{unique_settings(bound, ('t_draws',)).replace('—', 't_draws not recorded')}) plus the "
+                     f"{unique_settings(bound, ('t_draws',)).replace('—', 't_draws not recorded')}"
+                     f"{_estimator_clause(bound)}) plus the "
                      "truncation term -D log m(t_eps) that makes it a bound on -log p(z0) for every SDE and t_eps "
                      "(column t_eps (NELBO))")
     if any(d["run"]["model"] == "vae" for d in nll_docs):
