@@ -149,7 +149,7 @@ def prior_cross_entropy(z0: torch.Tensor, eps_fn: EpsFn, sde: SDE, sampler: Time
 # Unbiased for any c; with c the score's own Normal part the Monte Carlo term is zero at alpha = 0 and small while eps'
 # is small, so its variance is far below the plain estimator's, whose noise is mostly the Normal part's chi-square
 # (measured on the quick balanced LSGM: ~430x smaller on the same draws, benchmarks/dsm_estimator.py).
-QUADRATURE_PANELS, QUADRATURE_NODES = 96, 24  # Gauss-Legendre panels, log-spaced in t; checked against twice as many
+QUADRATURE_PANELS, QUADRATURE_NODES = 96, 24  # Gauss-Legendre panels, refined toward both ends; checked at twice
 
 
 def _normal_part_integrals(weight: torch.Tensor, sde: SDE, t_eps: float, panels: int,
@@ -164,7 +164,7 @@ def _normal_part_integrals(weight: torch.Tensor, sde: SDE, t_eps: float, panels:
     from lsgm.diffusion.time_sampling import weighting_fn
 
     lo = max(t_eps, 1e-9)
-    mid = max(0.5, 2 * lo) if lo < 0.5 else (lo + 1.0) / 2
+    mid = (lo + 1.0) / 2
     half = panels // 2
     low = np.geomspace(lo, mid, half + 1)  # fine toward t_eps (w_ll ~ 1 / t where sigma(0) = 0)
     high = 1.0 - np.geomspace(1.0 - mid, 1e-9, half + 1)  # and toward 1 (w_ll ~ 1 / (1 - sigma_t^2) for VP types)
