@@ -67,18 +67,15 @@ class MixedScore(nn.Module):
         eps_theta (the Normal part is zero without mixing). The evaluation's control variate
         (:func:`lsgm.diffusion.objectives.prior_cross_entropy_cv`) needs them apart."""
         mask = self._channel_mask(z_t.ndim)
-        eps_net = self.backbone(z_t * mask, t).float()
+        eps_net = self.backbone(z_t * mask, t).float()  # the mixture (and the loss after it) in fp32 under autocast
         if not self.mixed:
             return torch.zeros_like(eps_net), eps_net
         return (1.0 - self.alpha) * self.sde.mixing_component(z_t.float(), t.float()), self.alpha * eps_net
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """z_t: [B, C, ...], t: [B] -> eps_theta: [B, C, ...]."""
-        mask = self._channel_mask(z_t.ndim)
-        eps_net = self.backbone(z_t * mask, t).float()  # the mixture (and the loss after it) in fp32 under autocast
-        if not self.mixed:
-            return eps_net
-        return (1.0 - self.alpha) * self.sde.mixing_component(z_t.float(), t.float()) + self.alpha * eps_net
+        normal, neural = self.parts(z_t, t)
+        return normal + neural if self.mixed else neural
 
 
 def initial_latent_scale(alpha: torch.Tensor, sde: SDE, t_eps: float) -> torch.Tensor:

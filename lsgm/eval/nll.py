@@ -283,7 +283,7 @@ def dsm_estimator(run: LoadedRun) -> str:
     """What the DSM prior term's draws estimate (recorded in the settings)."""
     if hasattr(run.score, "parts"):
         return ("control variate: the mixed score's Normal part (1 - alpha) mixing_component(z_t, t), its expectation "
-                "over (t, eps) integrated exactly (Gauss-Legendre in log t); the time draws estimate the rest")
+                "over (t, eps) integrated exactly (Gauss-Legendre quadrature in t); the time draws estimate the rest")
     return "plain: weight_q ||eps - eps_theta||^2 per time draw"
 
 
